@@ -1,0 +1,35 @@
+# SPDX-License-Identifier: GPL-2.0
+# testbed/lib/common.sh: shared helpers for the host-side testbed scripts
+# (setup, kernel builds, VM runner). Sourced, never executed.
+
+TESTBED_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOP_DIR=$(cd "$TESTBED_DIR/.." && pwd)
+# Build products live outside the source tree's tracked files.
+BUILD_DIR=${IPVSBPF_BUILD_DIR:-$TOP_DIR/build}
+
+log() { printf '[testbed] %s\n' "$*" >&2; }
+die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
+
+# The installed Debian 6.12 kernel release (e.g. 6.12.57+deb12-amd64),
+# derived from the linux-image-amd64 metapackage's dependency, never
+# hard-coded: Debian moves it with every point release.
+debian_kernel_version() {
+	local dep
+	dep=$(dpkg-query -W -f='${Depends}' linux-image-amd64 2>/dev/null |
+		tr ',' '\n' | sed -n 's/^ *linux-image-\([^ ]*\).*/\1/p' | head -n1)
+	dep=${dep%-unsigned}
+	[ -n "$dep" ] && echo "$dep"
+}
+
+debian_kernel_image() {
+	echo "/boot/vmlinuz-$(debian_kernel_version)"
+}
+
+# The linux-source-6.12 tarball shipped by Debian.
+debian_source_tarball() {
+	local t
+	for t in /usr/src/linux-source-6.12.tar.xz /usr/src/linux-source-6.12.tar.bz2; do
+		[ -f "$t" ] && { echo "$t"; return 0; }
+	done
+	return 1
+}
