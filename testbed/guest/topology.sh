@@ -1,0 +1,206 @@
+# SPDX-License-Identifier: GPL-2.0
+# testbed/guest/topology.sh: the cluster-like topology every suite uses,
+# built from network namespaces and veth pairs inside the guest. Sourced.
+#
+#                       lan (bridge br0, one L2 segment: the node network)
+#        +----------------------+------------------------+
+#        | eth0                 | eth0                   | eth0
+#   +----------+          +------------+           +------------+
+#   |  client  |          |    node    |           |   node2    |
+#   +----------+          | (runs IPVS)|           |            |
+#   192.0.2.100           | 192.0.2.1  |           | 192.0.2.2  |
+#   2001:db8::100         | 2001:db8::1|           | 2001:db8::2|
+#                         +------------+           +------------+
+#                          |veth-pod1a |veth-pod1b   |veth-pod2a |veth-pod2b
+#                        pod1a       pod1b         pod2a       pod2b
+#                   198.18.1.2   198.18.1.3    198.18.2.2   198.18.2.3
+#             2001:db8:1:1::2  2001:db8:1:1::3  2001:db8:1:2::2  ...::3
+#
+# - Cluster CIDR 198.18.0.0/16 and 2001:db8:1::/48, one /24 (/64) per node;
+#   each pod is a /32 (/128) routed on its node's veth (routed pod network,
+#   no bridge), with the node side answering as gateway 198.18.N.1 / fe80::1.
+#   Nodes route each other's pod CIDR over the LAN: a flat cluster network.
+# - Service CIDR 198.19.0.0/16 and 2001:db8:2::/112: on no interface; a
+#   proxy puts VIPs on a dummy device in `node`. `client` routes it to
+#   `node`, as an external load balancer or a static route would.
+# - Addresses come from the documentation (192.0.2.0/24, 2001:db8::/32)
+#   and benchmarking (198.18.0.0/15) ranges; nothing leaves the guest.
+#
+# Names are fixed (one topology per guest boot): lan client node node2
+# pod1a pod1b pod2a pod2b. topo_up builds it, topo_down removes it.
+
+TOPO_NODES="node node2"
+TOPO_PODS_node="pod1a pod1b"
+TOPO_PODS_node2="pod2a pod2b"
+TOPO_NS="lan client node node2 pod1a pod1b pod2a pod2b"
+
+TOPO_LAN4=192.0.2
+TOPO_LAN6=2001:db8:
+TOPO_SVC4_CIDR=198.19.0.0/16
+TOPO_SVC6_CIDR=2001:db8:2::/112
+TOPO_CLUSTER4_CIDR=198.18.0.0/16
+TOPO_CLUSTER6_CIDR=2001:db8:1::/48
+
+# Host part of each machine on the LAN.
+declare -A TOPO_LAN_HOST=([client]=100 [node]=1 [node2]=2)
+# Node index: pod CIDR 198.18.<idx>.0/24, 2001:db8:1:<idx>::/64.
+declare -A TOPO_NODE_IDX=([node]=1 [node2]=2)
+
+topo_exec() {
+	local ns=$1
+	shift
+	ip netns exec "$ns" "$@"
+}
+
+# topo_ip HOST [4|6]: the address of a machine or pod.
+topo_ip() {
+	local h=$1 fam=${2:-4} node idx i p
+	if [ -n "${TOPO_LAN_HOST[$h]:-}" ]; then
+		[ "$fam" = 4 ] && echo "$TOPO_LAN4.${TOPO_LAN_HOST[$h]}" || echo "${TOPO_LAN6}:${TOPO_LAN_HOST[$h]}"
+		return
+	fi
+	for node in $TOPO_NODES; do
+		idx=${TOPO_NODE_IDX[$node]}
+		i=2
+		for p in $(topo_pods "$node"); do
+			if [ "$p" = "$h" ]; then
+				[ "$fam" = 4 ] && echo "198.18.$idx.$i" || echo "2001:db8:1:$idx::$i"
+				return
+			fi
+			i=$((i + 1))
+		done
+	done
+	echo "topo_ip: unknown host $h" >&2
+	return 1
+}
+
+topo_pods() {
+	local var="TOPO_PODS_$1"
+	echo "${!var}"
+}
+
+# Connect NS's eth0 to the LAN bridge.
+topo_lan_port() {
+	local ns=$1
+	ip link add "lan-$ns" netns lan type veth peer name eth0 netns "$ns"
+	topo_exec lan ip link set "lan-$ns" master br0 up
+	topo_exec "$ns" ip link set eth0 up
+	topo_exec "$ns" ip addr add "$(topo_ip "$ns" 4)/24" dev eth0
+	topo_exec "$ns" ip addr add "$(topo_ip "$ns" 6)/64" dev eth0 nodad
+}
+
+topo_sysctl() {
+	local ns=$1
+	shift
+	topo_exec "$ns" sysctl -qw "$@" >/dev/null
+}
+
+topo_up() {
+	local ns node idx other p
+	topo_down
+	for ns in $TOPO_NS; do
+		ip netns add "$ns"
+		topo_exec "$ns" ip link set lo up
+	done
+	topo_exec lan ip link add br0 type bridge
+	topo_exec lan ip link set br0 up
+
+	for ns in client $TOPO_NODES; do
+		topo_lan_port "$ns"
+	done
+	topo_exec client ip route add "$TOPO_SVC4_CIDR" via "$(topo_ip node 4)"
+	topo_exec client ip -6 route add "$TOPO_SVC6_CIDR" via "$(topo_ip node 6)"
+
+	for node in $TOPO_NODES; do
+		idx=${TOPO_NODE_IDX[$node]}
+		topo_sysctl "$node" net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+			net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+		for other in $TOPO_NODES; do
+			[ "$other" = "$node" ] && continue
+			topo_exec "$node" ip route add "198.18.${TOPO_NODE_IDX[$other]}.0/24" via "$(topo_ip "$other" 4)"
+			topo_exec "$node" ip -6 route add "2001:db8:1:${TOPO_NODE_IDX[$other]}::/64" via "$(topo_ip "$other" 6)"
+		done
+		for p in $(topo_pods "$node"); do
+			ip link add "veth-$p" netns "$node" type veth peer name eth0 netns "$p"
+			topo_exec "$node" ip link set "veth-$p" up
+			topo_exec "$node" ip addr add "198.18.$idx.1/32" dev "veth-$p"
+			topo_exec "$node" ip addr add fe80::1/64 dev "veth-$p" nodad
+			topo_exec "$node" ip route add "$(topo_ip "$p" 4)/32" dev "veth-$p"
+			topo_exec "$node" ip -6 route add "$(topo_ip "$p" 6)/128" dev "veth-$p"
+			topo_exec "$p" ip link set eth0 up
+			topo_exec "$p" ip addr add "$(topo_ip "$p" 4)/32" dev eth0
+			topo_exec "$p" ip addr add "$(topo_ip "$p" 6)/128" dev eth0 nodad
+			topo_exec "$p" ip route add "198.18.$idx.1" dev eth0
+			topo_exec "$p" ip route add default via "198.18.$idx.1" dev eth0
+			topo_exec "$p" ip -6 route add default via fe80::1 dev eth0
+		done
+	done
+}
+
+topo_down() {
+	local ns
+	for ns in $TOPO_NS; do
+		ip netns del "$ns" 2>/dev/null || true
+	done
+}
+
+# topo_ping FROM TO [4|6]: one bounded ping; non-zero if unanswered.
+topo_ping() {
+	local from=$1 to=$2 fam=${3:-4}
+	topo_exec "$from" ping "-$fam" -c 1 -W 2 -q "$(topo_ip "$to" "$fam")" >/dev/null
+}
+
+# topo_check: the paths suites rely on, both families. Prints what fails.
+topo_check() {
+	local bad=0 fam pair
+	for fam in 4 6; do
+		for pair in client:node node:node2 node:pod1a node:pod2a pod1a:pod1b \
+			pod1a:pod2b pod2a:pod1b node2:pod1a; do
+			if ! topo_ping "${pair%%:*}" "${pair##*:}" "$fam"; then
+				echo "topology: IPv$fam ${pair%%:*} -> ${pair##*:} unreachable" >&2
+				bad=1
+			fi
+		done
+	done
+	return $bad
+}
+
+# topo_nginx POD: start nginx in POD on :80 (both families) answering
+# every request with the pod's name. Stopped by topo_down (netns gone,
+# processes killed by topo_kill_ns first).
+topo_nginx() {
+	local pod=$1 dir=/tmp/ipvsbpf-nginx-$1
+	mkdir -p "$dir"
+	cat >"$dir/nginx.conf" <<NGINX
+daemon on;
+user root;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+worker_processes 1;
+events { worker_connections 256; }
+http {
+	access_log off;
+	client_body_temp_path $dir;
+	proxy_temp_path $dir;
+	fastcgi_temp_path $dir;
+	uwsgi_temp_path $dir;
+	scgi_temp_path $dir;
+	server {
+		listen 80 reuseport;
+		listen [::]:80 ipv6only=on reuseport;
+		location / { return 200 "$pod\n"; }
+	}
+}
+NGINX
+	topo_exec "$pod" nginx -c "$dir/nginx.conf" -e "$dir/error.log"
+}
+
+# Kill every process still running in the topology's namespaces.
+topo_kill_ns() {
+	local ns pids
+	for ns in $TOPO_NS; do
+		pids=$(ip netns pids "$ns" 2>/dev/null) || continue
+		[ -n "$pids" ] && kill $pids 2>/dev/null
+	done
+	return 0
+}
