@@ -1,0 +1,56 @@
+# ipvs-bpf: top-level entry points. `make demo` and `make test` do all
+# set-up themselves on a fresh Debian bookworm machine (as root).
+
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all demo test setup build lint kernel-tree kernel-modules kernel-full \
+	kernel-debug vm-full vm-debug clean distclean
+
+all: build
+
+## demo: boot Debian's 6.12 with the patched IPVS in QEMU and show a Service at work
+demo: setup kernel-modules
+	testbed/demo
+
+## test: cargo checks and tests, testbed unit tests, guest suites; ends with a summary
+test:
+	testbed/test-all
+
+setup:
+	testbed/setup
+
+build:
+	cargo build --workspace --locked
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+kernel-tree:
+	testbed/kernel-tree
+
+## kernel-modules: net/netfilter/ipvs from the patched tree, for Debian's 6.12 (fast, CI)
+kernel-modules:
+	testbed/build-modules
+
+## kernel-full / kernel-debug: whole bzImages from the patched tree
+kernel-full:
+	testbed/build-kernel full
+
+kernel-debug:
+	testbed/build-kernel debug
+
+## vm-full / vm-debug: the guest suites on a whole patched kernel
+vm-full: kernel-full
+	testbed/vm-run --kernel full --timeout 1800 clean ipvs-selftest smoke
+
+vm-debug: kernel-debug
+	testbed/vm-run --kernel debug --timeout 3600 clean ipvs-selftest smoke
+
+clean:
+	cargo clean
+	rm -rf build/vm build/modules build/kobj-*
+
+distclean: clean
+	rm -rf build .venv
