@@ -36,6 +36,11 @@ REPORTS = [
 _KMEMLEAK_OBJ = re.compile(r"^unreferenced object 0x[0-9a-f]+")
 
 
+def is_kernel_line(line):
+    """True for a printk line as the console and dmesg print it."""
+    return _KLINE.match(line) is not None
+
+
 def scan_kernel_lines(lines):
     """Return [(kind, line)] for every report found in kernel log lines."""
     found = []
