@@ -20,6 +20,13 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
 
     println!("cargo:rerun-if-changed={}", bpf_dir.display());
+    // The series' uapi header, mirrored by testbed/export-series: the
+    // session map layout the programs share with IPVS.
+    let uapi_include = bpf_dir.join("include");
+    println!(
+        "cargo:rerun-if-changed={}",
+        uapi_include.join("linux/ip_vs.h").display()
+    );
     println!("cargo:rerun-if-env-changed=BPF_CLANG");
 
     let clang = env::var_os("BPF_CLANG").unwrap_or_else(|| "clang".into());
@@ -45,6 +52,7 @@ fn main() {
             "-Wall".to_string(),
             "-Werror".to_string(),
             format!("-I{}", bpf_dir.display()),
+            format!("-I{}", uapi_include.display()),
         ];
         if let Some(dir) = &arch_include {
             args.push(format!("-I{}", dir.display()));

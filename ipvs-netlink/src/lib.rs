@@ -1,5 +1,7 @@
 //! ipvs-netlink: a typed client for the Linux IPVS generic-netlink family.
 //!
-//! The crate is a workspace member from the start so that the proxy can
-//! depend on it; its message types, client and tests are issue #5. Nothing
-//! here is usable yet.
+//! [`uapi`] mirrors the kernel's `include/uapi/linux/ip_vs.h` with the
+//! ipvs-bpf additions (session map layout, `IPVS_CMD_*_BPF`). The message
+//! types, client and tests are issue #5.
+
+pub mod uapi;

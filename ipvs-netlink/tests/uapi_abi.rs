@@ -1,0 +1,158 @@
+//! The Rust mirror of `ip_vs.h` against the header itself: every constant,
+//! size and field offset in `ipvs_netlink::uapi` becomes a C `_Static_assert`
+//! compiled with the series' header (`bpf/include/linux/ip_vs.h`). A
+//! mismatch fails compilation and names the item.
+
+use std::mem::{offset_of, size_of};
+use std::path::PathBuf;
+use std::process::Command;
+
+use ipvs_netlink::uapi::*;
+
+fn header_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bpf/include")
+}
+
+#[test]
+fn rust_mirror_matches_the_uapi_header() {
+    let mut checks: Vec<(String, u64)> = Vec::new();
+    let mut c = |expr: &str, v: u64| checks.push((expr.to_string(), v));
+
+    c(
+        "sizeof(struct ip_vs_bpf_key)",
+        size_of::<IpVsBpfKey>() as u64,
+    );
+    c(
+        "sizeof(struct ip_vs_bpf_value)",
+        size_of::<IpVsBpfValue>() as u64,
+    );
+    for (field, off) in [
+        ("saddr", offset_of!(IpVsBpfKey, saddr)),
+        ("daddr", offset_of!(IpVsBpfKey, daddr)),
+        ("sport", offset_of!(IpVsBpfKey, sport)),
+        ("dport", offset_of!(IpVsBpfKey, dport)),
+        ("family", offset_of!(IpVsBpfKey, family)),
+        ("protocol", offset_of!(IpVsBpfKey, protocol)),
+        ("dir", offset_of!(IpVsBpfKey, dir)),
+        ("pad", offset_of!(IpVsBpfKey, pad)),
+    ] {
+        c(
+            &format!("__builtin_offsetof(struct ip_vs_bpf_key, {field})"),
+            off as u64,
+        );
+    }
+    for (field, off) in [
+        ("addr", offset_of!(IpVsBpfValue, addr)),
+        ("port", offset_of!(IpVsBpfValue, port)),
+        ("flags", offset_of!(IpVsBpfValue, flags)),
+        ("pad", offset_of!(IpVsBpfValue, pad)),
+    ] {
+        c(
+            &format!("__builtin_offsetof(struct ip_vs_bpf_value, {field})"),
+            off as u64,
+        );
+    }
+
+    macro_rules! consts {
+        ($($name:ident),* $(,)?) => { $( c(stringify!($name), $name as u64); )* };
+    }
+    consts!(
+        IPVS_GENL_VERSION,
+        IP_VS_SVC_F_BPF_SNAT,
+        IPVS_CMD_UNSPEC,
+        IPVS_CMD_NEW_SERVICE,
+        IPVS_CMD_SET_SERVICE,
+        IPVS_CMD_DEL_SERVICE,
+        IPVS_CMD_GET_SERVICE,
+        IPVS_CMD_NEW_DEST,
+        IPVS_CMD_SET_DEST,
+        IPVS_CMD_DEL_DEST,
+        IPVS_CMD_GET_DEST,
+        IPVS_CMD_NEW_DAEMON,
+        IPVS_CMD_DEL_DAEMON,
+        IPVS_CMD_GET_DAEMON,
+        IPVS_CMD_SET_CONFIG,
+        IPVS_CMD_GET_CONFIG,
+        IPVS_CMD_SET_INFO,
+        IPVS_CMD_GET_INFO,
+        IPVS_CMD_ZERO,
+        IPVS_CMD_FLUSH,
+        IPVS_CMD_NEW_BPF,
+        IPVS_CMD_DEL_BPF,
+        IPVS_CMD_GET_BPF,
+        IPVS_CMD_ATTR_SERVICE,
+        IPVS_CMD_ATTR_DEST,
+        IPVS_CMD_ATTR_DAEMON,
+        IPVS_CMD_ATTR_TIMEOUT_TCP,
+        IPVS_CMD_ATTR_TIMEOUT_TCP_FIN,
+        IPVS_CMD_ATTR_TIMEOUT_UDP,
+        IPVS_CMD_ATTR_BPF,
+        IPVS_BPF_ATTR_MAP_FD,
+        IPVS_BPF_ATTR_MAP_ID,
+        IPVS_BPF_ATTR_SNAT_ADDR4,
+        IPVS_BPF_ATTR_SNAT_ADDR6,
+        IPVS_BPF_ATTR_PORT_MIN,
+        IPVS_BPF_ATTR_PORT_MAX,
+        IPVS_BPF_ATTR_STATS,
+        IPVS_BPF_ATTR_PAD,
+        IPVS_BPF_STATS_ATTR_SESSIONS,
+        IPVS_BPF_STATS_ATTR_INSERTED,
+        IPVS_BPF_STATS_ATTR_DELETED,
+        IPVS_BPF_STATS_ATTR_INSERT_FAIL,
+        IPVS_BPF_STATS_ATTR_CONFLICT,
+        IPVS_BPF_STATS_ATTR_SNAT_EXHAUSTED,
+        IPVS_BPF_STATS_ATTR_PAD,
+        IP_VS_BPF_DIR_ORIG,
+        IP_VS_BPF_DIR_REPLY,
+        IP_VS_BPF_F_SNAT,
+        IP_VS_BPF_MIN_ENTRIES,
+    );
+    // The last entries: nothing was added behind the mirror's back.
+    c("IPVS_CMD_MAX", IPVS_CMD_GET_BPF as u64);
+    c("IPVS_CMD_ATTR_MAX", IPVS_CMD_ATTR_BPF as u64);
+    c("IPVS_BPF_ATTR_MAX", IPVS_BPF_ATTR_PAD as u64);
+    c("IPVS_BPF_STATS_ATTR_MAX", IPVS_BPF_STATS_ATTR_PAD as u64);
+
+    let mut src = String::from("#include <linux/ip_vs.h>\n#include <string.h>\n");
+    for (i, (expr, v)) in checks.iter().enumerate() {
+        src.push_str(&format!(
+            "_Static_assert(({expr}) == {v}ULL, \"uapi mismatch #{i}: {expr} is not {v} as in uapi.rs\");\n"
+        ));
+    }
+    // Strings are not integer constant expressions: compare at run time.
+    src.push_str(&format!(
+        "int main(void) {{ return strcmp(IPVS_GENL_NAME, \"{IPVS_GENL_NAME}\") || \
+         strcmp(IP_VS_BPF_MODE_SYSCTL, \"{IP_VS_BPF_MODE_SYSCTL}\"); }}\n"
+    ));
+
+    let dir = tempfile_dir();
+    let c_file = dir.join("abi.c");
+    let bin = dir.join("abi");
+    std::fs::write(&c_file, src).expect("writing the generated C file");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let out = Command::new(&cc)
+        .arg("-I")
+        .arg(header_dir())
+        .arg("-o")
+        .arg(&bin)
+        .arg(&c_file)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cc}: {e}"));
+    assert!(
+        out.status.success(),
+        "the Rust mirror disagrees with ip_vs.h:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = Command::new(&bin).status().expect("running the ABI check");
+    assert!(
+        status.success(),
+        "IPVS_GENL_NAME or IP_VS_BPF_MODE_SYSCTL differ"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ipvs-netlink-abi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating a temporary directory");
+    dir
+}
