@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all demo test setup build lint kernel-tree kernel-modules kernel-full \
-	kernel-debug vm-full vm-debug clean distclean
+	kernel-debug kernel-check vm-full vm-debug clean distclean
 
 all: build
 
@@ -43,10 +43,14 @@ kernel-debug:
 
 ## vm-full / vm-debug: the guest suites on a whole patched kernel
 vm-full: kernel-full
-	testbed/vm-run --kernel full --timeout 1800 clean ipvs-selftest smoke
+	testbed/vm-run --kernel full --timeout 1800 clean ipvs-selftest ipvs-bpf-selftest stress smoke
 
 vm-debug: kernel-debug
-	testbed/vm-run --kernel debug --timeout 3600 clean ipvs-selftest smoke
+	testbed/vm-run --kernel debug --timeout 3600 clean ipvs-selftest ipvs-bpf-selftest stress smoke
+
+## kernel-check: checkpatch --strict on every patch, every prefix builds as modules and built in
+kernel-check:
+	testbed/check-series
 
 clean:
 	cargo clean

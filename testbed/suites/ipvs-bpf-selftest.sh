@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# Suite ipvs-bpf-selftest: the series' own kselftest, ipvs_bpf.sh, from
+# the patched tree: bpf_mode hooks ahead of conntrack (1,000 connections,
+# 0 conntrack entries), session map attach validation and hostile input,
+# mirroring against ipvsadm -Lnc, SNAT allocation, fragments and ICMP,
+# and flipping the switch under traffic.
+. "$(dirname "$0")/lib.sh"
+
+dir=$TOP/build/linux-6.12/tools/testing/selftests/net/netfilter
+[ -f "$dir/ipvs_bpf.sh" ] || fail "no ipvs_bpf.sh in $dir (run testbed/kernel-tree)"
+[ -x "$dir/ipvs_bpf_tool" ] || fail "no ipvs_bpf_tool in $dir (run testbed/build-selftests)"
+
+need ipvsadm socat conntrack iptables setpriv ss
+modprobe ip_vs || fail "modprobe ip_vs"
+cd "$dir" || fail "cd $dir"
+bash ./ipvs_bpf.sh
