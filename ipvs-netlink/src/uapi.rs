@@ -71,7 +71,8 @@ pub const IPVS_BPF_STATS_ATTR_DELETED: u16 = 3;
 pub const IPVS_BPF_STATS_ATTR_INSERT_FAIL: u16 = 4;
 pub const IPVS_BPF_STATS_ATTR_CONFLICT: u16 = 5;
 pub const IPVS_BPF_STATS_ATTR_SNAT_EXHAUSTED: u16 = 6;
-pub const IPVS_BPF_STATS_ATTR_PAD: u16 = 7;
+pub const IPVS_BPF_STATS_ATTR_TWINS: u16 = 7;
+pub const IPVS_BPF_STATS_ATTR_PAD: u16 = 8;
 
 /// Session map entry direction: the request after DNAT, as it leaves.
 pub const IP_VS_BPF_DIR_ORIG: u8 = 0;

@@ -101,6 +101,7 @@ fn rust_mirror_matches_the_uapi_header() {
         IPVS_BPF_STATS_ATTR_INSERT_FAIL,
         IPVS_BPF_STATS_ATTR_CONFLICT,
         IPVS_BPF_STATS_ATTR_SNAT_EXHAUSTED,
+        IPVS_BPF_STATS_ATTR_TWINS,
         IPVS_BPF_STATS_ATTR_PAD,
         IP_VS_BPF_DIR_ORIG,
         IP_VS_BPF_DIR_REPLY,

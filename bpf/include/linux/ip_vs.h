@@ -495,7 +495,11 @@ enum {
  *
  * A connection that needs no SNAT is mirrored with IP_VS_BPF_F_SNAT clear
  * and its reply key addressed to the client itself; programs leave such
- * packets untouched. IPVS owns the entries: it inserts them when the
+ * packets untouched. So do they for a "twin": a connection whose request
+ * after DNAT looks exactly like a live session's (same client addr:port,
+ * same real server, another virtual service). IPVS translates twins
+ * itself and mirrors only their reply entry, to hold the SNAT port.
+ * IPVS owns the entries: it inserts them when the
  * connection is created and deletes them when it expires, so the map must
  * not evict (no LRU) and userspace must not write to it.
  */
@@ -561,6 +565,7 @@ enum {
 	IPVS_BPF_STATS_ATTR_INSERT_FAIL, /* map full or busy: not mirrored */
 	IPVS_BPF_STATS_ATTR_CONFLICT,	/* key already taken by a live session */
 	IPVS_BPF_STATS_ATTR_SNAT_EXHAUSTED, /* no free SNAT port: dropped */
+	IPVS_BPF_STATS_ATTR_TWINS,	/* post-DNAT twins translated by IPVS */
 	IPVS_BPF_STATS_ATTR_PAD,
 	__IPVS_BPF_STATS_ATTR_MAX,
 };
