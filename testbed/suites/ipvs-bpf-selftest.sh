@@ -12,6 +12,6 @@ dir=$TOP/build/linux-6.12/tools/testing/selftests/net/netfilter
 [ -x "$dir/ipvs_bpf_tool" ] || fail "no ipvs_bpf_tool in $dir (run testbed/build-selftests)"
 
 need ipvsadm socat conntrack iptables setpriv ss
-modprobe ip_vs || fail "modprobe ip_vs"
+[ -d /proc/sys/net/ipv4/vs ] || modprobe ip_vs || fail "modprobe ip_vs"
 cd "$dir" || fail "cd $dir"
 bash ./ipvs_bpf.sh

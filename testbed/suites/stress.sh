@@ -22,7 +22,7 @@ rounds=${STRESS_ROUNDS:-12}
 vip=198.19.9.10
 port=8080
 
-modprobe ip_vs || fail "modprobe ip_vs"
+[ -d /proc/sys/net/ipv4/vs ] || modprobe ip_vs || fail "modprobe ip_vs"
 [ -f /proc/sys/net/ipv4/vs/bpf_mode ] || fail "this IPVS has no bpf_mode"
 modular=0
 [ -e /sys/module/ip_vs/initstate ] && modular=1
@@ -35,7 +35,12 @@ cleanup() {
 	for pid in "${pids[@]}"; do
 		kill "$pid" 2>/dev/null
 	done
-	for ns in $c $d $s; do ip netns del $ns 2>/dev/null; done
+	# Server children whose connections died with a flush or an unload
+	# wait forever for data; nothing of ours outlives the suite.
+	for ns in $c $d $s; do
+		ip netns pids $ns 2>/dev/null | xargs -r kill -9 2>/dev/null
+		ip netns del $ns 2>/dev/null
+	done
 	umount "$bpffs" 2>/dev/null
 	rmdir "$bpffs" 2>/dev/null
 }
@@ -58,9 +63,10 @@ ip -n $s addr add 198.18.9.2/24 dev veth-s
 ip -n $s link set veth-s up
 ip -n $s route add default via 198.18.9.1
 
-ip netns exec $s socat -u TCP-LISTEN:$port,fork,reuseaddr,backlog=1024 OPEN:/dev/null &
+ip netns exec $s socat -u TCP-LISTEN:$port,fork,reuseaddr,backlog=1024 OPEN:/dev/null \
+	</dev/null >/dev/null 2>&1 &
 pids+=($!)
-ip netns exec $s socat -u UDP-RECVFROM:$port,fork OPEN:/dev/null &
+ip netns exec $s socat -u UDP-RECVFROM:$port,fork OPEN:/dev/null </dev/null >/dev/null 2>&1 &
 pids+=($!)
 sleep 1
 
@@ -84,7 +90,7 @@ ip netns exec $c timeout 600 bash -c '
 	while [ $SECONDS -lt $end ]; do
 		exec 3<>/dev/tcp/'$vip'/'$port' 2>/dev/null && exec 3>&-
 		echo x >/dev/udp/'$vip'/'$port' 2>/dev/null
-	done' &
+	done' </dev/null >/dev/null 2>&1 &
 load=$!
 pids+=($load)
 
