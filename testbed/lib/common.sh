@@ -6,6 +6,9 @@ TESTBED_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOP_DIR=$(cd "$TESTBED_DIR/.." && pwd)
 # Build products live outside the source tree's tracked files.
 BUILD_DIR=${IPVSBPF_BUILD_DIR:-$TOP_DIR/build}
+# The compiler cache is shared by every clone on the machine (a fresh CI
+# clone then rebuilds kernels from cache); it only ever saves time.
+CCACHE_DIR=${CCACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ipvs-bpf/ccache}
 
 log() { printf '[testbed] %s\n' "$*" >&2; }
 die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
