@@ -4,9 +4,9 @@
 # log to judge (the runner fails the run on any oops, WARN, KASAN, lockdep
 # or kmemleak report). Meant for the debug kernel; runs on any.
 #
-# Three namespaces (client -> director -> real server, NAT). While the
-# client makes TCP and UDP connections in a loop, the director, round
-# after round:
+# The shared topology: client -> node (the director, VIP on kube-ipvs0) ->
+# pod1a (NAT). While the client makes TCP and UDP connections in a loop,
+# the director, round after round:
 #   - flips net.ipv4.vs.bpf_mode,
 #   - attaches and detaches the session map (SNAT and not),
 #   - flushes services and adds them back,
@@ -21,99 +21,79 @@ tool=$TOP/build/linux-6.12/tools/testing/selftests/net/netfilter/ipvs_bpf_tool
 rounds=${STRESS_ROUNDS:-12}
 vip=198.19.9.10
 port=8080
+rip=$(topo_ip pod1a 4)
+snat_addr=$(topo_ip node 4)
 
 [ -d /proc/sys/net/ipv4/vs ] || modprobe ip_vs || fail "modprobe ip_vs"
 [ -f /proc/sys/net/ipv4/vs/bpf_mode ] || fail "this IPVS has no bpf_mode"
 modular=0
 [ -e /sys/module/ip_vs/initstate ] && modular=1
 
-c=stress-client d=stress-director s=stress-server
 bpffs=$(mktemp -d)
-pids=()
 cleanup() {
-	local pid
-	for pid in "${pids[@]}"; do
-		kill "$pid" 2>/dev/null
-	done
-	# Server children whose connections died with a flush or an unload
-	# wait forever for data; nothing of ours outlives the suite.
-	for ns in $c $d $s; do
-		ip netns pids $ns 2>/dev/null | xargs -r kill -9 2>/dev/null
-		ip netns del $ns 2>/dev/null
-	done
+	# Also the server children whose connections died with a flush or an
+	# unload: they wait forever for data and hold the suite's output.
+	topo_kill_ns
+	topo_down
 	umount "$bpffs" 2>/dev/null
 	rmdir "$bpffs" 2>/dev/null
 }
 trap cleanup EXIT
 
 mount -t bpf none "$bpffs" || fail "mount bpffs"
-for ns in $c $d $s; do ip netns add $ns; ip -n $ns link set lo up; done
-ip link add veth-c netns $c type veth peer name veth-dc netns $d
-ip link add veth-s netns $s type veth peer name veth-ds netns $d
-ip -n $c addr add 192.0.2.100/24 dev veth-c
-ip -n $c link set veth-c up
-ip -n $c route add $vip via 192.0.2.1
-ip -n $d addr add 192.0.2.1/24 dev veth-dc
-ip -n $d addr add 198.18.9.1/24 dev veth-ds
-ip -n $d addr add $vip/32 dev lo
-ip -n $d link set veth-dc up
-ip -n $d link set veth-ds up
-ip netns exec $d sysctl -qw net.ipv4.ip_forward=1
-ip -n $s addr add 198.18.9.2/24 dev veth-s
-ip -n $s link set veth-s up
-ip -n $s route add default via 198.18.9.1
+topo_up
+topo_check || fail "topology connectivity"
+topo_exec node ip link add kube-ipvs0 type dummy
+topo_exec node ip addr add "$vip/32" dev kube-ipvs0
 
-ip netns exec $s socat -u TCP-LISTEN:$port,fork,reuseaddr,backlog=1024 OPEN:/dev/null \
+topo_exec pod1a socat -u TCP-LISTEN:$port,fork,reuseaddr,backlog=1024 OPEN:/dev/null \
 	</dev/null >/dev/null 2>&1 &
-pids+=($!)
-ip netns exec $s socat -u UDP-RECVFROM:$port,fork OPEN:/dev/null </dev/null >/dev/null 2>&1 &
-pids+=($!)
+topo_exec pod1a socat -u UDP-RECVFROM:$port,fork OPEN:/dev/null </dev/null >/dev/null 2>&1 &
 sleep 1
 
 services() {
-	ip netns exec $d ipvsadm -A -t $vip:$port -s rr &&
-	ip netns exec $d ipvsadm -a -t $vip:$port -r 198.18.9.2:$port -m &&
-	ip netns exec $d ipvsadm -A -u $vip:$port -s rr &&
-	ip netns exec $d ipvsadm -a -u $vip:$port -r 198.18.9.2:$port -m
+	topo_exec node ipvsadm -A -t $vip:$port -s rr &&
+	topo_exec node ipvsadm -a -t $vip:$port -r $rip:$port -m &&
+	topo_exec node ipvsadm -A -u $vip:$port -s rr &&
+	topo_exec node ipvsadm -a -u $vip:$port -r $rip:$port -m
 }
 
-d_tool() { ip netns exec $d "$tool" "$@"; }
+d_tool() { topo_exec node "$tool" "$@"; }
 
 services || fail "adding services"
-ip netns exec $d "$tool" mkmap "$bpffs/sessions" --entries 4096 >/dev/null ||
+d_tool mkmap "$bpffs/sessions" --entries 4096 >/dev/null ||
 	fail "creating the session map"
 
 # Client load: bounded by time; failures are expected while services come
 # and go, the kernel log is what this suite judges.
-ip netns exec $c timeout 600 bash -c '
+topo_exec client timeout 600 bash -c '
 	end=$((SECONDS + 540))
 	while [ $SECONDS -lt $end ]; do
 		exec 3<>/dev/tcp/'$vip'/'$port' 2>/dev/null && exec 3>&-
 		echo x >/dev/udp/'$vip'/'$port' 2>/dev/null
 	done' </dev/null >/dev/null 2>&1 &
 load=$!
-pids+=($load)
 
 step "client load running; $rounds rounds of churn (IPVS is $([ $modular = 1 ] && echo a module || echo built in))"
 for ((r = 1; r <= rounds; r++)); do
 	snat=""
-	((r % 2)) && snat="--snat4 198.18.9.1 --ports 20000-20063"
+	((r % 2)) && snat="--snat4 $snat_addr --ports 20000-20063"
 	# shellcheck disable=SC2086
 	d_tool attach "$bpffs/sessions" $snat || fail "round $r: attach"
 	for i in 1 2 3 4 5 6; do
-		ip netns exec $d sysctl -qw net.ipv4.vs.bpf_mode=$((i % 2)) ||
+		topo_exec node sysctl -qw net.ipv4.vs.bpf_mode=$((i % 2)) ||
 			fail "round $r: bpf_mode=$((i % 2))"
 		sleep 0.2
 	done
 	if ((r % 3 == 0)); then
-		ip netns exec $d ipvsadm -C
+		topo_exec node ipvsadm -C
 		services || fail "round $r: re-adding services"
 	fi
 	if ((r % 4 == 0)) && [ $modular = 1 ]; then
 		# Unload with services, live connections and the map attached
-		ip netns exec $d sysctl -qw net.ipv4.vs.bpf_mode=1
+		topo_exec node sysctl -qw net.ipv4.vs.bpf_mode=1
 		sleep 0.5
-		ip netns exec $d ipvsadm -C
+		topo_exec node ipvsadm -C
 		modprobe -r ip_vs_rr ip_vs || fail "round $r: rmmod ip_vs"
 		modprobe ip_vs || fail "round $r: modprobe ip_vs"
 		services || fail "round $r: services after reload"
@@ -129,5 +109,5 @@ done
 kill $load 2>/dev/null
 wait $load 2>/dev/null
 d_tool detach 2>/dev/null
-ip netns exec $d ipvsadm -C
+topo_exec node ipvsadm -C
 step "PASS: $rounds rounds of churn; the kernel log decides the rest"
