@@ -36,3 +36,24 @@ debian_source_tarball() {
 	done
 	return 1
 }
+
+# debian_objtree OBJ SRCTREE: make OBJ a kbuild objtree for building
+# modules of SRCTREE against the installed Debian 6.12 kernel: Debian's
+# build directory (generated headers, .config, Module.symvers, host tools)
+# by symlinks, remade when that kernel changes, with a top Makefile that
+# makes SRCTREE the srctree.
+debian_objtree() {
+	local obj=$1 src=$2 kver headers
+	kver=$(debian_kernel_version) || die "no Debian 6.12 kernel installed; run testbed/setup"
+	headers=/usr/src/linux-headers-$kver
+	[ -f "$headers/Makefile" ] || die "$headers missing; install linux-headers-amd64 from bookworm-backports"
+	if [ ! -f "$obj/.ipvsbpf-objtree" ] ||
+		[ "$(readlink "$obj/Module.symvers")" != "$headers/Module.symvers" ]; then
+		rm -rf "$obj"
+		mkdir -p "$obj"
+		cp -rs "$headers/." "$obj/"
+		echo "$headers" >"$obj/.ipvsbpf-objtree"
+	fi
+	rm -f "$obj/Makefile"
+	printf 'include %s/Makefile\n' "$src" >"$obj/Makefile"
+}
