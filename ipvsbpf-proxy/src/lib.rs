@@ -9,4 +9,5 @@ pub mod skel {
     include!(concat!(env!("OUT_DIR"), "/bpf_skeletons.rs"));
 }
 
+pub mod datapath;
 pub mod pktcount;

@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* snat.bpf.c: the tc (clsact) half of ipvs-bpf, on the node's uplink.
+ *
+ *   ipvsbpf_egress   requests after IPVS's DNAT: IP_VS_BPF_DIR_ORIG entry
+ *                    -> source := SNAT addr:port
+ *   ipvsbpf_ingress  replies before IPVS: IP_VS_BPF_DIR_REPLY entry
+ *                    -> destination := client addr:port
+ *
+ * The session map (ipvs_sessions) is handed to IPVS, which fills it. One
+ * hash lookup per TCP/UDP/SCTP packet; a miss passes the packet untouched.
+ * Verdicts are TC_ACT_UNSPEC ("next filter, else pass") so programs of
+ * other owners on the same hook still run, and TC_ACT_SHOT only for the
+ * IPVSBPF_DROP_* reasons. Ethernet devices only.
+ */
+#include "common.h"
+#include "maps.h"
+#include "nat.h"
+#include "parse.h"
+#include "stats.h"
+
+static __always_inline int ipvsbpf_handle(struct __sk_buff *skb, __u8 dir)
+{
+	struct pkt p = {};
+	int reason;
+
+	p.l3_off = ETH_HLEN;
+	switch (skb->protocol) {
+	case bpf_htons(ETH_P_IP):
+		reason = parse_ipv4(skb, &p, false);
+		break;
+	case bpf_htons(ETH_P_IPV6):
+		reason = parse_ipv6(skb, &p, false);
+		break;
+	default:
+		reason = IPVSBPF_PASS_NOT_IP;
+		break;
+	}
+	if (reason)
+		goto out;
+
+	if (p.frag == IPVSBPF_FRAG_LATER) {
+		switch (p.frag_proto) {
+		case IPPROTO_TCP:
+		case IPPROTO_UDP:
+		case IPPROTO_SCTP:
+		case IPPROTO_ICMP:
+		case IPPROTO_ICMPV6:
+			reason = nat_frag(skb, &p, dir);
+			break;
+		default:
+			reason = IPVSBPF_PASS_PROTO;
+		}
+		goto out;
+	}
+
+	switch (p.proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP:
+		reason = nat_session(skb, &p, dir);
+		break;
+	case IPPROTO_ICMP:
+		reason = p.family == AF_INET ? nat_icmp(skb, &p, dir) :
+					       IPVSBPF_PASS_PROTO;
+		break;
+	case IPPROTO_ICMPV6:
+		reason = p.family == AF_INET6 ? nat_icmp(skb, &p, dir) :
+						IPVSBPF_PASS_PROTO;
+		break;
+	default:
+		reason = IPVSBPF_PASS_PROTO;
+	}
+out:
+	ipvsbpf_count(skb, dir, reason);
+	return reason >= IPVSBPF_DROP_FIRST ? TC_ACT_SHOT : TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int ipvsbpf_egress(struct __sk_buff *skb)
+{
+	return ipvsbpf_handle(skb, IP_VS_BPF_DIR_ORIG);
+}
+
+SEC("tc")
+int ipvsbpf_ingress(struct __sk_buff *skb)
+{
+	return ipvsbpf_handle(skb, IP_VS_BPF_DIR_REPLY);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

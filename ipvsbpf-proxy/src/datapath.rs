@@ -1,0 +1,491 @@
+//! Typed access to `bpf/snat.bpf.c`, the tc (clsact) SNAT datapath: loading,
+//! attaching to a device, the session map IPVS fills, and the per-CPU
+//! counters by reason.
+//!
+//! The session map's layout is the kernel series' uapi
+//! (`ipvs_netlink::uapi::IpVsBpfKey`/`IpVsBpfValue`); the reason codes come
+//! from the object's BTF through the generated skeleton, so neither is a hand
+//! copy of the C.
+
+use std::mem::{offset_of, MaybeUninit};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use ipvs_netlink::uapi::{
+    IpVsBpfKey, IpVsBpfValue, IP_VS_BPF_DIR_ORIG, IP_VS_BPF_DIR_REPLY, IP_VS_BPF_F_SNAT,
+    IP_VS_BPF_MIN_ENTRIES,
+};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, OpenObject, TcHook, TcHookBuilder, TC_EGRESS, TC_INGRESS};
+
+use crate::skel::snat::types::ipvsbpf_reason as R;
+use crate::skel::snat::{SnatSkel, SnatSkelBuilder};
+
+/// Size of `struct ip_vs_bpf_key`.
+pub const KEY_SIZE: usize = std::mem::size_of::<IpVsBpfKey>();
+/// Size of `struct ip_vs_bpf_value`.
+pub const VALUE_SIZE: usize = std::mem::size_of::<IpVsBpfValue>();
+
+const AF_INET: u8 = libc::AF_INET as u8;
+const AF_INET6: u8 = libc::AF_INET6 as u8;
+
+/// Errors of the datapath layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// libbpf refused to open, load, attach or query.
+    #[error("{what}: {source}")]
+    Bpf {
+        /// what was being done
+        what: String,
+        /// libbpf's error
+        source: libbpf_rs::Error,
+    },
+    /// A map returned a value of an unexpected size.
+    #[error("{map}: value has {got} bytes, expected {want}")]
+    BadValue {
+        /// map name
+        map: &'static str,
+        /// bytes received
+        got: usize,
+        /// bytes expected
+        want: usize,
+    },
+    /// A session whose two addresses are of different families.
+    #[error("session {src} -> {dst} mixes address families")]
+    MixedFamilies {
+        /// source
+        src: SocketAddr,
+        /// destination
+        dst: SocketAddr,
+    },
+    /// A map size the kernel or IPVS would refuse.
+    #[error("session map of {0} entries: IPVS needs at least {IP_VS_BPF_MIN_ENTRIES}")]
+    TooSmall(u32),
+}
+
+fn bpf_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Bpf { what, source }
+}
+
+/// Which program, and which half of a session: requests leave through
+/// egress with an `ORIG` entry, replies arrive through ingress with a
+/// `REPLY` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// `IP_VS_BPF_DIR_ORIG`, tc egress: source := SNAT addr:port
+    Orig,
+    /// `IP_VS_BPF_DIR_REPLY`, tc ingress: destination := client addr:port
+    Reply,
+}
+
+impl Direction {
+    /// Both directions, in counter-slot order.
+    pub const ALL: [Direction; 2] = [Direction::Orig, Direction::Reply];
+
+    /// The uapi value.
+    pub fn uapi(self) -> u8 {
+        match self {
+            Direction::Orig => IP_VS_BPF_DIR_ORIG,
+            Direction::Reply => IP_VS_BPF_DIR_REPLY,
+        }
+    }
+
+    /// Label for metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Orig => "egress",
+            Direction::Reply => "ingress",
+        }
+    }
+}
+
+/// Transport protocols a session can have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// TCP
+    Tcp,
+    /// UDP
+    Udp,
+    /// SCTP
+    Sctp,
+}
+
+impl Protocol {
+    /// IANA protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => libc::IPPROTO_TCP as u8,
+            Protocol::Udp => libc::IPPROTO_UDP as u8,
+            Protocol::Sctp => libc::IPPROTO_SCTP as u8,
+        }
+    }
+}
+
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $variant:ident = $btf:ident, $name:literal;)*) => {
+        /// Why a program handled a packet the way it did (`enum
+        /// ipvsbpf_reason`); each has a counter per direction.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u32)]
+        pub enum Reason {
+            $($(#[$doc])* $variant = R::$btf.0,)*
+        }
+
+        impl Reason {
+            /// Every reason, in slot order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+
+            /// Stable label for metrics.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// session hit: rewritten
+    Xlated = IPVSBPF_XLATED, "xlated";
+    /// first fragment rewritten but not remembered: later fragments miss
+    XlatedNoFrag = IPVSBPF_XLATED_NOFRAG, "xlated_nofrag";
+    /// ICMP error about a session: outer and quoted headers rewritten
+    IcmpXlated = IPVSBPF_ICMP_XLATED, "icmp_xlated";
+    /// later fragment rewritten from the fragment map
+    FragXlated = IPVSBPF_FRAG_XLATED, "frag_xlated";
+    /// session hit without `IP_VS_BPF_F_SNAT`: untouched
+    PassNoSnat = IPVSBPF_PASS_NOSNAT, "pass_nosnat";
+    /// no session: untouched
+    PassMiss = IPVSBPF_PASS_MISS, "pass_miss";
+    /// ICMP error about no session: untouched
+    PassIcmpMiss = IPVSBPF_PASS_ICMP_MISS, "pass_icmp_miss";
+    /// later fragment of a datagram not translated here: untouched
+    PassFragMiss = IPVSBPF_PASS_FRAG_MISS, "pass_frag_miss";
+    /// not IPv4 or IPv6: untouched
+    PassNotIp = IPVSBPF_PASS_NOT_IP, "pass_not_ip";
+    /// not TCP, UDP, SCTP or an ICMP error about them: untouched
+    PassProto = IPVSBPF_PASS_PROTO, "pass_proto";
+    /// IP header truncated or invalid: untouched
+    ErrL3 = IPVSBPF_ERR_L3, "err_l3";
+    /// IPv6 extension headers truncated or too many: untouched
+    ErrExtHdr = IPVSBPF_ERR_EXTHDR, "err_exthdr";
+    /// transport header truncated: untouched
+    ErrL4 = IPVSBPF_ERR_L4, "err_l4";
+    /// ICMP error quoting a truncated or invalid packet: untouched
+    ErrIcmpInner = IPVSBPF_ERR_ICMP_INNER, "err_icmp_inner";
+    /// SCTP session whose port would change: dropped
+    DropSctpPort = IPVSBPF_DROP_SCTP_PORT, "drop_sctp_port";
+    /// a rewrite failed half way: dropped
+    DropWrite = IPVSBPF_DROP_WRITE, "drop_write";
+}
+
+impl Reason {
+    /// Number of slots per direction in the counter map.
+    pub const SLOTS: u32 = R::__IPVSBPF_REASON_MAX.0;
+
+    /// Whether the program drops the packet for this reason.
+    pub fn drops(self) -> bool {
+        self as u32 >= R::IPVSBPF_DROP_FIRST.0
+    }
+
+    /// The reason of a raw code, if it is one.
+    pub fn from_code(code: u32) -> Option<Reason> {
+        Reason::ALL.iter().copied().find(|r| *r as u32 == code)
+    }
+}
+
+/// One counter: packets and bytes (`skb->len`), summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// packets
+    pub packets: u64,
+    /// bytes
+    pub bytes: u64,
+}
+
+/// Builds the session map key IPVS writes for a packet `src -> dst` as seen
+/// at the hook of `dir`.
+pub fn session_key(
+    dir: Direction,
+    proto: Protocol,
+    src: SocketAddr,
+    dst: SocketAddr,
+) -> Result<IpVsBpfKey, Error> {
+    let (family, saddr, daddr) = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (AF_INET, addr_words(s.into()), addr_words(d.into())),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (AF_INET6, addr_words(s.into()), addr_words(d.into())),
+        _ => return Err(Error::MixedFamilies { src, dst }),
+    };
+    Ok(IpVsBpfKey {
+        saddr,
+        daddr,
+        sport: port_be(src.port()),
+        dport: port_be(dst.port()),
+        family,
+        protocol: proto.number(),
+        dir: dir.uapi(),
+        pad: 0,
+    })
+}
+
+/// Builds a session value: rewrite with `to` when `snat`, else leave alone.
+pub fn session_value(to: SocketAddr, snat: bool) -> IpVsBpfValue {
+    IpVsBpfValue {
+        addr: addr_words(to.ip()),
+        port: port_be(to.port()),
+        flags: if snat { IP_VS_BPF_F_SNAT } else { 0 },
+        pad: 0,
+    }
+}
+
+/// Address words as the kernel stores them: network byte order, IPv4 in
+/// word 0, the rest zero.
+fn addr_words(ip: IpAddr) -> [u32; 4] {
+    let mut words = [0u32; 4];
+    match ip {
+        IpAddr::V4(a) => words[0] = u32::from_ne_bytes(a.octets()),
+        IpAddr::V6(a) => {
+            for (w, c) in words.iter_mut().zip(a.octets().chunks_exact(4)) {
+                *w = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+    }
+    words
+}
+
+fn port_be(port: u16) -> u16 {
+    u16::from_ne_bytes(port.to_be_bytes())
+}
+
+/// The key's bytes in `struct ip_vs_bpf_key` layout.
+pub fn key_bytes(k: &IpVsBpfKey) -> [u8; KEY_SIZE] {
+    let mut b = [0u8; KEY_SIZE];
+    put_words(&mut b[offset_of!(IpVsBpfKey, saddr)..], &k.saddr);
+    put_words(&mut b[offset_of!(IpVsBpfKey, daddr)..], &k.daddr);
+    put(
+        &mut b,
+        offset_of!(IpVsBpfKey, sport),
+        &k.sport.to_ne_bytes(),
+    );
+    put(
+        &mut b,
+        offset_of!(IpVsBpfKey, dport),
+        &k.dport.to_ne_bytes(),
+    );
+    b[offset_of!(IpVsBpfKey, family)] = k.family;
+    b[offset_of!(IpVsBpfKey, protocol)] = k.protocol;
+    b[offset_of!(IpVsBpfKey, dir)] = k.dir;
+    b[offset_of!(IpVsBpfKey, pad)] = k.pad;
+    b
+}
+
+/// The value's bytes in `struct ip_vs_bpf_value` layout.
+pub fn value_bytes(v: &IpVsBpfValue) -> [u8; VALUE_SIZE] {
+    let mut b = [0u8; VALUE_SIZE];
+    put_words(&mut b[offset_of!(IpVsBpfValue, addr)..], &v.addr);
+    put(
+        &mut b,
+        offset_of!(IpVsBpfValue, port),
+        &v.port.to_ne_bytes(),
+    );
+    b[offset_of!(IpVsBpfValue, flags)] = v.flags;
+    b[offset_of!(IpVsBpfValue, pad)] = v.pad;
+    b
+}
+
+fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
+    buf[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+fn put_words(buf: &mut [u8], words: &[u32; 4]) {
+    for (i, w) in words.iter().enumerate() {
+        put(buf, i * 4, &w.to_ne_bytes());
+    }
+}
+
+/// Map sizes, fixed at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// `max_entries` of the session map: two per IPVS connection.
+    pub session_entries: u32,
+    /// `max_entries` of the fragment map (LRU).
+    pub frag_entries: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            session_entries: 65536,
+            frag_entries: 8192,
+        }
+    }
+}
+
+/// The loaded SNAT object: two programs, the session, fragment and counter
+/// maps.
+pub struct Datapath<'obj> {
+    skel: SnatSkel<'obj>,
+}
+
+impl<'obj> Datapath<'obj> {
+    /// Opens, sizes and loads the object. `storage` backs libbpf's object
+    /// and must outlive the datapath.
+    pub fn load(storage: &'obj mut MaybeUninit<OpenObject>, opts: &Options) -> Result<Self, Error> {
+        if opts.session_entries < IP_VS_BPF_MIN_ENTRIES {
+            return Err(Error::TooSmall(opts.session_entries));
+        }
+        let mut open = SnatSkelBuilder::default()
+            .open(storage)
+            .map_err(bpf_err("opening the snat object"))?;
+        open.maps
+            .ipvs_sessions
+            .set_max_entries(opts.session_entries)
+            .map_err(bpf_err("sizing ipvs_sessions"))?;
+        open.maps
+            .ipvsbpf_frags
+            .set_max_entries(opts.frag_entries)
+            .map_err(bpf_err("sizing ipvsbpf_frags"))?;
+        let skel = open.load().map_err(bpf_err("loading the snat object"))?;
+        Ok(Datapath { skel })
+    }
+
+    /// The generated skeleton, for test_run and inspection.
+    pub fn skel(&self) -> &SnatSkel<'obj> {
+        &self.skel
+    }
+
+    /// The session map's fd: what IPVS_CMD_NEW_BPF hands to the kernel.
+    pub fn sessions_fd(&self) -> BorrowedFd<'_> {
+        self.skel.maps.ipvs_sessions.as_fd()
+    }
+
+    /// Writes a session entry. IPVS owns the map in production; tests and
+    /// the host integration test stand in for it.
+    pub fn put_session(&self, key: &IpVsBpfKey, value: &IpVsBpfValue) -> Result<(), Error> {
+        self.skel
+            .maps
+            .ipvs_sessions
+            .update(&key_bytes(key), &value_bytes(value), MapFlags::ANY)
+            .map_err(bpf_err("writing a session"))
+    }
+
+    /// Removes a session entry (as IPVS does at expiry).
+    pub fn delete_session(&self, key: &IpVsBpfKey) -> Result<(), Error> {
+        self.skel
+            .maps
+            .ipvs_sessions
+            .delete(&key_bytes(key))
+            .map_err(bpf_err("deleting a session"))
+    }
+
+    /// Number of entries in the session map (a walk: O(entries)).
+    pub fn session_count(&self) -> usize {
+        self.skel.maps.ipvs_sessions.keys().count()
+    }
+
+    /// Removes every fragment map entry.
+    pub fn clear_frags(&self) -> Result<(), Error> {
+        let keys: Vec<Vec<u8>> = self.skel.maps.ipvsbpf_frags.keys().collect();
+        for k in keys {
+            self.skel
+                .maps
+                .ipvsbpf_frags
+                .delete(&k)
+                .map_err(bpf_err("clearing ipvsbpf_frags"))?;
+        }
+        Ok(())
+    }
+
+    /// Number of entries in the fragment map.
+    pub fn frag_count(&self) -> usize {
+        self.skel.maps.ipvsbpf_frags.keys().count()
+    }
+
+    /// One counter, summed over CPUs.
+    pub fn counter(&self, dir: Direction, reason: Reason) -> Result<Counter, Error> {
+        let slot = u32::from(dir.uapi()) * Reason::SLOTS + reason as u32;
+        let per_cpu = self
+            .skel
+            .maps
+            .ipvsbpf_stats
+            .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err("reading ipvsbpf_stats"))?
+            .unwrap_or_default();
+        per_cpu.iter().try_fold(Counter::default(), |acc, v| {
+            let word = |i: usize| -> Result<u64, Error> {
+                v.get(i * 8..i * 8 + 8)
+                    .and_then(|s| s.try_into().ok())
+                    .map(u64::from_ne_bytes)
+                    .ok_or(Error::BadValue {
+                        map: "ipvsbpf_stats",
+                        got: v.len(),
+                        want: 16,
+                    })
+            };
+            Ok(Counter {
+                packets: acc.packets + word(0)?,
+                bytes: acc.bytes + word(1)?,
+            })
+        })
+    }
+
+    /// Every non-zero counter.
+    pub fn counters(&self) -> Result<Vec<(Direction, Reason, Counter)>, Error> {
+        let mut out = Vec::new();
+        for dir in Direction::ALL {
+            for &reason in Reason::ALL {
+                let c = self.counter(dir, reason)?;
+                if c != Counter::default() {
+                    out.push((dir, reason, c));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Attaches egress and ingress to a clsact qdisc on `ifindex` in the
+    /// calling thread's network namespace (created if missing). The filters
+    /// stay when the process exits; [`Attachment::detach`] removes them.
+    pub fn attach(&self, ifindex: i32) -> Result<Attachment, Error> {
+        let hook = |fd: BorrowedFd<'_>, point, what: &str| -> Result<TcHook, Error> {
+            let mut b = TcHookBuilder::new(fd);
+            b.ifindex(ifindex).replace(true).handle(1).priority(1);
+            let mut h = b.hook(point);
+            h.create()
+                .map_err(bpf_err(format!("clsact qdisc on ifindex {ifindex}")))?;
+            h.attach()
+                .map_err(bpf_err(format!("{what} filter on ifindex {ifindex}")))
+        };
+        let egress = hook(self.skel.progs.ipvsbpf_egress.as_fd(), TC_EGRESS, "egress")?;
+        let ingress = hook(
+            self.skel.progs.ipvsbpf_ingress.as_fd(),
+            TC_INGRESS,
+            "ingress",
+        )?;
+        Ok(Attachment { egress, ingress })
+    }
+
+    /// Program fds, for callers that attach by other means.
+    pub fn prog_fds(&self) -> (i32, i32) {
+        (
+            self.skel.progs.ipvsbpf_egress.as_fd().as_raw_fd(),
+            self.skel.progs.ipvsbpf_ingress.as_fd().as_raw_fd(),
+        )
+    }
+}
+
+/// The two tc filters of one device.
+pub struct Attachment {
+    egress: TcHook,
+    ingress: TcHook,
+}
+
+impl Attachment {
+    /// Removes both filters (the clsact qdisc stays: others may use it).
+    pub fn detach(mut self) -> Result<(), Error> {
+        self.egress.detach().map_err(bpf_err("detaching egress"))?;
+        self.ingress.detach().map_err(bpf_err("detaching ingress"))
+    }
+}
