@@ -460,3 +460,37 @@ pub fn set_sessions(dp: &Datapath<'_>, sessions: &[(IpVsBpfKey, IpVsBpfValue)]) 
         dp.put_session(k, v).expect("put session");
     }
 }
+
+/// Runs once on an arbitrary frame: the kernel's answer (it refuses some
+/// frames before the program runs) and, when it ran, the verdict, the
+/// packet out and the one reason counted.
+pub fn try_run(
+    dp: &Datapath<'_>,
+    dir: Direction,
+    frame: &[u8],
+) -> Result<(u32, Vec<u8>, Reason), String> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let prog = match dir {
+        Direction::Orig => &dp.skel().progs.ipvsbpf_egress,
+        Direction::Reply => &dp.skel().progs.ipvsbpf_ingress,
+    };
+    let before = counters(dp);
+    let input = ProgramInput {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..Default::default()
+    };
+    let res = prog.test_run(input).map_err(|e| e.to_string())?;
+    let verdict = res.return_value;
+    let data = res.data.map(|d| d.to_vec()).unwrap_or_default();
+    let after = counters(dp);
+    let moved: Vec<(Direction, Reason)> = after
+        .iter()
+        .filter(|(k, c)| before.get(k).copied().unwrap_or_default() != **c)
+        .map(|(k, _)| *k)
+        .collect();
+    match moved.as_slice() {
+        [(d, r)] if *d == dir => Ok((verdict, data, *r)),
+        _ => Err(format!("counters moved: {moved:?}")),
+    }
+}

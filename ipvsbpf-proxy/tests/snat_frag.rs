@@ -1,0 +1,138 @@
+//! Fragments through BPF_PROG_TEST_RUN: the first fragment is translated by
+//! its transport header and remembered in the fragment map; later
+//! fragments (no ports) get the same addresses from it; a later fragment
+//! with nothing remembered, or a first fragment without a session, leaves
+//! the datagram untouched. Both families, both directions.
+//! Needs root (CAP_BPF + CAP_NET_ADMIN); without it the tests fail.
+
+mod common;
+
+use std::mem::MaybeUninit;
+
+use common::*;
+use ipvsbpf_proxy::datapath::{Direction, Reason};
+
+/// 100 bytes of payload: with 32-byte pieces, a UDP datagram of 108 bytes
+/// becomes four fragments.
+const PAYLOAD: &[u8; 100] = &[0x5a; 100];
+
+fn flows(v6: bool) -> (Flow, Flow, std::net::SocketAddr, std::net::SocketAddr) {
+    let (c, r, s) = if v6 {
+        (
+            sa("[2001:db8::100]:5353"),
+            sa("[2001:db8:1::10]:53"),
+            sa("[2001:db8::1]:61001"),
+        )
+    } else {
+        (
+            sa("192.0.2.100:5353"),
+            sa("198.18.1.10:53"),
+            sa("192.0.2.1:61001"),
+        )
+    };
+    let req = Flow {
+        l4: L4::Udp,
+        src: c,
+        dst: r,
+    };
+    let rep = Flow {
+        l4: L4::Udp,
+        src: r,
+        dst: s,
+    };
+    (req, rep, c, s)
+}
+
+#[test]
+fn fragments_follow_their_first() {
+    let mut storage = MaybeUninit::uninit();
+    let dp = load(&mut storage);
+    for v6 in [false, true] {
+        let (req, rep, client, snat) = flows(v6);
+        set_sessions(&dp, &ipvs_entries(L4::Udp, req.src, req.dst, Some(snat)));
+        for (dir, input, output) in [
+            (Direction::Orig, req, req.with_src(snat)),
+            (Direction::Reply, rep, rep.with_dst(client)),
+        ] {
+            let what = format!("v6={v6} {dir:?}");
+            let id = 0x4242;
+            let ins = fragments(&input, PAYLOAD, 32, id);
+            let outs = fragments(&output, PAYLOAD, 32, id);
+            assert_eq!(ins.len(), 4);
+            for (i, (f, want)) in ins.iter().zip(&outs).enumerate() {
+                let reason = if i == 0 {
+                    Reason::Xlated
+                } else {
+                    Reason::FragXlated
+                };
+                let (verdict, out) = run_counted(&dp, dir, f, reason, &format!("{what} #{i}"));
+                assert_eq!(verdict, PASS);
+                assert_eq!(&out, want, "{what}: fragment {i}");
+            }
+            // A later fragment of another datagram: nothing remembered
+            let other = fragments(&input, PAYLOAD, 32, id + 1);
+            let (_, out) = run_counted(
+                &dp,
+                dir,
+                &other[2],
+                Reason::PassFragMiss,
+                &format!("{what} unknown id"),
+            );
+            assert_eq!(out, other[2], "{what}: unknown datagram untouched");
+        }
+        assert_eq!(dp.frag_count(), 2, "one entry per translated datagram");
+        dp.clear_frags().expect("clear");
+    }
+}
+
+#[test]
+fn out_of_order_and_stale_fragments_stay_untouched() {
+    let mut storage = MaybeUninit::uninit();
+    let dp = load(&mut storage);
+    for v6 in [false, true] {
+        let (req, _, _, snat) = flows(v6);
+        let what = format!("v6={v6}");
+        let sessions = ipvs_entries(L4::Udp, req.src, req.dst, Some(snat));
+        set_sessions(&dp, &sessions);
+        let frags = fragments(&req, PAYLOAD, 32, 7);
+
+        // Out of order: the last fragment before the first passes as is
+        let (_, out) = run_counted(&dp, Direction::Orig, &frags[3], Reason::PassFragMiss, &what);
+        assert_eq!(out, frags[3]);
+
+        // The first fragment translates and remembers ...
+        run_counted(&dp, Direction::Orig, &frags[0], Reason::Xlated, &what);
+        assert_eq!(dp.frag_count(), 1);
+        // ... and when the session is gone, a new datagram reusing the id
+        // must not inherit the old translation.
+        set_sessions(&dp, &[]);
+        let (_, out) = run_counted(&dp, Direction::Orig, &frags[0], Reason::PassMiss, &what);
+        assert_eq!(out, frags[0]);
+        assert_eq!(dp.frag_count(), 0, "{what}: stale entry removed");
+        let (_, out) = run_counted(&dp, Direction::Orig, &frags[1], Reason::PassFragMiss, &what);
+        assert_eq!(out, frags[1]);
+    }
+}
+
+#[test]
+fn full_fragment_map_still_translates_the_first() {
+    let mut storage = MaybeUninit::uninit();
+    let dp = load(&mut storage);
+    let (req, _, _, snat) = flows(false);
+    set_sessions(&dp, &ipvs_entries(L4::Udp, req.src, req.dst, Some(snat)));
+    // An LRU map never refuses an insert: far more datagrams than entries
+    // (64) must all translate their first fragment; the oldest entries go.
+    let translated = req.with_src(snat);
+    for id in 0..200u32 {
+        let f = &fragments(&req, PAYLOAD, 32, id)[0];
+        let want = &fragments(&translated, PAYLOAD, 32, id)[0];
+        let (verdict, out) = run(&dp, Direction::Orig, f);
+        assert_eq!(verdict, PASS);
+        assert_eq!(&out, want, "datagram {id}");
+    }
+    assert!(dp.frag_count() <= 64, "LRU bound: {}", dp.frag_count());
+    let c = dp
+        .counter(Direction::Orig, Reason::Xlated)
+        .expect("counter");
+    assert_eq!(c.packets, 200);
+}
