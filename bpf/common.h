@@ -15,13 +15,4 @@
 #define AF_INET6	10
 #endif
 
-/* The kernel's own -EINVAL, the only errno the programs test for. */
-#define IPVSBPF_EINVAL	22
-
-/* bpf_l4_csum_replace(): leave skb->csum alone for an IPv6 pseudo-header
- * change (6.16, backported to 6.12.y). The uapi enum may predate it, so the
- * value is spelled out; older kernels refuse it with -EINVAL.
- */
-#define IPVSBPF_F_IPV6	(1ULL << 7)
-
 #endif /* IPVSBPF_COMMON_H */

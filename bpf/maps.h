@@ -46,15 +46,31 @@ struct ipvsbpf_frag_key {
 
 _Static_assert(sizeof(struct ipvsbpf_frag_key) == 40, "no implicit padding");
 
+/* How long a first fragment's translation holds: the default reassembly
+ * timeout (net.ipv4.ipfrag_time, net.ipv6.ip6frag_time).
+ */
+#ifndef IPVSBPF_FRAG_TIMEOUT_NS
+#define IPVSBPF_FRAG_TIMEOUT_NS		(30ULL * 1000 * 1000 * 1000)
+#endif
+
+struct ipvsbpf_frag_value {
+	struct ip_vs_bpf_value xlate;	/* the address to write */
+	__u32 pad;
+	__u64 expires;			/* bpf_ktime_get_ns() deadline */
+};
+
+_Static_assert(sizeof(struct ipvsbpf_frag_value) == 32, "no implicit padding");
+
 /* Written by the first fragment, read by the later ones. Nothing tells
- * which fragment is the last, so entries are left to LRU eviction; a first
- * fragment that is not translated removes a stale entry for its id.
+ * which fragment is the last, so entries expire with the reassembly timeout
+ * and are left to LRU eviction; a first fragment that is not translated
+ * removes a stale entry for its id.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, IPVSBPF_FRAGS_DEFAULT);
 	__type(key, struct ipvsbpf_frag_key);
-	__type(value, struct ip_vs_bpf_value);
+	__type(value, struct ipvsbpf_frag_value);
 } ipvsbpf_frags SEC(".maps");
 
 #endif /* IPVSBPF_MAPS_H */

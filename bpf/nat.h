@@ -5,10 +5,20 @@
  * IPVS sees them. Plain packets, fragments and ICMP errors about a session.
  *
  * Transport checksums of plain packets go through bpf_l4_csum_replace(),
- * which knows the skb's checksum state (CHECKSUM_PARTIAL keeps only the
- * pseudo-header sum, CHECKSUM_COMPLETE needs skb->csum kept in step). The
- * fields quoted inside an ICMP error are ordinary data to the stack and are
- * updated here with csum.h.
+ * which knows the skb's checksum state: CHECKSUM_PARTIAL keeps only the
+ * pseudo-header sum in the field, CHECKSUM_COMPLETE needs skb->csum kept in
+ * step. For the latter, every byte that changes must be matched by a
+ * checksum field that absorbs it, or be stored with BPF_F_RECOMPUTE_CSUM:
+ *  - an IPv4 address: the IP header checksum absorbs it; the helper takes
+ *    the pseudo-header change off skb->csum along with the L4 field;
+ *  - an IPv6 address: nothing in the header absorbs it, so it is stored
+ *    with RECOMPUTE (+d), which also squares the helper's pseudo-header
+ *    adjustment (-d) when an L4 checksum absorbed it. The same on every
+ *    kernel, with or without BPF_F_IPV6;
+ *  - a port: the L4 checksum absorbs it, except SCTP's (CRC32c) and a UDP
+ *    checksum of 0, where it is stored with RECOMPUTE.
+ * The fields quoted inside an ICMP error are ordinary data to the stack,
+ * absorbed by the ICMP checksum, and are updated here with csum.h.
  */
 #ifndef IPVSBPF_NAT_H
 #define IPVSBPF_NAT_H
@@ -66,21 +76,6 @@ static __always_inline __u32 addr_off(const struct pkt *p, bool src)
 				  offsetof(struct ipv6hdr, daddr));
 }
 
-static __always_inline int l4_csum_replace_v6(struct __sk_buff *skb, __u32 off,
-					      __s64 diff, __u64 flags)
-{
-	int ret;
-
-	flags |= BPF_F_PSEUDO_HDR;
-	ret = bpf_l4_csum_replace(skb, off, 0, diff, flags | IPVSBPF_F_IPV6);
-	/* Before BPF_F_IPV6 the helper also moved skb->csum, wrongly for
-	 * CHECKSUM_COMPLETE; nothing better exists on such a kernel.
-	 */
-	if (ret == -IPVSBPF_EINVAL)
-		ret = bpf_l4_csum_replace(skb, off, 0, diff, flags);
-	return ret;
-}
-
 /* Rewrite the source (@src) or destination address to @to; with @l4, the
  * transport header is in this packet and its checksum follows.
  */
@@ -106,10 +101,12 @@ static __always_inline int nat_rewrite_addr(struct __sk_buff *skb,
 	}
 	if (csum >= 0) {
 		diff = bpf_csum_diff((__be32 *)from, 16, (__be32 *)to, 16, 0);
-		if (l4_csum_replace_v6(skb, p->l4_off + csum, diff, flags))
+		if (bpf_l4_csum_replace(skb, p->l4_off + csum, 0, diff,
+					flags | BPF_F_PSEUDO_HDR))
 			return -1;
 	}
-	return bpf_skb_store_bytes(skb, addr_off(p, src), to, 16, 0);
+	return bpf_skb_store_bytes(skb, addr_off(p, src), to, 16,
+				   BPF_F_RECOMPUTE_CSUM);
 }
 
 static __always_inline int nat_rewrite_port(struct __sk_buff *skb,
@@ -118,15 +115,17 @@ static __always_inline int nat_rewrite_port(struct __sk_buff *skb,
 {
 	__be16 from = src ? p->sport : p->dport;
 	int csum = l4_csum_off(p->proto);
+	__u64 store = 0;
 
 	if (from == to)
 		return 0;
-	if (csum >= 0 &&
-	    bpf_l4_csum_replace(skb, p->l4_off + csum, from, to,
-				l4_csum_flags(p->proto) | sizeof(__be16)))
+	if (csum < 0 || (p->proto == IPPROTO_UDP && !p->l4_csum))
+		store = BPF_F_RECOMPUTE_CSUM;
+	else if (bpf_l4_csum_replace(skb, p->l4_off + csum, from, to,
+				     l4_csum_flags(p->proto) | sizeof(__be16)))
 		return -1;
 	return bpf_skb_store_bytes(skb, p->l4_off + (src ? 0 : sizeof(__be16)),
-				   &to, sizeof(to), 0);
+				   &to, sizeof(to), store);
 }
 
 static __always_inline void frag_key(struct ipvsbpf_frag_key *k,
@@ -144,11 +143,19 @@ static __always_inline int frag_remember(const struct pkt *p, __u8 dir,
 					 const struct ip_vs_bpf_value *v)
 {
 	struct ipvsbpf_frag_key k = {};
+	struct ipvsbpf_frag_value fv = {
+		.xlate = *v,
+		.expires = bpf_ktime_get_ns() + IPVSBPF_FRAG_TIMEOUT_NS,
+	};
 
 	frag_key(&k, p, dir);
-	return bpf_map_update_elem(&ipvsbpf_frags, &k, v, BPF_ANY);
+	return bpf_map_update_elem(&ipvsbpf_frags, &k, &fv, BPF_ANY);
 }
 
+/* Called for every first fragment that is not translated: a later fragment
+ * must never inherit the translation of an earlier datagram with the same
+ * id.
+ */
 static __always_inline void frag_forget(const struct pkt *p, __u8 dir)
 {
 	struct ipvsbpf_frag_key k = {};
@@ -173,13 +180,14 @@ static __always_inline int nat_session(struct __sk_buff *skb, struct pkt *p,
 	session_key(&key, p->saddr, p->daddr, p->sport, p->dport, p->family,
 		    p->proto, dir);
 	hit = bpf_map_lookup_elem(&ipvs_sessions, &key);
-	if (!hit || !(hit->flags & IP_VS_BPF_F_SNAT)) {
-		if (p->frag == IPVSBPF_FRAG_FIRST)
-			frag_forget(p, dir);
-		return hit ? IPVSBPF_PASS_NOSNAT : IPVSBPF_PASS_MISS;
-	}
-	/* IPVS may delete the entry under us; work from one snapshot */
+	if (!hit)
+		return IPVSBPF_PASS_MISS;
+	/* IPVS may delete the entry under us and the preallocated element be
+	 * reused at once: take one snapshot, then decide on it.
+	 */
 	v = *hit;
+	if (!(v.flags & IP_VS_BPF_F_SNAT))
+		return IPVSBPF_PASS_NOSNAT;
 
 	if (p->proto == IPPROTO_SCTP && v.port != (src ? p->sport : p->dport))
 		return IPVSBPF_DROP_SCTP_PORT;
@@ -195,15 +203,19 @@ static __always_inline int nat_session(struct __sk_buff *skb, struct pkt *p,
 static __always_inline int nat_frag(struct __sk_buff *skb, const struct pkt *p,
 				    __u8 dir)
 {
+	struct ipvsbpf_frag_value *hit, fv;
 	struct ipvsbpf_frag_key k = {};
-	struct ip_vs_bpf_value *hit, v;
 
 	frag_key(&k, p, dir);
 	hit = bpf_map_lookup_elem(&ipvsbpf_frags, &k);
 	if (!hit)
 		return IPVSBPF_PASS_FRAG_MISS;
-	v = *hit;
-	if (nat_rewrite_addr(skb, p, dir == IP_VS_BPF_DIR_ORIG, v.addr, false))
+	fv = *hit;
+	/* Older than reassembly would wait: the id belongs to a new datagram */
+	if (bpf_ktime_get_ns() > fv.expires)
+		return IPVSBPF_PASS_FRAG_MISS;
+	if (nat_rewrite_addr(skb, p, dir == IP_VS_BPF_DIR_ORIG, fv.xlate.addr,
+			     false))
 		return IPVSBPF_DROP_WRITE;
 	return IPVSBPF_FRAG_XLATED;
 }
@@ -259,9 +271,9 @@ static __always_inline int nat_icmp(struct __sk_buff *skb, struct pkt *p,
 	hit = bpf_map_lookup_elem(&ipvs_sessions, &key);
 	if (!hit)
 		return IPVSBPF_PASS_ICMP_MISS;
-	if (!(hit->flags & IP_VS_BPF_F_SNAT))
-		return IPVSBPF_PASS_NOSNAT;
 	v = *hit;
+	if (!(v.flags & IP_VS_BPF_F_SNAT))
+		return IPVSBPF_PASS_NOSNAT;
 
 	/* Quoted address; its IPv4 header checksum absorbs the change */
 	addr_delta = csum_delta_addr(0, inner_src ? in.saddr : in.daddr, v.addr,

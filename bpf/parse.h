@@ -67,6 +67,7 @@ struct pkt {
 	__be32 frag_id;			/* IPv4 id or IPv6 identification */
 	__be16 sport;
 	__be16 dport;
+	__u16 l4_csum;			/* UDP: the checksum field (0: none) */
 	__u8 family;
 	__u8 proto;			/* transport protocol */
 	__u8 frag_proto;		/* protocol field naming the fragments */
@@ -93,7 +94,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p,
 		return IPVSBPF_ERR_L3;
 	if (!quoted) {
 		/* tot_len 0 is BIG TCP's GSO packet over 64 KiB */
-		if (p->l3_off + tot > skb->len)
+		if (p->l3_off + tot > skb->len || (!tot && !skb->gso_size))
 			return IPVSBPF_ERR_L3;
 		p->l3_end = tot ? p->l3_off + tot : skb->len;
 	}
@@ -134,7 +135,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p,
 {
 	struct ipv6hdr ip6;
 	__u32 off, plen;
-	__u8 nexthdr;
+	__u8 nexthdr, segleft;
 	int i;
 
 	if (bpf_skb_load_bytes(skb, p->l3_off, &ip6, sizeof(ip6)))
@@ -143,8 +144,9 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p,
 		return IPVSBPF_ERR_L3;
 	plen = bpf_ntohs(ip6.payload_len);
 	if (!quoted) {
-		/* payload_len 0: jumbogram or BIG TCP */
-		if (p->l3_off + sizeof(ip6) + plen > skb->len)
+		/* payload_len 0: BIG TCP's GSO packet over 64 KiB */
+		if (p->l3_off + sizeof(ip6) + plen > skb->len ||
+		    (!plen && !skb->gso_size))
 			return IPVSBPF_ERR_L3;
 		p->l3_end = plen ? p->l3_off + sizeof(ip6) + plen : skb->len;
 	}
@@ -162,8 +164,19 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p,
 		__u16 fo;
 
 		switch (nexthdr) {
-		case IPPROTO_HOPOPTS:
 		case IPPROTO_ROUTING:
+			if (bpf_skb_load_bytes(skb, off, &opt, sizeof(opt)) ||
+			    bpf_skb_load_bytes(skb, off + 3, &segleft, 1))
+				return IPVSBPF_ERR_EXTHDR;
+			/* The transport checksum covers the final destination,
+			 * not this one: a rewrite could not keep it right.
+			 */
+			if (segleft)
+				return IPVSBPF_PASS_RTHDR;
+			nexthdr = opt.nexthdr;
+			off += (opt.hdrlen + 1) * 8;
+			break;
+		case IPPROTO_HOPOPTS:
 		case IPPROTO_DSTOPTS:
 			if (bpf_skb_load_bytes(skb, off, &opt, sizeof(opt)))
 				return IPVSBPF_ERR_EXTHDR;
@@ -243,20 +256,21 @@ static __always_inline __u32 l4_hlen(__u8 proto)
 	}
 }
 
-/* Ports of a TCP, UDP or SCTP header whose first @need bytes must lie in the
- * datagram.
+/* Ports of a TCP, UDP or SCTP header whose first @need (>= 8) bytes must
+ * lie in the datagram.
  */
 static __always_inline int parse_ports(struct __sk_buff *skb, struct pkt *p,
 				       __u32 need)
 {
-	__be16 ports[2];
+	__be16 w[4];	/* ports, then UDP's length and checksum */
 
 	if (p->l4_off + need > p->l3_end)
 		return IPVSBPF_ERR_L4;
-	if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)))
+	if (bpf_skb_load_bytes(skb, p->l4_off, w, sizeof(w)))
 		return IPVSBPF_ERR_L4;
-	p->sport = ports[0];
-	p->dport = ports[1];
+	p->sport = w[0];
+	p->dport = w[1];
+	p->l4_csum = w[3];
 	return IPVSBPF_NONE;
 }
 

@@ -38,18 +38,11 @@ static __always_inline int ipvsbpf_handle(struct __sk_buff *skb, __u8 dir)
 	if (reason)
 		goto out;
 
+	/* The fragment map holds only what translated first fragments put
+	 * there, whatever header follows the IPv6 fragment header.
+	 */
 	if (p.frag == IPVSBPF_FRAG_LATER) {
-		switch (p.frag_proto) {
-		case IPPROTO_TCP:
-		case IPPROTO_UDP:
-		case IPPROTO_SCTP:
-		case IPPROTO_ICMP:
-		case IPPROTO_ICMPV6:
-			reason = nat_frag(skb, &p, dir);
-			break;
-		default:
-			reason = IPVSBPF_PASS_PROTO;
-		}
+		reason = nat_frag(skb, &p, dir);
 		goto out;
 	}
 
@@ -71,6 +64,10 @@ static __always_inline int ipvsbpf_handle(struct __sk_buff *skb, __u8 dir)
 		reason = IPVSBPF_PASS_PROTO;
 	}
 out:
+	/* Parsing sets FIRST only once addresses and id are known */
+	if (p.frag == IPVSBPF_FRAG_FIRST && reason != IPVSBPF_XLATED &&
+	    reason != IPVSBPF_ICMP_XLATED && reason != IPVSBPF_XLATED_NOFRAG)
+		frag_forget(&p, dir);
 	ipvsbpf_count(skb, dir, reason);
 	return reason >= IPVSBPF_DROP_FIRST ? TC_ACT_SHOT : TC_ACT_UNSPEC;
 }

@@ -35,6 +35,9 @@ enum ipvsbpf_reason {
 	IPVSBPF_PASS_PROTO,		/* not TCP, UDP, SCTP or an ICMP error
 					 * about one of them
 					 */
+	IPVSBPF_PASS_RTHDR,		/* IPv6 routing header with segments
+					 * left: destination not final
+					 */
 	IPVSBPF_ERR_L3,			/* IP header truncated or invalid */
 	IPVSBPF_ERR_EXTHDR,		/* IPv6 extension headers truncated or
 					 * too many

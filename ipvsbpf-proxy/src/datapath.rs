@@ -167,6 +167,8 @@ reasons! {
     PassNotIp = IPVSBPF_PASS_NOT_IP, "pass_not_ip";
     /// not TCP, UDP, SCTP or an ICMP error about them: untouched
     PassProto = IPVSBPF_PASS_PROTO, "pass_proto";
+    /// IPv6 routing header with segments left: untouched
+    PassRthdr = IPVSBPF_PASS_RTHDR, "pass_rthdr";
     /// IP header truncated or invalid: untouched
     ErrL3 = IPVSBPF_ERR_L3, "err_l3";
     /// IPv6 extension headers truncated or too many: untouched
@@ -449,21 +451,23 @@ impl<'obj> Datapath<'obj> {
     /// calling thread's network namespace (created if missing). The filters
     /// stay when the process exits; [`Attachment::detach`] removes them.
     pub fn attach(&self, ifindex: i32) -> Result<Attachment, Error> {
-        let hook = |fd: BorrowedFd<'_>, point, what: &str| -> Result<TcHook, Error> {
+        let hook = |fd: BorrowedFd<'_>, point| {
             let mut b = TcHookBuilder::new(fd);
             b.ifindex(ifindex).replace(true).handle(1).priority(1);
-            let mut h = b.hook(point);
-            h.create()
-                .map_err(bpf_err(format!("clsact qdisc on ifindex {ifindex}")))?;
-            h.attach()
-                .map_err(bpf_err(format!("{what} filter on ifindex {ifindex}")))
+            b.hook(point)
         };
-        let egress = hook(self.skel.progs.ipvsbpf_egress.as_fd(), TC_EGRESS, "egress")?;
-        let ingress = hook(
-            self.skel.progs.ipvsbpf_ingress.as_fd(),
-            TC_INGRESS,
-            "ingress",
-        )?;
+        let mut egress = hook(self.skel.progs.ipvsbpf_egress.as_fd(), TC_EGRESS);
+        let mut ingress = hook(self.skel.progs.ipvsbpf_ingress.as_fd(), TC_INGRESS);
+        // One clsact qdisc serves both hooks (an existing one is fine)
+        egress
+            .create()
+            .map_err(bpf_err(format!("clsact qdisc on ifindex {ifindex}")))?;
+        let egress = egress
+            .attach()
+            .map_err(bpf_err(format!("egress filter on ifindex {ifindex}")))?;
+        let ingress = ingress
+            .attach()
+            .map_err(bpf_err(format!("ingress filter on ifindex {ifindex}")))?;
         Ok(Attachment { egress, ingress })
     }
 
@@ -487,5 +491,56 @@ impl Attachment {
     pub fn detach(mut self) -> Result<(), Error> {
         self.egress.detach().map_err(bpf_err("detaching egress"))?;
         self.ingress.detach().map_err(bpf_err("detaching ingress"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_of_the_object_has_a_name() {
+        // Slot 0 (IPVSBPF_NONE) is never counted
+        assert_eq!(Reason::ALL.len() as u32, Reason::SLOTS - 1);
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32 + 1, "{r:?} out of slot order");
+            assert_eq!(Reason::from_code(*r as u32), Some(*r));
+        }
+        let names: std::collections::HashSet<_> = Reason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), Reason::ALL.len(), "names are unique");
+        assert!(Reason::DropWrite.drops() && Reason::DropSctpPort.drops());
+        assert!(!Reason::ErrIcmpInner.drops() && !Reason::Xlated.drops());
+    }
+
+    #[test]
+    fn keys_and_values_use_the_kernel_layout() {
+        let k = session_key(
+            Direction::Reply,
+            Protocol::Udp,
+            "198.18.1.10:53".parse().expect("addr"),
+            "192.0.2.1:61000".parse().expect("addr"),
+        )
+        .expect("key");
+        let b = key_bytes(&k);
+        assert_eq!(&b[0..4], &[198, 18, 1, 10]);
+        assert_eq!(&b[4..16], &[0; 12]);
+        assert_eq!(&b[16..20], &[192, 0, 2, 1]);
+        assert_eq!(&b[32..36], &[0, 53, 0xee, 0x48]);
+        assert_eq!(&b[36..40], &[AF_INET, 17, IP_VS_BPF_DIR_REPLY, 0]);
+        let v = value_bytes(&session_value(
+            "[2001:db8::1]:80".parse().expect("addr"),
+            true,
+        ));
+        assert_eq!(&v[0..4], &[0x20, 0x01, 0x0d, 0xb8]);
+        assert_eq!(&v[16..20], &[0, 80, IP_VS_BPF_F_SNAT, 0]);
+        assert!(matches!(
+            session_key(
+                Direction::Orig,
+                Protocol::Tcp,
+                "192.0.2.1:1".parse().expect("addr"),
+                "[::1]:1".parse().expect("addr"),
+            ),
+            Err(Error::MixedFamilies { .. })
+        ));
     }
 }
