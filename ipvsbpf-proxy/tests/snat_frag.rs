@@ -65,7 +65,10 @@ fn fragments_follow_their_first() {
                 } else {
                     Reason::FragXlated
                 };
-                let (verdict, out) = run_counted(&dp, dir, f, reason, &format!("{what} #{i}"));
+                // The later fragments have no transport checksum to absorb
+                // an IPv6 address change: CHECKSUM_COMPLETE shows it
+                let (verdict, out) =
+                    run_counted_csum(&dp, dir, f, reason, &format!("{what} #{i}"), Csum::Complete);
                 assert_eq!(verdict, PASS);
                 assert_eq!(&out, want, "{what}: fragment {i}");
             }
@@ -135,4 +138,64 @@ fn full_fragment_map_still_translates_the_first() {
         .counter(Direction::Orig, Reason::Xlated)
         .expect("counter");
     assert_eq!(c.packets, 200);
+}
+
+/// RFC 8200 lets extension headers (destination options) sit in the
+/// fragmentable part: the later fragments name that header, not UDP, and
+/// must still find their first fragment.
+#[test]
+fn ipv6_fragments_with_options_in_the_fragmentable_part() {
+    let mut storage = MaybeUninit::uninit();
+    let dp = load(&mut storage);
+    let (req, _, _, snat) = flows(true);
+    set_sessions(&dp, &ipvs_entries(L4::Udp, req.src, req.dst, Some(snat)));
+    let ins = fragments_after(&req, PAYLOAD, 32, 0x77, true);
+    let outs = fragments_after(&req.with_src(snat), PAYLOAD, 32, 0x77, true);
+    for (i, (f, want)) in ins.iter().zip(&outs).enumerate() {
+        let reason = if i == 0 {
+            Reason::Xlated
+        } else {
+            Reason::FragXlated
+        };
+        let what = format!("fragment {i}");
+        let (_, out) = run_counted_csum(&dp, Direction::Orig, f, reason, &what, Csum::Complete);
+        assert_eq!(&out, want, "{what}");
+    }
+}
+
+/// A first fragment that is not translated for any reason (here: a
+/// transport header cut short, RFC 1858's tiny fragment) removes what an
+/// earlier datagram with the same id left, so no later fragment inherits
+/// another datagram's translation.
+#[test]
+fn untranslated_first_fragment_clears_the_id() {
+    let mut storage = MaybeUninit::uninit();
+    let dp = load(&mut storage);
+    for v6 in [false, true] {
+        let (req, _, _, snat) = flows(v6);
+        set_sessions(&dp, &ipvs_entries(L4::Udp, req.src, req.dst, Some(snat)));
+        let frags = fragments(&req, PAYLOAD, 32, 0x99);
+        run_counted(&dp, Direction::Orig, &frags[0], Reason::Xlated, "first");
+        assert_eq!(dp.frag_count(), 1);
+        // The same id, first fragment carrying 4 bytes of UDP header
+        let tiny = &fragments(&req, PAYLOAD, 8, 0x99)[0];
+        let hdr = if v6 { 14 + 40 + 8 } else { 14 + 20 };
+        let mut cut = tiny[..hdr + 4].to_vec();
+        if v6 {
+            cut[18..20].copy_from_slice(&12u16.to_be_bytes());
+        } else {
+            let len = (cut.len() - 14) as u16;
+            cut[16..18].copy_from_slice(&len.to_be_bytes());
+        }
+        run_counted(&dp, Direction::Orig, &cut, Reason::ErrL4, "tiny first");
+        assert_eq!(dp.frag_count(), 0, "v6={v6}: stale entry removed");
+        let (_, out) = run_counted(
+            &dp,
+            Direction::Orig,
+            &frags[1],
+            Reason::PassFragMiss,
+            "later",
+        );
+        assert_eq!(out, frags[1]);
+    }
 }

@@ -2,7 +2,9 @@
 //! in, sessions as IPVS writes them, expected verdict, expected packet out
 //! (built from scratch by etherparse with the translated addresses, so the
 //! program's incremental checksums are checked against full ones), and
-//! exactly one counter moved, by the expected reason.
+//! exactly one counter moved, by the expected reason. Every case runs with
+//! the skb in CHECKSUM_NONE and in CHECKSUM_COMPLETE, where the kernel
+//! checks that skb->csum still matches the packet.
 //! Needs root (CAP_BPF + CAP_NET_ADMIN); without it the tests fail.
 
 mod common;
@@ -203,6 +205,28 @@ fn header_cases(out: &mut Vec<Case>) {
         expect: None,
     });
 
+    // Routing header with segments left: the transport checksum covers the
+    // final destination, so no rewrite can keep it right
+    let seg = l4_segment(&req6, PAYLOAD);
+    let mut body = vec![17, 4, 0, 1, 0, 0, 0, 0]; // type 0, 2 addresses, 1 left
+    body.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+    body.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+    body.extend_from_slice(&seg);
+    let rthdr = eth(&ip_packet(
+        etherparse::IpNumber::IPV6_ROUTE_HEADER,
+        req6.src,
+        req6.dst,
+        &body,
+    ));
+    out.push(Case {
+        name: "UDP v6 behind a routing header with segments left: untouched".into(),
+        dir: Orig,
+        sessions: ipvs_entries(L4::Udp, a6.client, a6.real, Some(a6.snat)),
+        input: rthdr,
+        reason: Reason::PassRthdr,
+        expect: None,
+    });
+
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&MAC_NODE);
     arp.extend_from_slice(&[0x08, 0x06]);
@@ -297,6 +321,18 @@ fn malformed_cases(out: &mut Vec<Case>) {
         src: a.client,
         dst: a.real,
     };
+    // Total length 0 is only BIG TCP's, on a GSO packet
+    let mut zero_len = frame(&req, PAYLOAD);
+    zero_len[16] = 0;
+    zero_len[17] = 0;
+    out.push(Case {
+        name: "v4: total length 0 on a packet that is not GSO".into(),
+        dir: Orig,
+        sessions: ipvs_entries(L4::Tcp, a.client, a.real, Some(a.snat)),
+        input: zero_len,
+        reason: Reason::ErrL3,
+        expect: None,
+    });
     let mut ihl = frame(&req, PAYLOAD);
     ihl[14] = 0x44;
     out.push(Case {
@@ -436,23 +472,27 @@ fn table() {
     let mut storage = MaybeUninit::uninit();
     let dp = load(&mut storage);
     let cases = all_cases();
-    for case in &cases {
+    for (case, csum) in cases
+        .iter()
+        .flat_map(|c| Csum::ALL.into_iter().map(move |m| (c, m)))
+    {
         set_sessions(&dp, &case.sessions);
-        let (verdict, out) = run_counted(&dp, case.dir, &case.input, case.reason, &case.name);
+        let name = format!("{} [{csum:?}]", case.name);
+        let (verdict, out) = run_counted_csum(&dp, case.dir, &case.input, case.reason, &name, csum);
         let want = if case.reason.drops() { DROP } else { PASS };
-        assert_eq!(verdict, want, "{}: verdict", case.name);
+        assert_eq!(verdict, want, "{}: verdict", name);
         let expect = case.expect.as_ref().unwrap_or(&case.input);
         assert_eq!(
             hex(&out),
             hex(expect),
             "{}: packet out (left) vs expected (right)",
-            case.name
+            name
         );
         if case.expect.is_some() {
             assert_ne!(
                 out, case.input,
                 "{}: a translation changes the packet",
-                case.name
+                name
             );
         }
     }
@@ -483,14 +523,13 @@ fn udp_checksum_never_becomes_zero() {
             })
             .expect("a payload with checksum 0xffff exists");
         set_sessions(&dp, &ipvs_entries(L4::Udp, a.client, a.real, Some(a.snat)));
-        let (verdict, out) = run_counted(&dp, Orig, &frame(&req, &payload), Reason::Xlated, "udp0");
-        assert_eq!(verdict, PASS);
-        assert_eq!(
-            hex(&out),
-            hex(&frame(&translated, &payload)),
-            "{}",
-            family(v6)
-        );
+        for csum in Csum::ALL {
+            let input = frame(&req, &payload);
+            let (verdict, out) = run_counted_csum(&dp, Orig, &input, Reason::Xlated, "udp0", csum);
+            assert_eq!(verdict, PASS);
+            let want = frame(&translated, &payload);
+            assert_eq!(hex(&out), hex(&want), "{} {csum:?}", family(v6));
+        }
     }
 }
 

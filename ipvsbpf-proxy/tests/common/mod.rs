@@ -319,8 +319,27 @@ pub fn frame_v6_exthdrs(flow: &Flow, payload: &[u8], n: usize) -> Vec<u8> {
 /// `flow` with `payload` cut into fragments carrying `chunk` bytes (a
 /// multiple of 8) of the transport segment each, with fragment id `id`.
 pub fn fragments(flow: &Flow, payload: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
+    fragments_after(flow, payload, chunk, id, false)
+}
+
+/// As [`fragments`]; with `dstopts` (IPv6), the fragmentable part starts
+/// with an 8-byte destination-options header before the transport header.
+pub fn fragments_after(
+    flow: &Flow,
+    payload: &[u8],
+    chunk: usize,
+    id: u32,
+    dstopts: bool,
+) -> Vec<Vec<u8>> {
     assert_eq!(chunk % 8, 0);
-    let seg = l4_segment(flow, payload);
+    let mut seg = l4_segment(flow, payload);
+    let mut first_next = flow.l4.number().0;
+    if dstopts {
+        let mut opts = vec![first_next, 0, 1, 4, 0, 0, 0, 0];
+        opts.extend_from_slice(&seg);
+        seg = opts;
+        first_next = IpNumber::IPV6_DESTINATION_OPTIONS.0;
+    }
     let pieces: Vec<&[u8]> = seg.chunks(chunk).collect();
     let last = pieces.len() - 1;
     pieces
@@ -338,7 +357,7 @@ pub fn fragments(flow: &Flow, payload: &[u8], chunk: usize, id: u32) -> Vec<Vec<
                     8 + piece.len(),
                 );
                 out.extend_from_slice(&ip.to_bytes());
-                out.push(flow.l4.number().0);
+                out.push(first_next);
                 out.push(0);
                 out.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
                 out.extend_from_slice(&id.to_be_bytes());
@@ -397,8 +416,38 @@ pub fn counters(dp: &Datapath<'_>) -> HashMap<(Direction, Reason), Counter> {
         .collect()
 }
 
+/// BPF_PROG_TEST_RUN flag: the skb enters as CHECKSUM_COMPLETE with
+/// skb->csum over the packet, and the kernel fails the run (EBADMSG) when
+/// skb->csum no longer matches the packet after the program.
+pub const CHECKSUM_COMPLETE: u32 = 1 << 2;
+
+/// How the skb's checksum state enters a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Csum {
+    /// CHECKSUM_NONE
+    None,
+    /// CHECKSUM_COMPLETE, checked by the kernel after the run
+    Complete,
+}
+
+impl Csum {
+    pub const ALL: [Csum; 2] = [Csum::None, Csum::Complete];
+
+    fn flags(self) -> u32 {
+        match self {
+            Csum::None => 0,
+            Csum::Complete => CHECKSUM_COMPLETE,
+        }
+    }
+}
+
 /// Runs the program of `dir` once on `frame`: verdict and packet out.
 pub fn run(dp: &Datapath<'_>, dir: Direction, frame: &[u8]) -> (u32, Vec<u8>) {
+    run_csum(dp, dir, frame, Csum::None)
+}
+
+/// As [`run`], entering with the checksum state `csum`.
+pub fn run_csum(dp: &Datapath<'_>, dir: Direction, frame: &[u8], csum: Csum) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; frame.len() + 256];
     let prog = match dir {
         Direction::Orig => &dp.skel().progs.ipvsbpf_egress,
@@ -407,9 +456,12 @@ pub fn run(dp: &Datapath<'_>, dir: Direction, frame: &[u8]) -> (u32, Vec<u8>) {
     let input = ProgramInput {
         data_in: Some(frame),
         data_out: Some(&mut out),
+        flags: csum.flags(),
         ..Default::default()
     };
-    let res = prog.test_run(input).expect("BPF_PROG_TEST_RUN");
+    let res = prog
+        .test_run(input)
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN ({csum:?}; EBADMSG: skb->csum stale): {e}"));
     let data = res.data.map(|d| d.to_vec()).unwrap_or_default();
     (res.return_value, data)
 }
@@ -423,8 +475,20 @@ pub fn run_counted(
     reason: Reason,
     what: &str,
 ) -> (u32, Vec<u8>) {
+    run_counted_csum(dp, dir, frame, reason, what, Csum::None)
+}
+
+/// As [`run_counted`], entering with the checksum state `csum`.
+pub fn run_counted_csum(
+    dp: &Datapath<'_>,
+    dir: Direction,
+    frame: &[u8],
+    reason: Reason,
+    what: &str,
+    csum: Csum,
+) -> (u32, Vec<u8>) {
     let before = counters(dp);
-    let res = run(dp, dir, frame);
+    let res = run_csum(dp, dir, frame, csum);
     let after = counters(dp);
     let mut moved: Vec<(Direction, Reason, u64, u64)> = after
         .iter()
