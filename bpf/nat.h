@@ -225,13 +225,16 @@ static __always_inline int store16(struct __sk_buff *skb, __u32 off, __u16 v)
 	return bpf_skb_store_bytes(skb, off, &v, sizeof(v), 0);
 }
 
-/* An ICMP or ICMPv6 error. The packet it quotes went the other way: a reply
+/* An ICMP or ICMPv6 error: a BPF subprogram of its own rather than inlined,
+ * so the rare path does not double the size of both programs.
+ *
+ * The packet it quotes went the other way: a reply
  * (real server -> client) for an error leaving towards the real server, a
  * translated request for one coming back from it. So the session is looked
  * up with the quoted tuple reversed, the quoted packet gets the opposite
  * field of a plain packet, and the outer header the same field.
  */
-static __always_inline int nat_icmp(struct __sk_buff *skb, struct pkt *p,
+static __noinline int nat_icmp(struct __sk_buff *skb, struct pkt *p,
 				    __u8 dir)
 {
 	bool outer_src = dir == IP_VS_BPF_DIR_ORIG, inner_src = !outer_src;
