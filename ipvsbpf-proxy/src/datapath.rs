@@ -9,14 +9,17 @@
 
 use std::mem::{offset_of, MaybeUninit};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
 
 use ipvs_netlink::uapi::{
     IpVsBpfKey, IpVsBpfValue, IP_VS_BPF_DIR_ORIG, IP_VS_BPF_DIR_REPLY, IP_VS_BPF_F_SNAT,
     IP_VS_BPF_MIN_ENTRIES,
 };
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, OpenObject, TcHook, TcHookBuilder, TC_EGRESS, TC_INGRESS};
+use libbpf_rs::{
+    MapCore, MapFlags, MapHandle, OpenObject, TcHook, TcHookBuilder, TC_EGRESS, TC_INGRESS,
+};
 
 use crate::skel::snat::types::ipvsbpf_reason as R;
 use crate::skel::snat::{SnatSkel, SnatSkelBuilder};
@@ -407,44 +410,28 @@ impl<'obj> Datapath<'obj> {
 
     /// One counter, summed over CPUs.
     pub fn counter(&self, dir: Direction, reason: Reason) -> Result<Counter, Error> {
-        let slot = u32::from(dir.uapi()) * Reason::SLOTS + reason as u32;
-        let per_cpu = self
-            .skel
-            .maps
-            .ipvsbpf_stats
-            .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
-            .map_err(bpf_err("reading ipvsbpf_stats"))?
-            .unwrap_or_default();
-        per_cpu.iter().try_fold(Counter::default(), |acc, v| {
-            let word = |i: usize| -> Result<u64, Error> {
-                v.get(i * 8..i * 8 + 8)
-                    .and_then(|s| s.try_into().ok())
-                    .map(u64::from_ne_bytes)
-                    .ok_or(Error::BadValue {
-                        map: "ipvsbpf_stats",
-                        got: v.len(),
-                        want: 16,
-                    })
-            };
-            Ok(Counter {
-                packets: acc.packets + word(0)?,
-                bytes: acc.bytes + word(1)?,
-            })
-        })
+        read_counter(&self.skel.maps.ipvsbpf_stats, dir, reason)
     }
 
     /// Every non-zero counter.
     pub fn counters(&self) -> Result<Vec<(Direction, Reason, Counter)>, Error> {
-        let mut out = Vec::new();
-        for dir in Direction::ALL {
-            for &reason in Reason::ALL {
-                let c = self.counter(dir, reason)?;
-                if c != Counter::default() {
-                    out.push((dir, reason, c));
-                }
-            }
+        read_counters(&self.skel.maps.ipvsbpf_stats)
+    }
+
+    /// Pins the three maps under `dir` (a bpffs directory), by their
+    /// names: `ipvs_sessions`, `ipvsbpf_stats`, `ipvsbpf_frags`.
+    pub fn pin(&mut self, dir: &Path) -> Result<(), Error> {
+        let maps = &mut self.skel.maps;
+        for (name, map) in [
+            (MAP_SESSIONS, &mut maps.ipvs_sessions),
+            (MAP_STATS, &mut maps.ipvsbpf_stats),
+            (MAP_FRAGS, &mut maps.ipvsbpf_frags),
+        ] {
+            let path = dir.join(name);
+            map.pin(&path)
+                .map_err(bpf_err(format!("pinning {}", path.display())))?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Attaches egress and ingress to a clsact qdisc on `ifindex` in the
@@ -470,14 +457,89 @@ impl<'obj> Datapath<'obj> {
             .map_err(bpf_err(format!("ingress filter on ifindex {ifindex}")))?;
         Ok(Attachment { egress, ingress })
     }
+}
 
-    /// Program fds, for callers that attach by other means.
-    pub fn prog_fds(&self) -> (i32, i32) {
-        (
-            self.skel.progs.ipvsbpf_egress.as_fd().as_raw_fd(),
-            self.skel.progs.ipvsbpf_ingress.as_fd().as_raw_fd(),
-        )
+/// Pinned name of the session map.
+pub const MAP_SESSIONS: &str = "ipvs_sessions";
+/// Pinned name of the counter map.
+pub const MAP_STATS: &str = "ipvsbpf_stats";
+/// Pinned name of the fragment map.
+pub const MAP_FRAGS: &str = "ipvsbpf_frags";
+
+/// One counter of a counter map (the loaded object's, or a pinned one),
+/// summed over CPUs.
+pub fn read_counter(
+    stats: &impl MapCore,
+    dir: Direction,
+    reason: Reason,
+) -> Result<Counter, Error> {
+    let slot = u32::from(dir.uapi()) * Reason::SLOTS + reason as u32;
+    let per_cpu = stats
+        .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
+        .map_err(bpf_err("reading ipvsbpf_stats"))?
+        .unwrap_or_default();
+    per_cpu.iter().try_fold(Counter::default(), |acc, v| {
+        let word = |i: usize| -> Result<u64, Error> {
+            v.get(i * 8..i * 8 + 8)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_ne_bytes)
+                .ok_or(Error::BadValue {
+                    map: "ipvsbpf_stats",
+                    got: v.len(),
+                    want: 16,
+                })
+        };
+        Ok(Counter {
+            packets: acc.packets + word(0)?,
+            bytes: acc.bytes + word(1)?,
+        })
+    })
+}
+
+/// Every non-zero counter of a counter map.
+pub fn read_counters(stats: &impl MapCore) -> Result<Vec<(Direction, Reason, Counter)>, Error> {
+    let mut out = Vec::new();
+    for dir in Direction::ALL {
+        for &reason in Reason::ALL {
+            let c = read_counter(stats, dir, reason)?;
+            if c != Counter::default() {
+                out.push((dir, reason, c));
+            }
+        }
     }
+    Ok(out)
+}
+
+/// Opens a pinned counter map, checking that it is one.
+pub fn open_pinned_stats(path: &Path) -> Result<MapHandle, Error> {
+    let map = MapHandle::from_pinned_path(path)
+        .map_err(bpf_err(format!("opening {}", path.display())))?;
+    if map.value_size() != 16 || map.max_entries() != 2 * Reason::SLOTS {
+        return Err(Error::BadValue {
+            map: "ipvsbpf_stats",
+            got: map.value_size() as usize,
+            want: 16,
+        });
+    }
+    Ok(map)
+}
+
+/// Removes the filters [`Datapath::attach`] put on `ifindex` (calling
+/// thread's netns), whoever loaded them.
+pub fn detach(ifindex: i32) -> Result<(), Error> {
+    // Detaching goes by handle and priority; the fd is not used.
+    let fd = std::fs::File::open("/dev/null").map_err(|e| Error::Bpf {
+        what: "opening /dev/null".into(),
+        source: libbpf_rs::Error::from(e),
+    })?;
+    for (point, what) in [(TC_EGRESS, "egress"), (TC_INGRESS, "ingress")] {
+        let mut b = TcHookBuilder::new(fd.as_fd());
+        b.ifindex(ifindex).handle(1).priority(1);
+        b.hook(point)
+            .detach()
+            .map_err(bpf_err(format!("detaching {what} from ifindex {ifindex}")))?;
+    }
+    Ok(())
 }
 
 /// The two tc filters of one device.
