@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all demo test setup build lint kernel-tree kernel-modules kernel-full \
-	kernel-debug kernel-check vm-full vm-debug clean distclean
+	kernel-debug kernel-check datapath bench vm-full vm-debug clean distclean
 
 all: build
 
@@ -41,12 +41,20 @@ kernel-full:
 kernel-debug:
 	testbed/build-kernel debug
 
-## vm-full / vm-debug: the guest suites on a whole patched kernel
-vm-full: kernel-full
-	testbed/vm-run --kernel full --timeout 1800 clean ipvs-selftest ipvs-bpf-selftest stress smoke
+## datapath: the ipvsbpf-datapath tool and the datapath tests, built for the guest
+datapath:
+	testbed/build-datapath
 
-vm-debug: kernel-debug
-	testbed/vm-run --kernel debug --timeout 3600 clean ipvs-selftest ipvs-bpf-selftest stress smoke
+## bench: the SNAT programs' micro-benchmark (root; ns/packet by path, program size)
+bench:
+	cargo bench --locked -p ipvsbpf-proxy --bench snat
+
+## vm-full / vm-debug: the guest suites on a whole patched kernel
+vm-full: kernel-full datapath
+	testbed/vm-run --kernel full --timeout 1800 clean ipvs-selftest ipvs-bpf-selftest stress smoke datapath
+
+vm-debug: kernel-debug datapath
+	testbed/vm-run --kernel debug --timeout 3600 clean ipvs-selftest ipvs-bpf-selftest stress smoke datapath
 
 ## kernel-check: checkpatch --strict on every patch, every prefix builds as modules and built in
 kernel-check:
