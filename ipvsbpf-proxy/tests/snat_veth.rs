@@ -15,14 +15,17 @@
 //! from the address it connected to.
 //!
 //! Checksums are proved by the receivers: every receiving veth has rx
-//! checksumming off, so the kernel verifies every segment. Two offload
+//! checksumming off, so the kernel verifies every segment. The node's
+//! outgoing veths have tx checksumming off, so the kernel completes
+//! checksums (and segments GSO packets) in software after the rewrite. Three
 //! settings run side by side:
-//! - `offload`: the senders' veths keep tx checksum offload and TSO, so the
-//!   programs see CHECKSUM_PARTIAL GSO packets; the node's outgoing veths
-//!   have tx checksumming off, so the kernel completes the checksum (and
-//!   segments) in software after the rewrite, from the pseudo-header sum
-//!   the program must have updated;
-//! - `plain`: no offload anywhere; the programs update full checksums.
+//! - `offload`: the senders keep tx checksum offload and TSO, so the
+//!   programs see CHECKSUM_PARTIAL GSO packets and must update the
+//!   pseudo-header sum the kernel finishes from;
+//! - `gro`: the senders send MTU-sized, fully checksummed segments and the
+//!   node's veths merge them with GRO, so the programs see GRO packets
+//!   (CHECKSUM_PARTIAL once GRO completes them);
+//! - `plain`: no offload and no GRO; the programs update full checksums.
 //!
 //! Needs root, `ip`, `ethtool`, `ss` and Debian's python3; without them it
 //! fails.
@@ -75,7 +78,7 @@ fn sh(cmd: &str) -> Output {
 }
 
 impl Topology {
-    fn new(tag: &str, offload: bool) -> Topology {
+    fn new(tag: &str, mode: Mode) -> Topology {
         let id = format!("{}-{tag}", std::process::id());
         let dir = std::env::temp_dir().join(format!("ipvsbpf-veth-{id}"));
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -122,9 +125,14 @@ impl Topology {
             format!("ip netns exec {n} ethtool -K nc tx off rx off"),
             format!("ip netns exec {n} ethtool -K ns tx off rx off"),
         ];
-        if !offload {
+        if mode != Mode::Offload {
             settings.push(format!("ip netns exec {c} ethtool -K c0 tx off"));
             settings.push(format!("ip netns exec {s} ethtool -K s0 tx off"));
+        }
+        if mode == Mode::Gro {
+            // veth runs NAPI, hence GRO, once GRO is switched on
+            settings.push(format!("ip netns exec {n} ethtool -K nc gro on"));
+            settings.push(format!("ip netns exec {n} ethtool -K ns gro on"));
         }
         for cmd in settings {
             sh(&format!("{cmd} >/dev/null"));
@@ -232,8 +240,16 @@ const V6: Family = Family {
     name: "IPv6",
 };
 
-fn run_topology(tag: &str, offload: bool) {
-    let mut t = Topology::new(tag, offload);
+/// Offload settings of a topology (module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Offload,
+    Gro,
+    Plain,
+}
+
+fn run_topology(tag: &str, mode: Mode) {
+    let mut t = Topology::new(tag, mode);
     let mut storage = MaybeUninit::uninit();
     let dp = load(&mut storage);
     t.attach(&dp);
@@ -313,12 +329,19 @@ fn run_topology(tag: &str, offload: bool) {
             );
             let after = dp.counter(dir, Reason::Xlated).expect("counter");
             let (packets, bytes) = (after.packets - before.packets, after.bytes - before.bytes);
-            if offload {
-                // More bytes than MTU-sized frames can carry: GSO packets
-                // crossed the hook and were segmented after the rewrite
+            if mode != Mode::Plain {
+                // More bytes than MTU-sized frames can carry: GSO (or GRO)
+                // packets crossed the hook and were segmented after it
                 assert!(
                     bytes > packets * 1514,
                     "{what}: no GSO packet at {}: {packets} packets, {bytes} bytes",
+                    dir.name()
+                );
+            } else {
+                // and none without offload: the check above can fail
+                assert!(
+                    bytes <= packets * 1514,
+                    "{what}: GSO packets with offload off at {}",
                     dir.name()
                 );
             }
@@ -365,10 +388,15 @@ fn run_topology(tag: &str, offload: bool) {
 
 #[test]
 fn offload_partial_gso() {
-    run_topology("offload", true);
+    run_topology("offload", Mode::Offload);
+}
+
+#[test]
+fn gro_merged() {
+    run_topology("gro", Mode::Gro);
 }
 
 #[test]
 fn plain_full_checksums() {
-    run_topology("plain", false);
+    run_topology("plain", Mode::Plain);
 }
