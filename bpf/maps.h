@@ -46,12 +46,11 @@ struct ipvsbpf_frag_key {
 
 _Static_assert(sizeof(struct ipvsbpf_frag_key) == 40, "no implicit padding");
 
-/* How long a first fragment's translation holds: the default reassembly
- * timeout (net.ipv4.ipfrag_time, net.ipv6.ip6frag_time).
+/* How long a first fragment's translation holds; userspace may set it
+ * before load. The default is the default reassembly timeout
+ * (net.ipv4.ipfrag_time, net.ipv6.ip6frag_time).
  */
-#ifndef IPVSBPF_FRAG_TIMEOUT_NS
-#define IPVSBPF_FRAG_TIMEOUT_NS		(30ULL * 1000 * 1000 * 1000)
-#endif
+const volatile __u64 ipvsbpf_frag_timeout_ns = 30ULL * 1000 * 1000 * 1000;
 
 struct ipvsbpf_frag_value {
 	struct ip_vs_bpf_value xlate;	/* the address to write */

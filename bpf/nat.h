@@ -145,7 +145,7 @@ static __always_inline int frag_remember(const struct pkt *p, __u8 dir,
 	struct ipvsbpf_frag_key k = {};
 	struct ipvsbpf_frag_value fv = {
 		.xlate = *v,
-		.expires = bpf_ktime_get_ns() + IPVSBPF_FRAG_TIMEOUT_NS,
+		.expires = bpf_ktime_get_ns() + ipvsbpf_frag_timeout_ns,
 	};
 
 	frag_key(&k, p, dir);

@@ -11,6 +11,7 @@ use std::mem::{offset_of, MaybeUninit};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
+use std::time::Duration;
 
 use ipvs_netlink::uapi::{
     IpVsBpfKey, IpVsBpfValue, IP_VS_BPF_DIR_ORIG, IP_VS_BPF_DIR_REPLY, IP_VS_BPF_F_SNAT,
@@ -64,6 +65,16 @@ pub enum Error {
     /// A map size the kernel or IPVS would refuse.
     #[error("session map of {0} entries: IPVS needs at least {IP_VS_BPF_MIN_ENTRIES}")]
     TooSmall(u32),
+    /// A pinned map that is not an `ipvsbpf_stats` counter map.
+    #[error("{path}: not an ipvsbpf_stats map ({value_size}-byte values, {max_entries} entries)")]
+    NotStatsMap {
+        /// where it was pinned
+        path: String,
+        /// its value size
+        value_size: u32,
+        /// its max_entries
+        max_entries: u32,
+    },
 }
 
 fn bpf_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> Error {
@@ -317,6 +328,8 @@ pub struct Options {
     pub session_entries: u32,
     /// `max_entries` of the fragment map (LRU).
     pub frag_entries: u32,
+    /// How long a first fragment's translation serves the later ones.
+    pub frag_timeout: Duration,
 }
 
 impl Default for Options {
@@ -324,6 +337,7 @@ impl Default for Options {
         Options {
             session_entries: 65536,
             frag_entries: 8192,
+            frag_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -352,6 +366,10 @@ impl<'obj> Datapath<'obj> {
             .ipvsbpf_frags
             .set_max_entries(opts.frag_entries)
             .map_err(bpf_err("sizing ipvsbpf_frags"))?;
+        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+            rodata.ipvsbpf_frag_timeout_ns =
+                u64::try_from(opts.frag_timeout.as_nanos()).unwrap_or(u64::MAX);
+        }
         let skel = open.load().map_err(bpf_err("loading the snat object"))?;
         Ok(Datapath { skel })
     }
@@ -435,27 +453,33 @@ impl<'obj> Datapath<'obj> {
     }
 
     /// Attaches egress and ingress to a clsact qdisc on `ifindex` in the
-    /// calling thread's network namespace (created if missing). The filters
-    /// stay when the process exits; [`Attachment::detach`] removes them.
+    /// calling thread's network namespace (created if missing), at
+    /// priority 1 with handle [`TC_HANDLE`]: a filter of ours already there
+    /// is replaced, other owners' filters are left alone. The filters stay
+    /// when the process exits; [`Attachment::detach`] or [`detach`] removes
+    /// them. The device must be an Ethernet device: the programs read the
+    /// IP header at offset 14.
     pub fn attach(&self, ifindex: i32) -> Result<Attachment, Error> {
-        let hook = |fd: BorrowedFd<'_>, point| {
-            let mut b = TcHookBuilder::new(fd);
-            b.ifindex(ifindex).replace(true).handle(1).priority(1);
-            b.hook(point)
-        };
-        let mut egress = hook(self.skel.progs.ipvsbpf_egress.as_fd(), TC_EGRESS);
-        let mut ingress = hook(self.skel.progs.ipvsbpf_ingress.as_fd(), TC_INGRESS);
+        let mut egress = tc_hook(self.skel.progs.ipvsbpf_egress.as_fd(), ifindex, TC_EGRESS);
+        let mut ingress = tc_hook(self.skel.progs.ipvsbpf_ingress.as_fd(), ifindex, TC_INGRESS);
         // One clsact qdisc serves both hooks (an existing one is fine)
         egress
             .create()
             .map_err(bpf_err(format!("clsact qdisc on ifindex {ifindex}")))?;
-        let egress = egress
+        let mut egress = egress
             .attach()
             .map_err(bpf_err(format!("egress filter on ifindex {ifindex}")))?;
-        let ingress = ingress
-            .attach()
-            .map_err(bpf_err(format!("ingress filter on ifindex {ifindex}")))?;
-        Ok(Attachment { egress, ingress })
+        match ingress.attach() {
+            Ok(ingress) => Ok(Attachment { egress, ingress }),
+            Err(e) => {
+                // never leave half the datapath on the device
+                let _ = egress.detach();
+                Err(Error::Bpf {
+                    what: format!("ingress filter on ifindex {ifindex}"),
+                    source: e,
+                })
+            }
+        }
     }
 }
 
@@ -515,31 +539,50 @@ pub fn open_pinned_stats(path: &Path) -> Result<MapHandle, Error> {
     let map = MapHandle::from_pinned_path(path)
         .map_err(bpf_err(format!("opening {}", path.display())))?;
     if map.value_size() != 16 || map.max_entries() != 2 * Reason::SLOTS {
-        return Err(Error::BadValue {
-            map: "ipvsbpf_stats",
-            got: map.value_size() as usize,
-            want: 16,
+        return Err(Error::NotStatsMap {
+            path: path.display().to_string(),
+            value_size: map.value_size(),
+            max_entries: map.max_entries(),
         });
     }
     Ok(map)
 }
 
+/// Handle of our tc filters (priority 1): "1b5" for IPVS-BPF, so that
+/// attaching replaces only our own filter.
+pub const TC_HANDLE: u32 = 0x1b5;
+
+fn tc_hook(fd: BorrowedFd<'_>, ifindex: i32, point: libbpf_rs::TcAttachPoint) -> TcHook {
+    let mut b = TcHookBuilder::new(fd);
+    b.ifindex(ifindex)
+        .replace(true)
+        .handle(TC_HANDLE)
+        .priority(1);
+    b.hook(point)
+}
+
 /// Removes the filters [`Datapath::attach`] put on `ifindex` (calling
-/// thread's netns), whoever loaded them.
+/// thread's netns), whoever loaded them. Idempotent: a filter already gone
+/// is not an error, and both hooks are tried whatever the first gives.
 pub fn detach(ifindex: i32) -> Result<(), Error> {
     // Detaching goes by handle and priority; the fd is not used.
     let fd = std::fs::File::open("/dev/null").map_err(|e| Error::Bpf {
         what: "opening /dev/null".into(),
         source: libbpf_rs::Error::from(e),
     })?;
+    let mut first_err = None;
     for (point, what) in [(TC_EGRESS, "egress"), (TC_INGRESS, "ingress")] {
-        let mut b = TcHookBuilder::new(fd.as_fd());
-        b.ifindex(ifindex).handle(1).priority(1);
-        b.hook(point)
-            .detach()
-            .map_err(bpf_err(format!("detaching {what} from ifindex {ifindex}")))?;
+        match tc_hook(fd.as_fd(), ifindex, point).detach() {
+            Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => {
+                first_err.get_or_insert(Error::Bpf {
+                    what: format!("detaching {what} from ifindex {ifindex}"),
+                    source: e,
+                });
+            }
+            _ => {}
+        }
     }
-    Ok(())
+    first_err.map_or(Ok(()), Err)
 }
 
 /// The two tc filters of one device.
@@ -549,10 +592,12 @@ pub struct Attachment {
 }
 
 impl Attachment {
-    /// Removes both filters (the clsact qdisc stays: others may use it).
+    /// Removes both filters (the clsact qdisc stays: others may use it);
+    /// both are tried whatever the first gives.
     pub fn detach(mut self) -> Result<(), Error> {
-        self.egress.detach().map_err(bpf_err("detaching egress"))?;
-        self.ingress.detach().map_err(bpf_err("detaching ingress"))
+        let egress = self.egress.detach().map_err(bpf_err("detaching egress"));
+        let ingress = self.ingress.detach().map_err(bpf_err("detaching ingress"));
+        egress.and(ingress)
     }
 }
 

@@ -11,6 +11,7 @@ use std::ffi::CString;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ipvsbpf_proxy::datapath::{self, Datapath, Options, MAP_FRAGS, MAP_SESSIONS, MAP_STATS};
@@ -42,6 +43,9 @@ enum Cmd {
         /// fragment map size
         #[arg(long, default_value_t = Options::default().frag_entries)]
         frags: u32,
+        /// seconds a first fragment's translation serves the later ones
+        #[arg(long, default_value_t = Options::default().frag_timeout.as_secs())]
+        frag_timeout: u64,
     },
     /// Print the non-zero counters of the pinned counter map:
     /// "DIRECTION REASON PACKETS BYTES", one per line.
@@ -69,13 +73,44 @@ fn ifindex(dev: &str) -> Result<i32, String> {
     i32::try_from(idx).map_err(|_| format!("ifindex {idx} out of range"))
 }
 
+/// The programs read the IP header at offset 14: Ethernet devices only
+/// (ARPHRD_ETHER; veth, virtio, ENA, mlx5... all are).
+fn check_ethernet(dev: &str) -> Result<(), String> {
+    let path = format!("/sys/class/net/{dev}/type");
+    let ty = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    match ty.trim() {
+        "1" => Ok(()),
+        other => Err(format!(
+            "{dev} is not an Ethernet device (ARPHRD {other}); the programs need one"
+        )),
+    }
+}
+
+fn unpin(pin: &Path) -> Result<(), String> {
+    for name in [MAP_SESSIONS, MAP_STATS, MAP_FRAGS] {
+        let path = pin.join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("removing {}: {e}", path.display()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn attach(dev: &str, pin: &Path, opts: &Options) -> Result<(), String> {
     let idx = ifindex(dev)?;
+    check_ethernet(dev)?;
     std::fs::create_dir_all(pin).map_err(|e| format!("creating {}: {e}", pin.display()))?;
     let mut storage = MaybeUninit::uninit();
     let mut dp = Datapath::load(&mut storage, opts).map_err(|e| e.to_string())?;
     dp.pin(pin).map_err(|e| e.to_string())?;
-    dp.attach(idx).map_err(|e| e.to_string())?;
+    if let Err(e) = dp.attach(idx) {
+        // leave nothing behind that a second attempt would trip over
+        let _ = unpin(pin);
+        return Err(e.to_string());
+    }
     println!(
         "attached to {dev} (ifindex {idx}); session map {}",
         pin.join(MAP_SESSIONS).display()
@@ -91,18 +126,12 @@ fn stats(pin: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Idempotent: filters or pins already gone are fine, and the pins go
+/// even when the device does.
 fn detach(dev: &str, pin: &Path) -> Result<(), String> {
-    datapath::detach(ifindex(dev)?).map_err(|e| e.to_string())?;
-    for name in [MAP_SESSIONS, MAP_STATS, MAP_FRAGS] {
-        let path = pin.join(name);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(format!("removing {}: {e}", path.display()))
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    let filters = ifindex(dev).and_then(|idx| datapath::detach(idx).map_err(|e| e.to_string()));
+    let pins = unpin(pin);
+    filters.and(pins)
 }
 
 fn main() -> ExitCode {
@@ -113,12 +142,14 @@ fn main() -> ExitCode {
             pin,
             sessions,
             frags,
+            frag_timeout,
         } => attach(
             dev,
             pin,
             &Options {
                 session_entries: *sessions,
                 frag_entries: *frags,
+                frag_timeout: Duration::from_secs(*frag_timeout),
             },
         ),
         Cmd::Stats { pin } => stats(pin),
