@@ -231,6 +231,20 @@ fn main() {
     ] {
         let (xlated, calls) = xlated(prog_id(prog));
         let (bytes, insns) = jited(prog_id(prog));
+        if name.starts_with("ipvsbpf") {
+            // One hash lookup per path (session, ICMP's session, fragment)
+            // and the per-CPU counters inlined: a lookup added anywhere
+            // fails here.
+            assert_eq!(
+                calls.get("__htab_map_lookup_elem"),
+                Some(&3),
+                "{name}: {calls:?}"
+            );
+            assert!(
+                !calls.keys().any(|k| k.contains("array_map_lookup")),
+                "{name}: counter lookup not inlined: {calls:?}"
+            );
+        }
         let calls: Vec<String> = calls.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
         println!(
             "| {name} | {xlated} | {bytes} | {insns} | {} |",

@@ -8,9 +8,10 @@
 mod common;
 
 use std::mem::MaybeUninit;
+use std::time::Duration;
 
 use common::*;
-use ipvsbpf_proxy::datapath::{Direction, Reason};
+use ipvsbpf_proxy::datapath::{Direction, Options, Reason};
 
 /// 100 bytes of payload: with 32-byte pieces, a UDP datagram of 108 bytes
 /// becomes four fragments.
@@ -117,14 +118,16 @@ fn out_of_order_and_stale_fragments_stay_untouched() {
     }
 }
 
+/// More datagrams in flight than the fragment map holds (64): every first
+/// fragment is still translated, since an LRU map makes room rather than
+/// refusing (so `xlated_nofrag` is for an insert that fails outright, which
+/// no test here can provoke), and the latest datagrams keep their entry.
 #[test]
-fn full_fragment_map_still_translates_the_first() {
+fn more_datagrams_than_fragment_entries() {
     let mut storage = MaybeUninit::uninit();
     let dp = load(&mut storage);
     let (req, _, _, snat) = flows(false);
     set_sessions(&dp, &ipvs_entries(L4::Udp, req.src, req.dst, Some(snat)));
-    // An LRU map never refuses an insert: far more datagrams than entries
-    // (64) must all translate their first fragment; the oldest entries go.
     let translated = req.with_src(snat);
     for id in 0..200u32 {
         let f = &fragments(&req, PAYLOAD, 32, id)[0];
@@ -133,11 +136,50 @@ fn full_fragment_map_still_translates_the_first() {
         assert_eq!(verdict, PASS);
         assert_eq!(&out, want, "datagram {id}");
     }
-    assert!(dp.frag_count() <= 64, "LRU bound: {}", dp.frag_count());
     let c = dp
         .counter(Direction::Orig, Reason::Xlated)
         .expect("counter");
     assert_eq!(c.packets, 200);
+    // the last datagram's later fragment still finds its translation
+    let later = &fragments(&req, PAYLOAD, 32, 199)[1];
+    let want = &fragments(&translated, PAYLOAD, 32, 199)[1];
+    let (_, out) = run_counted(&dp, Direction::Orig, later, Reason::FragXlated, "latest");
+    assert_eq!(&out, want);
+}
+
+/// A translation serves later fragments only as long as reassembly would
+/// wait for them (`Options::frag_timeout`, 30 s by default; 200 ms here).
+#[test]
+fn fragment_translation_expires() {
+    let mut storage = MaybeUninit::uninit();
+    let dp = load_with(
+        &mut storage,
+        Options {
+            session_entries: 1024,
+            frag_entries: 64,
+            frag_timeout: Duration::from_millis(200),
+        },
+    );
+    let (req, _, _, snat) = flows(true);
+    set_sessions(&dp, &ipvs_entries(L4::Udp, req.src, req.dst, Some(snat)));
+    let frags = fragments(&req, PAYLOAD, 32, 0x55);
+    run_counted(&dp, Direction::Orig, &frags[0], Reason::Xlated, "first");
+    run_counted(
+        &dp,
+        Direction::Orig,
+        &frags[1],
+        Reason::FragXlated,
+        "in time",
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let (_, out) = run_counted(
+        &dp,
+        Direction::Orig,
+        &frags[2],
+        Reason::PassFragMiss,
+        "late",
+    );
+    assert_eq!(out, frags[2], "an expired translation is not applied");
 }
 
 /// RFC 8200 lets extension headers (destination options) sit in the

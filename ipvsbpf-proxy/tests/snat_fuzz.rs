@@ -2,7 +2,9 @@
 //! frames, truncated and bit-flipped valid packets. The program never
 //! faults, the packet keeps its length, exactly one reason is counted, the
 //! verdict matches it, and a packet is changed only by a translating reason
-//! and only inside its headers.
+//! and only inside its headers (exactly, for packets without bit flips).
+//! Half the cases run with the skb in CHECKSUM_COMPLETE, where the kernel
+//! also fails the run if skb->csum no longer matches the packet.
 //! Needs root (CAP_BPF + CAP_NET_ADMIN); without it the tests fail.
 
 mod common;
@@ -22,11 +24,11 @@ fn translating(r: Reason) -> bool {
     )
 }
 
-/// Bytes past which a translation may not write, for the generated packets
-/// (no IPv6 extension headers): Ethernet, the largest IP header, the
-/// transport header; for ICMP errors, the ICMP header and a quoted packet's
-/// headers on top.
-fn header_zone(reason: Reason) -> usize {
+/// Bytes past which a translation may not write when bit flips may have
+/// grown the IPv4 header to its largest: Ethernet, 60 bytes of IP header,
+/// the transport header; for ICMP errors a quoted packet's on top. Unflipped
+/// packets are held to their exact header length instead.
+fn loose_header_zone(reason: Reason) -> usize {
     let plain = 14 + 60 + 20;
     if reason == Reason::IcmpXlated {
         plain + 8 + 60
@@ -37,14 +39,17 @@ fn header_zone(reason: Reason) -> usize {
 
 /// Checks one run against the properties; `Ok(None)` when the kernel
 /// refused the frame before running the program.
+/// `header_end`: where the headers of this packet end, when known exactly.
 fn check(
     dp: &Datapath<'_>,
     dir: Direction,
     frame: &[u8],
     has_session: bool,
+    header_end: Option<usize>,
+    csum: Csum,
 ) -> Result<Option<Reason>, TestCaseError> {
     let ethertype = frame.get(12..14).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    let (verdict, out, reason) = match try_run(dp, dir, frame) {
+    let (verdict, out, reason) = match try_run(dp, dir, frame, csum) {
         Ok(r) => r,
         Err(e) => {
             // BPF_PROG_TEST_RUN itself refuses IP frames shorter than the
@@ -69,11 +74,13 @@ fn check(
         prop_assert!(out == frame, "changed without translating ({:?})", reason);
     } else {
         prop_assert!(has_session, "translated without a session ({:?})", reason);
+        let zone = header_end.unwrap_or_else(|| loose_header_zone(reason));
         let last_diff = out.iter().zip(frame).rposition(|(a, b)| a != b);
         prop_assert!(
-            last_diff.is_none_or(|i| i < header_zone(reason)),
-            "payload changed at {:?}",
-            last_diff
+            last_diff.is_none_or(|i| i < zone),
+            "payload changed at {:?} (headers end at {})",
+            last_diff,
+            zone
         );
     }
     Ok(Some(reason))
@@ -81,6 +88,16 @@ fn check(
 
 /// A fixed seed: CI runs the same cases every time (no flakes); raise
 /// `cases` locally to search further.
+/// Half the cases enter as CHECKSUM_COMPLETE, where the kernel also checks
+/// skb->csum after the program.
+fn csum_mode(complete: bool) -> Csum {
+    if complete {
+        Csum::Complete
+    } else {
+        Csum::None
+    }
+}
+
 fn runner(cases: u32) -> TestRunner {
     let config = Config {
         cases,
@@ -130,9 +147,10 @@ fn random_frames_pass_untouched() {
         ethertypes,
         proptest::collection::vec(any::<u8>(), 0..160),
         any::<bool>(),
+        any::<bool>(),
     );
     runner(3000)
-        .run(&strategy, |(ethertype, body, egress)| {
+        .run(&strategy, |(ethertype, body, egress, complete)| {
             let mut frame = Vec::from(MAC_PEER);
             frame.extend_from_slice(&MAC_NODE);
             frame.extend_from_slice(&ethertype.to_be_bytes());
@@ -149,14 +167,14 @@ fn random_frames_pass_untouched() {
             } else {
                 Direction::Reply
             };
-            check(&dp, dir, &frame, false).map(|_| ())
+            check(&dp, dir, &frame, false, None, csum_mode(complete)).map(|_| ())
         })
         .expect("random frames");
 }
 
 /// A valid packet of a session (plain, ICMP error or fragment), for either
 /// direction.
-fn session_packet() -> impl Strategy<Value = (Direction, Vec<u8>, Vec<(u8, u8)>)> {
+fn session_packet() -> impl Strategy<Value = (Direction, Vec<u8>, usize, Vec<(u8, u8)>)> {
     let family = any::<bool>();
     let l4 = prop_oneof![
         Just(L4::Tcp),
@@ -195,6 +213,17 @@ fn session_packet() -> impl Strategy<Value = (Direction, Vec<u8>, Vec<(u8, u8)>)
             } else {
                 (Direction::Reply, Flow { l4, src: r, dst: s })
             };
+            let ip = if v6 { 40 } else { 20 };
+            let l4h = match l4 {
+                L4::Tcp => 20,
+                L4::Sctp => 12,
+                L4::Udp | L4::UdpNoCsum => 8,
+            };
+            let header_end = match kind {
+                0 | 1 => 14 + ip + l4h,
+                2 => 14 + ip + 8 + ip + l4h,
+                _ => 14 + ip + if v6 { 8 } else { 0 } + l4h,
+            };
             let frame = match kind {
                 0 | 1 => frame(&flow, &payload),
                 2 => {
@@ -215,7 +244,7 @@ fn session_packet() -> impl Strategy<Value = (Direction, Vec<u8>, Vec<(u8, u8)>)
                 }
                 _ => fragments(&flow, &[0x33; 80], 32, 99)[0].clone(),
             };
-            (dir, frame, flips)
+            (dir, frame, header_end, flips)
         },
     )
 }
@@ -242,26 +271,34 @@ fn truncated_and_flipped_session_packets_never_corrupt() {
         session_packet(),
         any::<proptest::sample::Index>(),
         any::<bool>(),
+        any::<bool>(),
     );
     let seen = std::cell::RefCell::new(std::collections::HashSet::new());
     runner(3000)
-        .run(&strategy, |((dir, frame, flips), cut, fix_len)| {
-            let mut frame = frame;
-            for (at, bits) in flips {
-                let i = 14 + usize::from(at) % (frame.len() - 14);
-                frame[i] ^= bits;
-            }
-            // Cut anywhere from the Ethernet header to the full length
-            let len = 14 + cut.index(frame.len() - 13);
-            let mut frame = frame[..len].to_vec();
-            if fix_len {
-                fix_ip_length(&mut frame);
-            }
-            if let Some(reason) = check(&dp, dir, &frame, true)? {
-                seen.borrow_mut().insert(reason);
-            }
-            Ok(())
-        })
+        .run(
+            &strategy,
+            |((dir, frame, header_end, flips), cut, fix_len, complete)| {
+                let exact = flips.is_empty();
+                let mut frame = frame;
+                for (at, bits) in flips {
+                    let i = 14 + usize::from(at) % (frame.len() - 14);
+                    frame[i] ^= bits;
+                }
+                // Cut anywhere from the Ethernet header to the full length
+                let len = 14 + cut.index(frame.len() - 13);
+                let mut frame = frame[..len].to_vec();
+                if fix_len {
+                    fix_ip_length(&mut frame);
+                }
+                let header_end = exact.then_some(header_end);
+                if let Some(reason) =
+                    check(&dp, dir, &frame, true, header_end, csum_mode(complete))?
+                {
+                    seen.borrow_mut().insert(reason);
+                }
+                Ok(())
+            },
+        )
         .expect("session packets");
     // The generator must reach the interesting paths, not only errors
     let seen = seen.into_inner();

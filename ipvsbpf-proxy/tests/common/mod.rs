@@ -397,14 +397,18 @@ pub fn ipvs_entries(
 }
 
 pub fn load(storage: &mut MaybeUninit<OpenObject>) -> Datapath<'_> {
-    Datapath::load(
+    load_with(
         storage,
-        &Options {
+        Options {
             session_entries: 1024,
             frag_entries: 64,
+            ..Options::default()
         },
     )
-    .expect("load snat.bpf.o (needs root and BPF)")
+}
+
+pub fn load_with(storage: &mut MaybeUninit<OpenObject>, opts: Options) -> Datapath<'_> {
+    Datapath::load(storage, &opts).expect("load snat.bpf.o (needs root and BPF)")
 }
 
 /// All counters, keyed by (direction, reason).
@@ -532,6 +536,7 @@ pub fn try_run(
     dp: &Datapath<'_>,
     dir: Direction,
     frame: &[u8],
+    csum: Csum,
 ) -> Result<(u32, Vec<u8>, Reason), String> {
     let mut out = vec![0u8; frame.len() + 256];
     let prog = match dir {
@@ -542,6 +547,7 @@ pub fn try_run(
     let input = ProgramInput {
         data_in: Some(frame),
         data_out: Some(&mut out),
+        flags: csum.flags(),
         ..Default::default()
     };
     let res = prog.test_run(input).map_err(|e| e.to_string())?;
