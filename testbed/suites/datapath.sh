@@ -118,6 +118,10 @@ done
 grep -q '^[a-z]* drop_' <<<"$stats" && fail "the programs dropped packets"
 ct_after=$(topo_exec node conntrack -C) || fail "conntrack -C"
 step "conntrack entries on node: $ct_before before the Service traffic, $ct_after after"
+# by address too: no entry may name a VIP or the pod
+svc_ct=$(topo_exec node conntrack -L 2>/dev/null |
+	grep -c -e "$VIP4" -e "$VIP6" -e "$(topo_ip pod2a 4)" -e "$(topo_ip pod2a 6)")
+[ "$svc_ct" -eq 0 ] || fail "$svc_ct conntrack entries for Service connections"
 [ "$ct_after" -le "$ct_before" ] || fail "Service connections reached conntrack"
 topo_exec node "$tool" show | sed 's/^/      /'
 
