@@ -571,6 +571,16 @@ fn table() {
     }
 }
 
+/// A two-byte payload that gives `flow`'s UDP datagram the checksum
+/// 0xffff, i.e. a sum of 0, which an incremental update could wrongly land
+/// on as 0.
+fn payload_for_udp_csum_ffff(flow: &Flow) -> [u8; 2] {
+    (0u16..=u16::MAX)
+        .map(|n| n.to_be_bytes())
+        .find(|p| l4_segment(flow, p)[6..8] == [0xff, 0xff])
+        .expect("a payload with checksum 0xffff exists")
+}
+
 /// UDP must never carry a computed checksum of 0 (it means "none"): find a
 /// payload whose translated checksum is 0xffff and check the incremental
 /// update lands there too, not on 0.
@@ -586,13 +596,7 @@ fn udp_checksum_never_becomes_zero() {
             dst: a.real,
         };
         let translated = req.with_src(a.snat);
-        let payload = (0u16..=u16::MAX)
-            .map(|n| n.to_be_bytes())
-            .find(|p| {
-                let seg = l4_segment(&translated, p);
-                seg[6..8] == [0xff, 0xff]
-            })
-            .expect("a payload with checksum 0xffff exists");
+        let payload = payload_for_udp_csum_ffff(&translated);
         set_sessions(&dp, &ipvs_entries(L4::Udp, a.client, a.real, Some(a.snat)));
         for csum in Csum::ALL {
             let input = frame(&req, &payload);
@@ -630,10 +634,7 @@ fn quoted_udp_checksum_never_becomes_zero() {
             dst: a.real,
         };
         let restored = sent.with_src(a.client);
-        let payload = (0u16..=u16::MAX)
-            .map(|n| n.to_be_bytes())
-            .find(|p| l4_segment(&restored, p)[6..8] == [0xff, 0xff])
-            .expect("a payload with checksum 0xffff exists");
+        let payload = payload_for_udp_csum_ffff(&restored);
         set_sessions(&dp, &ipvs_entries(L4::Udp, a.client, a.real, Some(a.snat)));
         let (t, c) = if v6 { (1, 4) } else { (3, 3) };
         let input = icmp_error(a.router.ip(), a.snat.ip(), t, c, &packet(&sent, &payload));
