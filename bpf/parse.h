@@ -115,12 +115,15 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p,
 	return IPVSBPF_NONE;
 }
 
-/* The first two bytes of every IPv6 extension header but the fragment
- * header, which is fixed size.
+/* The first four bytes of every IPv6 extension header parse_ipv6() walks
+ * but the fragment header (fixed size, below); all are at least 8 bytes.
+ * The last two mean something only in a routing header.
  */
 struct ipvsbpf_ipv6_opt {
 	__u8 nexthdr;
 	__u8 hdrlen;
+	__u8 rt_type;
+	__u8 rt_segleft;
 };
 
 struct ipvsbpf_ipv6_frag {
@@ -130,12 +133,20 @@ struct ipvsbpf_ipv6_frag {
 	__be32 identification;
 };
 
+/* Extension headers parse_ipv6() walks past to reach the transport */
+static __always_inline bool ipv6_is_exthdr(__u8 nexthdr)
+{
+	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
+	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_AH ||
+	       nexthdr == IPPROTO_FRAGMENT;
+}
+
 static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p,
 				      bool quoted)
 {
 	struct ipv6hdr ip6;
 	__u32 off, plen;
-	__u8 nexthdr, segleft;
+	__u8 nexthdr;
 	int i;
 
 	if (bpf_skb_load_bytes(skb, p->l3_off, &ip6, sizeof(ip6)))
@@ -163,33 +174,9 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p,
 		struct ipvsbpf_ipv6_frag fh;
 		__u16 fo;
 
-		switch (nexthdr) {
-		case IPPROTO_ROUTING:
-			if (bpf_skb_load_bytes(skb, off, &opt, sizeof(opt)) ||
-			    bpf_skb_load_bytes(skb, off + 3, &segleft, 1))
-				return IPVSBPF_ERR_EXTHDR;
-			/* The transport checksum covers the final destination,
-			 * not this one: a rewrite could not keep it right.
-			 */
-			if (segleft)
-				return IPVSBPF_PASS_RTHDR;
-			nexthdr = opt.nexthdr;
-			off += (opt.hdrlen + 1) * 8;
-			break;
-		case IPPROTO_HOPOPTS:
-		case IPPROTO_DSTOPTS:
-			if (bpf_skb_load_bytes(skb, off, &opt, sizeof(opt)))
-				return IPVSBPF_ERR_EXTHDR;
-			nexthdr = opt.nexthdr;
-			off += (opt.hdrlen + 1) * 8;
-			break;
-		case IPPROTO_AH:
-			if (bpf_skb_load_bytes(skb, off, &opt, sizeof(opt)))
-				return IPVSBPF_ERR_EXTHDR;
-			nexthdr = opt.nexthdr;
-			off += (opt.hdrlen + 2) * 4;
-			break;
-		case IPPROTO_FRAGMENT:
+		if (!ipv6_is_exthdr(nexthdr))
+			goto done;
+		if (nexthdr == IPPROTO_FRAGMENT) {
 			if (bpf_skb_load_bytes(skb, off, &fh, sizeof(fh)))
 				return IPVSBPF_ERR_EXTHDR;
 			nexthdr = fh.nexthdr;
@@ -204,20 +191,23 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p,
 			}
 			if (fo & IPVSBPF_IP6_MF)
 				p->frag = IPVSBPF_FRAG_FIRST;
-			break;
-		default:
-			goto done;
+			continue;
 		}
+		if (bpf_skb_load_bytes(skb, off, &opt, sizeof(opt)))
+			return IPVSBPF_ERR_EXTHDR;
+		/* The transport checksum covers the final destination, not
+		 * this one: a rewrite could not keep it right.
+		 */
+		if (nexthdr == IPPROTO_ROUTING && opt.rt_segleft)
+			return IPVSBPF_PASS_RTHDR;
+		/* AH counts its length in 4-byte words, the others in 8 */
+		off += nexthdr == IPPROTO_AH ? (opt.hdrlen + 2) * 4 :
+					       (opt.hdrlen + 1) * 8;
+		nexthdr = opt.nexthdr;
 	}
 	/* Still inside the chain after the last header we walk */
-	switch (nexthdr) {
-	case IPPROTO_HOPOPTS:
-	case IPPROTO_ROUTING:
-	case IPPROTO_DSTOPTS:
-	case IPPROTO_AH:
-	case IPPROTO_FRAGMENT:
+	if (ipv6_is_exthdr(nexthdr))
 		return IPVSBPF_ERR_EXTHDR;
-	}
 done:
 	if (off > p->l3_end)
 		return IPVSBPF_ERR_EXTHDR;
