@@ -203,10 +203,7 @@ fn main() {
     println!("| --- | ---: | ---: |");
     println!("| floor: pktcount (one per-CPU counter) | {floor_ns:.1} | 1.00 |");
     for p in &paths {
-        let prog = match p.dir {
-            Direction::Orig => &dp.skel().progs.ipvsbpf_egress,
-            Direction::Reply => &dp.skel().progs.ipvsbpf_ingress,
-        };
+        let prog = dp.program(p.dir);
         let before = dp.counter(p.dir, p.reason).expect("counter").packets;
         let ns = time(prog, &p.frame);
         let after = dp.counter(p.dir, p.reason).expect("counter").packets;

@@ -19,7 +19,8 @@ use ipvs_netlink::uapi::{
 };
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{
-    MapCore, MapFlags, MapHandle, OpenObject, TcHook, TcHookBuilder, TC_EGRESS, TC_INGRESS,
+    MapCore, MapFlags, MapHandle, OpenObject, ProgramMut, TcHook, TcHookBuilder, TC_EGRESS,
+    TC_INGRESS,
 };
 
 use crate::skel::snat::types::ipvsbpf_reason as R;
@@ -379,6 +380,14 @@ impl<'obj> Datapath<'obj> {
         &self.skel
     }
 
+    /// The program of a direction: egress for `Orig`, ingress for `Reply`.
+    pub fn program(&self, dir: Direction) -> &ProgramMut<'obj> {
+        match dir {
+            Direction::Orig => &self.skel.progs.ipvsbpf_egress,
+            Direction::Reply => &self.skel.progs.ipvsbpf_ingress,
+        }
+    }
+
     /// The session map's fd: what IPVS_CMD_NEW_BPF hands to the kernel.
     pub fn sessions_fd(&self) -> BorrowedFd<'_> {
         self.skel.maps.ipvs_sessions.as_fd()
@@ -394,13 +403,10 @@ impl<'obj> Datapath<'obj> {
             .map_err(bpf_err("writing a session"))
     }
 
-    /// Removes a session entry (as IPVS does at expiry).
-    pub fn delete_session(&self, key: &IpVsBpfKey) -> Result<(), Error> {
-        self.skel
-            .maps
-            .ipvs_sessions
-            .delete(&key_bytes(key))
-            .map_err(bpf_err("deleting a session"))
+    /// Removes every session entry. Like [`Datapath::put_session`], only
+    /// for tests standing in for IPVS.
+    pub fn clear_sessions(&self) -> Result<(), Error> {
+        clear_map(&self.skel.maps.ipvs_sessions, "clearing ipvs_sessions")
     }
 
     /// Number of entries in the session map (a walk: O(entries)).
@@ -410,15 +416,7 @@ impl<'obj> Datapath<'obj> {
 
     /// Removes every fragment map entry.
     pub fn clear_frags(&self) -> Result<(), Error> {
-        let keys: Vec<Vec<u8>> = self.skel.maps.ipvsbpf_frags.keys().collect();
-        for k in keys {
-            self.skel
-                .maps
-                .ipvsbpf_frags
-                .delete(&k)
-                .map_err(bpf_err("clearing ipvsbpf_frags"))?;
-        }
-        Ok(())
+        clear_map(&self.skel.maps.ipvsbpf_frags, "clearing ipvsbpf_frags")
     }
 
     /// Number of entries in the fragment map.
@@ -437,14 +435,15 @@ impl<'obj> Datapath<'obj> {
     }
 
     /// Pins the three maps under `dir` (a bpffs directory), by their
-    /// names: `ipvs_sessions`, `ipvsbpf_stats`, `ipvsbpf_frags`.
+    /// names ([`PINNED_MAPS`]); [`unpin`] removes them.
     pub fn pin(&mut self, dir: &Path) -> Result<(), Error> {
         let maps = &mut self.skel.maps;
-        for (name, map) in [
-            (MAP_SESSIONS, &mut maps.ipvs_sessions),
-            (MAP_STATS, &mut maps.ipvsbpf_stats),
-            (MAP_FRAGS, &mut maps.ipvsbpf_frags),
-        ] {
+        let handles = [
+            &mut maps.ipvs_sessions,
+            &mut maps.ipvsbpf_stats,
+            &mut maps.ipvsbpf_frags,
+        ];
+        for (name, map) in PINNED_MAPS.into_iter().zip(handles) {
             let path = dir.join(name);
             map.pin(&path)
                 .map_err(bpf_err(format!("pinning {}", path.display())))?;
@@ -489,6 +488,28 @@ pub const MAP_SESSIONS: &str = "ipvs_sessions";
 pub const MAP_STATS: &str = "ipvsbpf_stats";
 /// Pinned name of the fragment map.
 pub const MAP_FRAGS: &str = "ipvsbpf_frags";
+/// Every map [`Datapath::pin`] pins, in that order.
+pub const PINNED_MAPS: [&str; 3] = [MAP_SESSIONS, MAP_STATS, MAP_FRAGS];
+
+/// Removes the pins [`Datapath::pin`] made under `dir`; pins already gone
+/// are fine.
+pub fn unpin(dir: &Path) -> Result<(), std::io::Error> {
+    for name in PINNED_MAPS {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn clear_map(map: &impl MapCore, what: &str) -> Result<(), Error> {
+    let keys: Vec<Vec<u8>> = map.keys().collect();
+    for k in keys {
+        map.delete(&k).map_err(bpf_err(what))?;
+    }
+    Ok(())
+}
 
 /// One counter of a counter map (the loaded object's, or a pinned one),
 /// summed over CPUs.

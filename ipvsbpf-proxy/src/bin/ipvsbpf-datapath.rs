@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use ipvsbpf_proxy::datapath::{self, Datapath, Options, MAP_FRAGS, MAP_SESSIONS, MAP_STATS};
+use ipvsbpf_proxy::datapath::{self, Datapath, Options, MAP_SESSIONS, MAP_STATS};
 
 #[derive(Parser)]
 #[command(
@@ -87,16 +87,7 @@ fn check_ethernet(dev: &str) -> Result<(), String> {
 }
 
 fn unpin(pin: &Path) -> Result<(), String> {
-    for name in [MAP_SESSIONS, MAP_STATS, MAP_FRAGS] {
-        let path = pin.join(name);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(format!("removing {}: {e}", path.display()))
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    datapath::unpin(pin).map_err(|e| format!("removing the pins under {}: {e}", pin.display()))
 }
 
 fn attach(dev: &str, pin: &Path, opts: &Options) -> Result<(), String> {

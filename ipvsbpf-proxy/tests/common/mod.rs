@@ -445,29 +445,48 @@ impl Csum {
     }
 }
 
-/// Runs the program of `dir` once on `frame`: verdict and packet out.
-pub fn run(dp: &Datapath<'_>, dir: Direction, frame: &[u8]) -> (u32, Vec<u8>) {
-    run_csum(dp, dir, frame, Csum::None)
-}
+/// Counters that moved between two snapshots: (direction, reason,
+/// packets, bytes), in slot order.
+type Moved = Vec<(Direction, Reason, u64, u64)>;
 
-/// As [`run`], entering with the checksum state `csum`.
-pub fn run_csum(dp: &Datapath<'_>, dir: Direction, frame: &[u8], csum: Csum) -> (u32, Vec<u8>) {
+/// One BPF_PROG_TEST_RUN of the program of `dir` on `frame`, entering with
+/// the checksum state `csum`: verdict, packet out, and the counters that
+/// moved. Err when the kernel refused the run (bad frame, or EBADMSG:
+/// skb->csum stale under CHECKSUM_COMPLETE).
+fn observe(
+    dp: &Datapath<'_>,
+    dir: Direction,
+    frame: &[u8],
+    csum: Csum,
+) -> Result<(u32, Vec<u8>, Moved), libbpf_rs::Error> {
     let mut out = vec![0u8; frame.len() + 256];
-    let prog = match dir {
-        Direction::Orig => &dp.skel().progs.ipvsbpf_egress,
-        Direction::Reply => &dp.skel().progs.ipvsbpf_ingress,
-    };
+    let before = counters(dp);
     let input = ProgramInput {
         data_in: Some(frame),
         data_out: Some(&mut out),
         flags: csum.flags(),
         ..Default::default()
     };
-    let res = prog
-        .test_run(input)
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN ({csum:?}; EBADMSG: skb->csum stale): {e}"));
+    let res = dp.program(dir).test_run(input)?;
+    let verdict = res.return_value;
     let data = res.data.map(|d| d.to_vec()).unwrap_or_default();
-    (res.return_value, data)
+    let after = counters(dp);
+    let mut moved: Moved = after
+        .iter()
+        .filter_map(|(&(d, r), c)| {
+            let b = before.get(&(d, r)).copied().unwrap_or_default();
+            (*c != b).then(|| (d, r, c.packets - b.packets, c.bytes - b.bytes))
+        })
+        .collect();
+    moved.sort_by_key(|m| (m.0 as u8, m.1 as u32));
+    Ok((verdict, data, moved))
+}
+
+/// Runs the program of `dir` once on `frame`: verdict and packet out.
+pub fn run(dp: &Datapath<'_>, dir: Direction, frame: &[u8]) -> (u32, Vec<u8>) {
+    let (verdict, out, _) =
+        observe(dp, dir, frame, Csum::None).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
+    (verdict, out)
 }
 
 /// Runs once and checks that exactly one counter, (dir, reason), moved by
@@ -491,39 +510,20 @@ pub fn run_counted_csum(
     what: &str,
     csum: Csum,
 ) -> (u32, Vec<u8>) {
-    let before = counters(dp);
-    let res = run_csum(dp, dir, frame, csum);
-    let after = counters(dp);
-    let mut moved: Vec<(Direction, Reason, u64, u64)> = after
-        .iter()
-        .filter_map(|(&(d, r), c)| {
-            let b = before.get(&(d, r)).copied().unwrap_or_default();
-            (*c != b).then(|| (d, r, c.packets - b.packets, c.bytes - b.bytes))
-        })
-        .collect();
-    moved.sort_by_key(|m| (m.0 as u8, m.1 as u32));
+    let (verdict, out, moved) = observe(dp, dir, frame, csum).unwrap_or_else(|e| {
+        panic!("{what}: BPF_PROG_TEST_RUN ({csum:?}; EBADMSG: skb->csum stale): {e}")
+    });
     assert_eq!(
         moved,
         vec![(dir, reason, 1, frame.len() as u64)],
         "{what}: counters"
     );
-    res
+    (verdict, out)
 }
 
 /// Installs sessions, removing whatever was there.
 pub fn set_sessions(dp: &Datapath<'_>, sessions: &[(IpVsBpfKey, IpVsBpfValue)]) {
-    let keys: Vec<Vec<u8>> = {
-        use libbpf_rs::MapCore;
-        dp.skel().maps.ipvs_sessions.keys().collect()
-    };
-    for k in keys {
-        use libbpf_rs::MapCore;
-        dp.skel()
-            .maps
-            .ipvs_sessions
-            .delete(&k)
-            .expect("clear sessions");
-    }
+    dp.clear_sessions().expect("clear sessions");
     for (k, v) in sessions {
         dp.put_session(k, v).expect("put session");
     }
@@ -538,29 +538,9 @@ pub fn try_run(
     frame: &[u8],
     csum: Csum,
 ) -> Result<(u32, Vec<u8>, Reason), String> {
-    let mut out = vec![0u8; frame.len() + 256];
-    let prog = match dir {
-        Direction::Orig => &dp.skel().progs.ipvsbpf_egress,
-        Direction::Reply => &dp.skel().progs.ipvsbpf_ingress,
-    };
-    let before = counters(dp);
-    let input = ProgramInput {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        flags: csum.flags(),
-        ..Default::default()
-    };
-    let res = prog.test_run(input).map_err(|e| e.to_string())?;
-    let verdict = res.return_value;
-    let data = res.data.map(|d| d.to_vec()).unwrap_or_default();
-    let after = counters(dp);
-    let moved: Vec<(Direction, Reason)> = after
-        .iter()
-        .filter(|(k, c)| before.get(k).copied().unwrap_or_default() != **c)
-        .map(|(k, _)| *k)
-        .collect();
+    let (verdict, out, moved) = observe(dp, dir, frame, csum).map_err(|e| e.to_string())?;
     match moved.as_slice() {
-        [(d, r)] if *d == dir => Ok((verdict, data, *r)),
+        [(d, r, _, _)] if *d == dir => Ok((verdict, out, *r)),
         _ => Err(format!("counters moved: {moved:?}")),
     }
 }
