@@ -131,9 +131,31 @@ fn send_datagram(fd: i32, bytes: &[u8]) -> Result<()> {
     }
 }
 
-fn is_timeout(e: &Error) -> bool {
-    matches!(e, Error::Socket(io) if matches!(io.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+/// Largest datagram the kernel sends a netlink reader: dumps fill at most
+/// 32 KiB (`netlink_dump`); a window's errors echo requests of a few
+/// hundred bytes each.
+const RECV_BUF: usize = 64 << 10;
+
+/// `recv(2)` of one datagram into `buf`, refusing a truncated one.
+fn recv_datagram(fd: i32, buf: &mut [u8]) -> Result<usize> {
+    loop {
+        // SAFETY: fd is open; buf is valid for writes of its length.
+        let rc = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) };
+        if rc >= 0 {
+            let n = rc as usize;
+            if n > buf.len() {
+                return Err(Error::Socket(std::io::Error::other(format!(
+                    "netlink datagram of {n} bytes truncated to {}",
+                    buf.len()
+                ))));
+            }
+            return Ok(n);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(Error::Socket(e));
+        }
+    }
 }
 
 /// Typed operations over `call`/`call_all`; `$($aw)*` is `.await` for the
@@ -323,6 +345,7 @@ macro_rules! ops {
 /// ```
 pub struct Ipvs {
     sock: neli::socket::synchronous::NlSocketHandle,
+    buf: Vec<u8>,
     family: u16,
     seq: u32,
     timeout: Duration,
@@ -342,12 +365,14 @@ impl Ipvs {
         grow_rcvbuf(sock.as_raw_fd());
         let mut ipvs = Ipvs {
             sock,
+            buf: vec![0; RECV_BUF],
             family: 0,
             seq: 1,
             timeout: DEFAULT_TIMEOUT,
         };
         ipvs.set_timeout(DEFAULT_TIMEOUT)?;
-        let (ex, datagram) = Exchange::resolve(uapi::IPVS_GENL_NAME, ipvs.sock.pid(), &mut ipvs.seq)?;
+        let (ex, datagram) =
+            Exchange::resolve(uapi::IPVS_GENL_NAME, ipvs.sock.pid(), &mut ipvs.seq)?;
         let r = ipvs.run(ex, &datagram)?.pop();
         ipvs.family = proto::family_result(r.unwrap_or_else(|| unreachable!("one request")))?;
         Ok(ipvs)
@@ -375,18 +400,13 @@ impl Ipvs {
             send_datagram(self.sock.as_raw_fd(), datagram)?;
         }
         while ex.pending() {
-            let (msgs, _) = match self.sock.recv::<u16, neli::types::Buffer>() {
-                Ok(r) => r,
-                Err(e) => {
-                    let e = Error::socket(e);
-                    if is_timeout(&e) {
-                        ex.timed_out(self.timeout);
-                        break;
-                    }
-                    return Err(e);
+            match recv_datagram(self.sock.as_raw_fd(), &mut self.buf) {
+                Ok(n) => ex.feed_datagram(&self.buf[..n]),
+                Err(Error::Socket(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ex.timed_out(self.timeout);
                 }
-            };
-            ex.feed_all(msgs);
+                Err(e) => return Err(e),
+            }
         }
         Ok(ex.finish())
     }
@@ -400,6 +420,17 @@ pub use self::tokio_client::AsyncIpvs;
 #[cfg(feature = "tokio")]
 mod tokio_client {
     use super::*;
+    use neli::socket::synchronous::NlSocketHandle;
+    use tokio::io::unix::AsyncFd;
+
+    fn set_nonblocking(fd: i32) -> std::io::Result<()> {
+        // SAFETY: fcntl on the client's open socket.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
 
     /// The [`Ipvs`] client for tokio: the same methods, `async`.
     ///
@@ -410,7 +441,9 @@ mod tokio_client {
     /// # Ok(()) }
     /// ```
     pub struct AsyncIpvs {
-        sock: neli::socket::asynchronous::NlSocketHandle,
+        sock: AsyncFd<NlSocketHandle>,
+        pid: u32,
+        buf: Vec<u8>,
         family: u16,
         seq: u32,
         timeout: Duration,
@@ -420,22 +453,23 @@ mod tokio_client {
         /// Opens a socket and resolves the `IPVS` family. Needs a tokio
         /// runtime with I/O and time enabled.
         pub async fn connect() -> Result<AsyncIpvs> {
-            let sock = neli::socket::asynchronous::NlSocketHandle::connect(
-                NlFamily::Generic,
-                None,
-                Groups::empty(),
-            )
-            .map_err(Error::socket)?;
+            let sock = NlSocketHandle::connect(NlFamily::Generic, None, Groups::empty())
+                .map_err(Error::socket)?;
             let _ = sock.enable_ext_ack(true);
             grow_rcvbuf(sock.as_raw_fd());
+            set_nonblocking(sock.as_raw_fd()).map_err(Error::Socket)?;
             let mut ipvs = AsyncIpvs {
-                sock,
+                pid: sock.pid(),
+                // SAFETY: the handle owns its socket until it drops, and
+                // as_raw_fd() always returns that same descriptor.
+                sock: unsafe { AsyncFd::register(sock) }
+                    .map_err(|e| Error::Socket(std::io::Error::other(e.to_string())))?,
+                buf: vec![0; RECV_BUF],
                 family: 0,
                 seq: 1,
                 timeout: DEFAULT_TIMEOUT,
             };
-            let (ex, datagram) =
-                Exchange::resolve(uapi::IPVS_GENL_NAME, ipvs.sock.pid(), &mut ipvs.seq)?;
+            let (ex, datagram) = Exchange::resolve(uapi::IPVS_GENL_NAME, ipvs.pid, &mut ipvs.seq)?;
             let r = ipvs.run(ex, &datagram).await?.pop();
             ipvs.family = proto::family_result(r.unwrap_or_else(|| unreachable!("one request")))?;
             Ok(ipvs)
@@ -452,7 +486,7 @@ mod tokio_client {
         }
 
         async fn exchange(&mut self, reqs: &[&Request]) -> Result<Vec<Result<Replies>>> {
-            let (ex, datagram) = Exchange::new(self.family, self.sock.pid(), &mut self.seq, reqs);
+            let (ex, datagram) = Exchange::new(self.family, self.pid, &mut self.seq, reqs);
             self.run(ex, &datagram).await
         }
 
@@ -462,15 +496,26 @@ mod tokio_client {
             }
             let deadline = tokio::time::Instant::now() + self.timeout;
             while ex.pending() {
-                let recv = self.sock.recv::<u16, neli::types::Buffer>();
-                let (msgs, _) = match tokio::time::timeout_at(deadline, recv).await {
-                    Ok(r) => r.map_err(Error::socket)?,
+                let ready = tokio::time::timeout_at(deadline, self.sock.readable()).await;
+                let mut guard = match ready {
+                    Ok(g) => g.map_err(Error::Socket)?,
                     Err(_) => {
                         ex.timed_out(self.timeout);
                         break;
                     }
                 };
-                ex.feed_all(msgs);
+                let fd = self.sock.as_raw_fd();
+                let buf = &mut self.buf;
+                match guard.try_io(|_| {
+                    recv_datagram(fd, buf).map_err(|e| match e {
+                        Error::Socket(io) => io,
+                        other => std::io::Error::other(other.to_string()),
+                    })
+                }) {
+                    Ok(Ok(n)) => ex.feed_datagram(&self.buf[..n]),
+                    Ok(Err(e)) => return Err(Error::Socket(e)),
+                    Err(_would_block) => continue,
+                }
             }
             Ok(ex.finish())
         }

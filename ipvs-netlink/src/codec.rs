@@ -424,11 +424,12 @@ pub(crate) fn parse_attrs<T: NlAttrType>(
     bytes: &[u8],
     context: &str,
 ) -> Result<Vec<(T, Buffer)>, DecodeError> {
-    let attrs = GenlBuffer::<T, Buffer>::from_bytes_with_input(&mut Cursor::new(bytes), bytes.len())
-        .map_err(|e| DecodeError::new(context, format!("attributes do not parse: {e}")))?;
+    let attrs =
+        GenlBuffer::<T, Buffer>::from_bytes_with_input(&mut Cursor::new(bytes), bytes.len())
+            .map_err(|e| DecodeError::new(context, format!("attributes do not parse: {e}")))?;
     Ok(attrs
         .iter()
-        .map(|a| (a.nla_type().nla_type().clone(), a.nla_payload().clone()))
+        .map(|a| (*a.nla_type().nla_type(), a.nla_payload().clone()))
         .collect())
 }
 
@@ -596,7 +597,9 @@ pub fn decode_service(bytes: &[u8]) -> Result<Service, DecodeError> {
         key,
         scheduler: sched.ok_or_else(|| missing(ctx, "SCHED_NAME"))?,
         pe_name: pe.filter(|p| !p.is_empty()),
-        flags: ServiceFlags(flags.ok_or_else(|| missing(ctx, "FLAGS"))? & !uapi::IP_VS_SVC_F_HASHED),
+        flags: ServiceFlags(
+            flags.ok_or_else(|| missing(ctx, "FLAGS"))? & !uapi::IP_VS_SVC_F_HASHED,
+        ),
         timeout: timeout.ok_or_else(|| missing(ctx, "TIMEOUT"))?,
         netmask,
         stats,
@@ -631,9 +634,7 @@ pub fn decode_destination(bytes: &[u8], family: Family) -> Result<Destination, D
             DestAttr::InactConns => d.inactive_conns = f("INACT_CONNS").u32()?,
             DestAttr::PersistConns => d.persistent_conns = f("PERSIST_CONNS").u32()?,
             DestAttr::Stats => d.stats = Some(decode_stats(p.as_ref(), "destination STATS")?),
-            DestAttr::Stats64 => {
-                d.stats64 = Some(decode_stats(p.as_ref(), "destination STATS64")?)
-            }
+            DestAttr::Stats64 => d.stats64 = Some(decode_stats(p.as_ref(), "destination STATS64")?),
             DestAttr::TunType => {
                 let v = f("TUN_TYPE").u8()?;
                 d.tunnel.kind = TunnelType::from_raw(v)
@@ -679,9 +680,7 @@ pub fn decode_daemon(bytes: &[u8]) -> Result<Daemon, DecodeError> {
                 d.mcast_group = Some(IpAddr::V4(Ipv4Addr::from(f("MCAST_GROUP").exact::<4>()?)))
             }
             DaemonAttr::McastGroup6 => {
-                d.mcast_group = Some(IpAddr::V6(Ipv6Addr::from(
-                    f("MCAST_GROUP6").exact::<16>()?,
-                )))
+                d.mcast_group = Some(IpAddr::V6(Ipv6Addr::from(f("MCAST_GROUP6").exact::<16>()?)))
             }
             DaemonAttr::McastPort => d.mcast_port = Some(f("MCAST_PORT").u16()?),
             DaemonAttr::McastTtl => d.mcast_ttl = Some(f("MCAST_TTL").u8()?),

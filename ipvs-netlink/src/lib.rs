@@ -49,14 +49,16 @@ pub mod attr;
 mod client;
 pub mod codec;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod proto;
 #[allow(missing_docs)]
 pub mod types;
 pub mod uapi;
 
-pub use client::{Ipvs, DEFAULT_TIMEOUT};
 #[cfg(feature = "tokio")]
 pub use client::AsyncIpvs;
+pub use client::{Ipvs, DEFAULT_TIMEOUT};
 pub use codec::Request;
 pub use error::{DecodeError, Error, ErrorKind, Op, Result};
 pub use types::*;

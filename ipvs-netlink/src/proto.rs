@@ -14,12 +14,12 @@ use std::time::Duration;
 use neli::{
     consts::{
         genl::{CtrlAttr, CtrlCmd},
-        nl::{GenlId, NlmF, Nlmsg, NlmsgerrAttr},
+        nl::{GenlId, NlmF, NlmsgerrAttr},
     },
     genl::{AttrTypeBuilder, Genlmsghdr, GenlmsghdrBuilder, NlattrBuilder},
-    nl::{NlPayload, Nlmsghdr, NlmsghdrBuilder},
-    types::{Buffer, GenlBuffer},
-    FromBytes, Size, ToBytes,
+    nl::{NlPayload, NlmsghdrBuilder},
+    types::GenlBuffer,
+    Size, ToBytes,
 };
 
 use crate::codec::{Answer, Request};
@@ -32,6 +32,89 @@ pub(crate) const WINDOW: usize = 64;
 
 /// Size of the generic-netlink header ahead of the attributes.
 const GENL_HDRLEN: usize = 4;
+/// Size of `struct nlmsghdr`.
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_NOOP: u16 = 1;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+/// `NLM_F_CAPPED`: an error echoes only the request's header.
+const NLM_F_CAPPED: u16 = 0x100;
+/// `NLM_F_ACK_TLVS`: extended-ACK attributes follow.
+const NLM_F_ACK_TLVS: u16 = 0x200;
+
+/// One message of a received datagram, its header checked.
+struct RawMsg<'a> {
+    ty: u16,
+    flags: u16,
+    seq: u32,
+    pid: u32,
+    payload: &'a [u8],
+}
+
+fn ne32(b: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(..4)?.try_into().ok()?))
+}
+
+impl<'a> RawMsg<'a> {
+    /// The first message of `bytes` and what follows it (aligned).
+    fn split(bytes: &'a [u8]) -> Result<(RawMsg<'a>, &'a [u8]), DecodeError> {
+        let short = || DecodeError::new("netlink message", "header cut short");
+        let hdr = bytes.get(..NLMSG_HDRLEN).ok_or_else(short)?;
+        let len = ne32(hdr).ok_or_else(short)? as usize;
+        if len < NLMSG_HDRLEN || len > bytes.len() {
+            return Err(DecodeError::new(
+                "netlink message",
+                format!("length {len} with {} bytes left", bytes.len()),
+            ));
+        }
+        let next = len.next_multiple_of(4).min(bytes.len());
+        Ok((
+            RawMsg {
+                ty: u16::from_ne_bytes([hdr[4], hdr[5]]),
+                flags: u16::from_ne_bytes([hdr[6], hdr[7]]),
+                seq: ne32(&hdr[8..]).ok_or_else(short)?,
+                pid: ne32(&hdr[12..]).ok_or_else(short)?,
+                payload: &bytes[NLMSG_HDRLEN..len],
+            },
+            &bytes[next..],
+        ))
+    }
+
+    /// The errno (negative, 0 for an ACK) of an `NLMSG_ERROR` or
+    /// `NLMSG_DONE`, and the extended-ACK message if there is one.
+    fn error(&self) -> Result<(i32, Option<String>), String> {
+        let p = self.payload;
+        let errno = match ne32(p) {
+            Some(v) => v as i32,
+            // A DONE of an old kernel may carry nothing.
+            None if self.ty == NLMSG_DONE && p.is_empty() => return Ok((0, None)),
+            None => return Err("error code cut short".into()),
+        };
+        if self.ty == NLMSG_DONE || self.flags & NLM_F_ACK_TLVS == 0 {
+            return Ok((errno, None));
+        }
+        // The echoed request: its header, or all of it unless capped.
+        let echo = match ne32(&p[4..]) {
+            Some(len) if self.flags & NLM_F_CAPPED == 0 => len as usize,
+            _ => NLMSG_HDRLEN,
+        };
+        let tlvs = echo
+            .checked_add(4)
+            .and_then(|start| p.get(start.checked_next_multiple_of(4)?..))
+            .ok_or("echoed request longer than the message")?;
+        let attrs = crate::codec::parse_attrs::<NlmsgerrAttr>(tlvs, "extended ACK")
+            .map_err(|e| e.to_string())?;
+        let text = attrs
+            .into_iter()
+            .find(|(t, _)| *t == NlmsgerrAttr::Msg)
+            .map(|(_, b)| {
+                let b = b.as_ref();
+                let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+                String::from_utf8_lossy(&b[..end]).into_owned()
+            });
+        Ok((errno, text))
+    }
+}
 
 /// The answer to one request: the attribute bytes of each reply message.
 pub(crate) type Replies = Vec<Vec<u8>>;
@@ -174,15 +257,36 @@ impl Exchange {
         }
     }
 
+    /// Takes every message of one received datagram. The headers are
+    /// checked here, before anything is parsed: a length shorter than a
+    /// header or longer than what is left fails every open request.
+    pub(crate) fn feed_datagram(&mut self, bytes: &[u8]) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let msg = match RawMsg::split(rest) {
+                Ok((msg, tail)) => {
+                    rest = tail;
+                    msg
+                }
+                Err(e) => {
+                    return self.fail_all(|op, object| Error::Malformed {
+                        op,
+                        object,
+                        source: e.clone(),
+                    })
+                }
+            };
+            self.feed(&msg);
+        }
+    }
+
     /// Takes one received message.
-    pub(crate) fn feed(&mut self, msg: Nlmsghdr<u16, Buffer>) {
-        if *msg.nl_pid() != self.pid {
+    fn feed(&mut self, msg: &RawMsg<'_>) {
+        if msg.pid != self.pid {
             return;
         }
-        let seq = *msg.nl_seq();
-        let ty = *msg.nl_type();
         let family = self.family;
-        let Some(slot) = self.slot(seq) else {
+        let Some(slot) = self.slot(msg.seq) else {
             return;
         };
         let malformed = |slot: &Slot, reason: &str| Error::Malformed {
@@ -190,84 +294,40 @@ impl Exchange {
             object: slot.object.clone(),
             source: DecodeError::new("netlink message", reason),
         };
-        let result = match msg.nl_payload() {
-            NlPayload::Ack(_) => Some(Ok(())),
-            NlPayload::Err(e) => Some(Err(Error::Kernel {
-                op: slot.op,
-                object: slot.object.clone(),
-                errno: e.error().checked_neg().unwrap_or(i32::MAX),
-                message: extack_message(e.ext_ack()),
-            })),
-            NlPayload::DumpExtAck(e) if *e.error() != 0 => Some(Err(Error::Kernel {
-                op: slot.op,
-                object: slot.object.clone(),
-                errno: e.error().checked_neg().unwrap_or(i32::MAX),
-                message: extack_message(e.ext_ack()),
-            })),
-            NlPayload::DumpExtAck(_) | NlPayload::Empty if ty == u16::from(Nlmsg::Done) => {
-                Some(Ok(()))
-            }
-            NlPayload::Payload(p) if ty == family => {
-                if p.len() < GENL_HDRLEN {
-                    Some(Err(malformed(slot, "generic-netlink header cut short")))
-                } else {
-                    slot.replies.push(p.as_ref()[GENL_HDRLEN..].to_vec());
-                    // A one-message answer is complete with its ACK.
-                    None
-                }
-            }
-            NlPayload::Payload(_) if ty == u16::from(Nlmsg::Done) => Some(Ok(())),
-            NlPayload::Payload(_) if ty == u16::from(Nlmsg::Noop) => None,
-            _ => Some(Err(malformed(slot, "unexpected message type"))),
+        let kernel = |slot: &Slot, errno: i32, message| Error::Kernel {
+            op: slot.op,
+            object: slot.object.clone(),
+            errno: errno.checked_neg().unwrap_or(i32::MAX),
+            message,
         };
-        if let Some(r) = result {
-            let answer = slot.answer;
-            // A dump ends with DONE; an ACK to one is only possible as an
-            // error, which the kernel sends instead of the dump.
-            let r = match (answer, &r) {
-                (Answer::Dump, Ok(())) if ty != u16::from(Nlmsg::Done) => {
+        let result = match msg.ty {
+            NLMSG_ERROR => match msg.error() {
+                Err(e) => Err(malformed(slot, &e)),
+                Ok((0, _)) if slot.answer == Answer::Dump => {
                     Err(malformed(slot, "ACK where a dump was expected"))
                 }
-                _ => r,
-            };
-            self.close(seq, r);
-        }
-    }
-
-    /// Takes the messages of one received datagram as neli parses them. A
-    /// message that does not parse fails every open request.
-    pub(crate) fn feed_all<I>(&mut self, msgs: I)
-    where
-        I: IntoIterator<Item = Result<Nlmsghdr<u16, Buffer>, neli::err::SocketError>>,
-    {
-        for m in msgs {
-            match m {
-                Ok(m) => self.feed(m),
-                Err(e) => {
-                    return self.fail_all(|op, object| Error::Malformed {
-                        op,
-                        object,
-                        source: DecodeError::new("netlink message", &e),
-                    })
+                Ok((0, _)) => Ok(()),
+                Ok((errno, text)) => Err(kernel(slot, errno, text)),
+            },
+            NLMSG_DONE => match msg.error() {
+                Err(e) => Err(malformed(slot, &e)),
+                Ok((0, _)) if slot.answer == Answer::Dump => Ok(()),
+                Ok((0, _)) => Err(malformed(slot, "DONE where no dump was asked")),
+                Ok((errno, text)) => Err(kernel(slot, errno, text)),
+            },
+            NLMSG_NOOP => return,
+            ty if ty == family && slot.answer != Answer::Ack => {
+                if msg.payload.len() < GENL_HDRLEN {
+                    Err(malformed(slot, "generic-netlink header cut short"))
+                } else {
+                    // Complete with the ACK (one message) or DONE (dump).
+                    slot.replies.push(msg.payload[GENL_HDRLEN..].to_vec());
+                    return;
                 }
             }
-        }
-    }
-
-    /// Takes every message of one received datagram. A datagram that does
-    /// not parse fails every open request.
-    pub(crate) fn feed_datagram(&mut self, bytes: &[u8]) {
-        let mut cur = Cursor::new(bytes);
-        while (cur.position() as usize) < bytes.len() {
-            match Nlmsghdr::<u16, Buffer>::from_bytes(&mut cur) {
-                Ok(m) => self.feed(m),
-                Err(e) => return self.fail_all(|op, object| Error::Malformed {
-                    op,
-                    object,
-                    source: DecodeError::new("netlink message", &e),
-                }),
-            }
-        }
+            ty => Err(malformed(slot, &format!("unexpected message type {ty}"))),
+        };
+        self.close(msg.seq, result);
     }
 
     /// Ends every open request with the error `make` builds.
@@ -303,16 +363,6 @@ impl Exchange {
     }
 }
 
-fn extack_message(ext: &GenlBuffer<NlmsgerrAttr, Buffer>) -> Option<String> {
-    ext.iter()
-        .find(|a| *a.nla_type().nla_type() == NlmsgerrAttr::Msg)
-        .map(|a| {
-            let b = a.nla_payload().as_ref();
-            let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-            String::from_utf8_lossy(&b[..end]).into_owned()
-        })
-}
-
 /// The family id from a `CTRL_CMD_GETFAMILY` answer.
 pub(crate) fn family_id(replies: &Replies) -> Result<u16, Error> {
     let bad = |reason: String| Error::Malformed {
@@ -321,7 +371,8 @@ pub(crate) fn family_id(replies: &Replies) -> Result<u16, Error> {
         source: DecodeError::new("family", reason),
     };
     let first = replies.first().ok_or_else(|| bad("no reply".into()))?;
-    let attrs = crate::codec::parse_attrs::<CtrlAttr>(first, "family").map_err(|e| bad(e.to_string()))?;
+    let attrs =
+        crate::codec::parse_attrs::<CtrlAttr>(first, "family").map_err(|e| bad(e.to_string()))?;
     let (_, id) = attrs
         .into_iter()
         .find(|(t, _)| *t == CtrlAttr::FamilyId)
