@@ -15,7 +15,7 @@ use neli::{
     genl::{AttrTypeBuilder, Genlmsghdr, GenlmsghdrBuilder, Nlattr, NlattrBuilder},
     nl::{NlPayload, NlmsghdrBuilder},
     types::{Buffer, GenlBuffer},
-    FromBytesWithInput, Size, ToBytes,
+    Size, ToBytes,
 };
 
 use crate::attr::{
@@ -418,19 +418,60 @@ fn dest_key_attrs(addr: &IpAddr, port: u16) -> Vec<Attr<DestAttr>> {
 // ---- decoding ----------------------------------------------------------
 
 /// Attributes of one nesting level: the payload split into `(type,
-/// payload)` pairs, flags stripped, unknown types kept as
-/// `UnrecognizedConst` for the caller to skip.
-pub(crate) fn parse_attrs<T: NlAttrType>(
+/// payload)` pairs, `NLA_F_NESTED`/`NLA_F_NET_BYTEORDER` stripped, unknown
+/// types kept as `UnrecognizedConst` for the caller to skip. Each length is
+/// checked against what is left before the payload is taken; an error
+/// names the attribute and its offset.
+pub(crate) fn parse_attrs<T: NlAttrType + std::fmt::Debug>(
     bytes: &[u8],
     context: &str,
 ) -> Result<Vec<(T, Buffer)>, DecodeError> {
-    let attrs =
-        GenlBuffer::<T, Buffer>::from_bytes_with_input(&mut Cursor::new(bytes), bytes.len())
-            .map_err(|e| DecodeError::new(context, format!("attributes do not parse: {e}")))?;
-    Ok(attrs
-        .iter()
-        .map(|a| (*a.nla_type().nla_type(), a.nla_payload().clone()))
-        .collect())
+    const NLA_HDRLEN: usize = 4;
+    const NLA_TYPE_MASK: u16 = !(0x8000 | 0x4000);
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < bytes.len() {
+        let rest = &bytes[off..];
+        let Some(hdr) = rest.get(..NLA_HDRLEN) else {
+            return Err(DecodeError::new(
+                context,
+                format!("{} stray bytes at offset {off}", rest.len()),
+            ));
+        };
+        let len = usize::from(u16::from_ne_bytes([hdr[0], hdr[1]]));
+        let raw = u16::from_ne_bytes([hdr[2], hdr[3]]) & NLA_TYPE_MASK;
+        let ty = T::from(raw);
+        if len < NLA_HDRLEN || len > rest.len() {
+            return Err(DecodeError::new(
+                context,
+                format!(
+                    "attribute {} (type {raw}) at offset {off}: length {len} with {} bytes left",
+                    uapi_name(&ty),
+                    rest.len()
+                ),
+            ));
+        }
+        out.push((ty, Buffer::from(&rest[NLA_HDRLEN..len])));
+        off += len.next_multiple_of(4);
+    }
+    Ok(out)
+}
+
+/// The kernel's name of an attribute enum variant: `ConnTabSize` is
+/// `CONN_TAB_SIZE`, `UThresh` `U_THRESH`; an unknown one is `unknown`.
+fn uapi_name<T: std::fmt::Debug>(ty: &T) -> String {
+    let name = format!("{ty:?}");
+    if name.starts_with("UnrecognizedConst") {
+        return "unknown".into();
+    }
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if i > 0 && c.is_ascii_uppercase() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
 }
 
 struct Field<'a> {
