@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all demo test setup build lint kernel-tree kernel-modules kernel-full \
-	kernel-debug kernel-check datapath bench vm-full vm-debug clean distclean
+	kernel-debug kernel-check datapath netlink bench vm-full vm-debug clean distclean
 
 all: build
 
@@ -45,16 +45,20 @@ kernel-debug:
 datapath:
 	testbed/build-datapath
 
+## netlink: the ipvs-netlink kernel tests and benchmark, built for the guest (suite netlink)
+netlink:
+	testbed/build-netlink
+
 ## bench: the SNAT programs' micro-benchmark (root; ns/packet by path, program size)
 bench:
 	cargo bench --locked -p ipvsbpf-proxy --bench snat
 
 ## vm-full / vm-debug: the guest suites on a whole patched kernel
-vm-full: kernel-full datapath
-	testbed/vm-run --kernel full --timeout 1800 clean ipvs-selftest ipvs-bpf-selftest stress smoke datapath
+vm-full: kernel-full datapath netlink
+	testbed/vm-run --kernel full --timeout 1800 clean ipvs-selftest ipvs-bpf-selftest stress smoke datapath netlink
 
-vm-debug: kernel-debug datapath
-	testbed/vm-run --kernel debug --timeout 3600 clean ipvs-selftest ipvs-bpf-selftest stress smoke datapath
+vm-debug: kernel-debug datapath netlink
+	testbed/vm-run --kernel debug --timeout 3600 clean ipvs-selftest ipvs-bpf-selftest stress smoke datapath netlink
 
 ## kernel-check: checkpatch --strict on every patch, every prefix builds as modules and built in
 kernel-check:
