@@ -10,7 +10,7 @@
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use neli::{consts::socket::NlFamily, utils::Groups};
+use neli::{consts::socket::NlFamily, socket::synchronous::NlSocketHandle, utils::Groups};
 
 use crate::codec::{self, Request};
 use crate::error::{DecodeError, Error, Result};
@@ -20,8 +20,8 @@ use crate::types::{
 };
 use crate::uapi;
 
-/// How long a client waits for the kernel's answer to a window of
-/// requests before it gives up, unless told otherwise.
+/// How long a client waits for the kernel's answers before it gives up,
+/// unless told otherwise (see each client's `set_timeout`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Receive buffer asked for (root may exceed `net.core.rmem_max`): room
@@ -73,9 +73,39 @@ fn decode_each<T>(
         .collect()
 }
 
+/// A generic-netlink socket with extended ACKs and a large receive buffer.
+fn open_socket() -> Result<NlSocketHandle> {
+    let sock =
+        NlSocketHandle::connect(NlFamily::Generic, None, Groups::empty()).map_err(Error::socket)?;
+    // Best effort: without extended ACKs errors lose their message only.
+    let _ = sock.enable_ext_ack(true);
+    grow_rcvbuf(sock.as_raw_fd());
+    Ok(sock)
+}
+
+/// Splits requests into windows of at most `WINDOW`, each with at most one
+/// dump and that one last: the kernel runs one dump per socket at a time
+/// and refuses a second with `EBUSY` while the first has data to read.
+fn windows(reqs: &[Request]) -> Vec<&[Request]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, r) in reqs.iter().enumerate() {
+        if i + 1 - start == WINDOW || r.answer() == codec::Answer::Dump {
+            out.push(&reqs[start..=i]);
+            start = i + 1;
+        }
+    }
+    if start < reqs.len() {
+        out.push(&reqs[start..]);
+    }
+    out
+}
+
 fn set_rcvtimeo(fd: i32, timeout: Duration) -> std::io::Result<()> {
+    // {0, 0} would mean "wait forever": the shortest wait is 1 µs.
+    let timeout = timeout.max(Duration::from_micros(1));
     let tv = libc::timeval {
-        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_sec: timeout.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
         tv_usec: timeout.subsec_micros() as libc::suseconds_t,
     };
     // SAFETY: fd is the client's open socket; tv outlives the call.
@@ -178,7 +208,7 @@ macro_rules! ops {
         /// replies to `Get`/`List` requests are discarded.
         pub $($async_)? fn execute_all(&mut self, reqs: &[Request]) -> Vec<Result<()>> {
             let mut out = Vec::with_capacity(reqs.len());
-            for window in reqs.chunks(WINDOW) {
+            for window in windows(reqs) {
                 let refs: Vec<&Request> = window.iter().collect();
                 match self.exchange(&refs) $($aw)* {
                     Ok(results) => out.extend(results.into_iter().map(|r| r.map(drop))),
@@ -249,7 +279,8 @@ macro_rules! ops {
             self.execute(&Request::DeleteDestination(*key, addr, port)) $($aw)*
         }
 
-        /// The destinations of a service with their connection counts.
+        /// The destinations of a service with their connection counts. The
+        /// kernel answers a missing service with an empty list, not `ESRCH`.
         pub $($async_)? fn destinations(&mut self, key: &ServiceKey) -> Result<Vec<Destination>> {
             let req = Request::ListDestinations(*key);
             let replies = self.call(&req) $($aw)* ?;
@@ -344,7 +375,11 @@ macro_rules! ops {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Ipvs {
-    sock: neli::socket::synchronous::NlSocketHandle,
+    sock: NlSocketHandle,
+    /// An exchange ended with answers still due (a timeout, a socket
+    /// error): its socket may hold a half-read dump, which would make the
+    /// next dump fail with `EBUSY`, so the next exchange opens a new one.
+    tainted: bool,
     buf: Vec<u8>,
     family: u16,
     seq: u32,
@@ -354,17 +389,9 @@ pub struct Ipvs {
 impl Ipvs {
     /// Opens a socket and resolves the `IPVS` family.
     pub fn connect() -> Result<Ipvs> {
-        let sock = neli::socket::synchronous::NlSocketHandle::connect(
-            NlFamily::Generic,
-            None,
-            Groups::empty(),
-        )
-        .map_err(Error::socket)?;
-        // Best effort: without extended ACKs errors lose their message only.
-        let _ = sock.enable_ext_ack(true);
-        grow_rcvbuf(sock.as_raw_fd());
         let mut ipvs = Ipvs {
-            sock,
+            sock: open_socket()?,
+            tainted: false,
             buf: vec![0; RECV_BUF],
             family: 0,
             seq: 1,
@@ -378,7 +405,8 @@ impl Ipvs {
         Ok(ipvs)
     }
 
-    /// How long to wait for the kernel's answers.
+    /// The longest wait for any one datagram of the kernel's answers
+    /// (`SO_RCVTIMEO`); `Duration::ZERO` is 1 µs, not "forever".
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
         set_rcvtimeo(self.sock.as_raw_fd(), timeout).map_err(Error::Socket)?;
         self.timeout = timeout;
@@ -391,12 +419,18 @@ impl Ipvs {
     }
 
     fn exchange(&mut self, reqs: &[&Request]) -> Result<Vec<Result<Replies>>> {
+        if self.tainted {
+            self.sock = open_socket()?;
+            set_rcvtimeo(self.sock.as_raw_fd(), self.timeout).map_err(Error::Socket)?;
+            self.tainted = false;
+        }
         let (ex, datagram) = Exchange::new(self.family, self.sock.pid(), &mut self.seq, reqs);
         self.run(ex, &datagram)
     }
 
     fn run(&mut self, mut ex: Exchange, datagram: &[u8]) -> Result<Vec<Result<Replies>>> {
         if ex.pending() {
+            self.tainted = true;
             send_datagram(self.sock.as_raw_fd(), datagram)?;
         }
         while ex.pending() {
@@ -404,10 +438,12 @@ impl Ipvs {
                 Ok(n) => ex.feed_datagram(&self.buf[..n]),
                 Err(Error::Socket(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     ex.timed_out(self.timeout);
+                    return Ok(ex.finish());
                 }
                 Err(e) => return Err(e),
             }
         }
+        self.tainted = false;
         Ok(ex.finish())
     }
 
@@ -420,8 +456,19 @@ pub use self::tokio_client::AsyncIpvs;
 #[cfg(feature = "tokio")]
 mod tokio_client {
     use super::*;
-    use neli::socket::synchronous::NlSocketHandle;
     use tokio::io::unix::AsyncFd;
+
+    /// `open_socket`, non-blocking and registered with tokio.
+    fn open_async() -> Result<(AsyncFd<NlSocketHandle>, u32)> {
+        let sock = open_socket()?;
+        set_nonblocking(sock.as_raw_fd()).map_err(Error::Socket)?;
+        let pid = sock.pid();
+        // SAFETY: the handle owns its socket until it drops, and
+        // as_raw_fd() always returns that same descriptor.
+        let fd = unsafe { AsyncFd::register(sock) }
+            .map_err(|e| Error::Socket(std::io::Error::other(e.to_string())))?;
+        Ok((fd, pid))
+    }
 
     fn set_nonblocking(fd: i32) -> std::io::Result<()> {
         // SAFETY: fcntl on the client's open socket.
@@ -443,6 +490,8 @@ mod tokio_client {
     pub struct AsyncIpvs {
         sock: AsyncFd<NlSocketHandle>,
         pid: u32,
+        /// As for [`Ipvs`]; here a dropped (cancelled) call taints too.
+        tainted: bool,
         buf: Vec<u8>,
         family: u16,
         seq: u32,
@@ -453,17 +502,11 @@ mod tokio_client {
         /// Opens a socket and resolves the `IPVS` family. Needs a tokio
         /// runtime with I/O and time enabled.
         pub async fn connect() -> Result<AsyncIpvs> {
-            let sock = NlSocketHandle::connect(NlFamily::Generic, None, Groups::empty())
-                .map_err(Error::socket)?;
-            let _ = sock.enable_ext_ack(true);
-            grow_rcvbuf(sock.as_raw_fd());
-            set_nonblocking(sock.as_raw_fd()).map_err(Error::Socket)?;
+            let (sock, pid) = open_async()?;
             let mut ipvs = AsyncIpvs {
-                pid: sock.pid(),
-                // SAFETY: the handle owns its socket until it drops, and
-                // as_raw_fd() always returns that same descriptor.
-                sock: unsafe { AsyncFd::register(sock) }
-                    .map_err(|e| Error::Socket(std::io::Error::other(e.to_string())))?,
+                sock,
+                pid,
+                tainted: false,
                 buf: vec![0; RECV_BUF],
                 family: 0,
                 seq: 1,
@@ -475,7 +518,8 @@ mod tokio_client {
             Ok(ipvs)
         }
 
-        /// How long to wait for the kernel's answers.
+        /// The longest wait for the whole answer of one exchange (a
+        /// window of requests); `Duration::MAX` waits for ever.
         pub fn set_timeout(&mut self, timeout: Duration) {
             self.timeout = timeout;
         }
@@ -486,22 +530,30 @@ mod tokio_client {
         }
 
         async fn exchange(&mut self, reqs: &[&Request]) -> Result<Vec<Result<Replies>>> {
+            if self.tainted {
+                (self.sock, self.pid) = open_async()?;
+                self.tainted = false;
+            }
             let (ex, datagram) = Exchange::new(self.family, self.pid, &mut self.seq, reqs);
             self.run(ex, &datagram).await
         }
 
         async fn run(&mut self, mut ex: Exchange, datagram: &[u8]) -> Result<Vec<Result<Replies>>> {
             if ex.pending() {
+                self.tainted = true;
                 send_datagram(self.sock.as_raw_fd(), datagram)?;
             }
-            let deadline = tokio::time::Instant::now() + self.timeout;
+            let deadline = tokio::time::Instant::now().checked_add(self.timeout);
             while ex.pending() {
-                let ready = tokio::time::timeout_at(deadline, self.sock.readable()).await;
+                let ready = match deadline {
+                    Some(d) => tokio::time::timeout_at(d, self.sock.readable()).await,
+                    None => Ok(self.sock.readable().await),
+                };
                 let mut guard = match ready {
                     Ok(g) => g.map_err(Error::Socket)?,
                     Err(_) => {
                         ex.timed_out(self.timeout);
-                        break;
+                        return Ok(ex.finish());
                     }
                 };
                 let fd = self.sock.as_raw_fd();
@@ -517,6 +569,7 @@ mod tokio_client {
                     Err(_would_block) => continue,
                 }
             }
+            self.tainted = false;
             Ok(ex.finish())
         }
 
@@ -530,5 +583,54 @@ impl std::fmt::Debug for Ipvs {
             .field("family", &self.family)
             .field("pid", &self.sock.pid())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Destination, Family};
+
+    #[test]
+    fn windows_hold_at_most_64_requests_and_one_dump_last() {
+        let key = ServiceKey::tcp(std::net::Ipv4Addr::LOCALHOST.into(), 80);
+        let add = Request::AddDestination(
+            key,
+            Destination::new(std::net::Ipv4Addr::LOCALHOST.into(), 1),
+        );
+        let mut reqs = vec![add.clone(); 100];
+        reqs.insert(10, Request::ListServices);
+        reqs.insert(11, Request::ListDaemons);
+        reqs.push(Request::ListDestinations(key));
+        let w = windows(&reqs);
+        let sizes: Vec<usize> = w.iter().map(|w| w.len()).collect();
+        assert_eq!(sizes, vec![11, 1, 64, 27]);
+        assert_eq!(sizes.iter().sum::<usize>(), reqs.len());
+        for w in &w {
+            let dumps = w.iter().filter(|r| r.answer() == codec::Answer::Dump);
+            assert!(dumps.count() <= 1);
+            assert!(w[..w.len() - 1]
+                .iter()
+                .all(|r| r.answer() != codec::Answer::Dump));
+        }
+        assert!(windows(&[]).is_empty());
+    }
+
+    #[test]
+    fn firewall_mark_zero_is_refused_before_sending() {
+        let key = ServiceKey::Fwmark {
+            family: Family::Inet,
+            mark: 0,
+        };
+        for req in [
+            Request::AddService(Service::new(key, "rr")),
+            Request::DeleteService(key),
+            Request::ListDestinations(key),
+        ] {
+            match req.encode(0x25, 1, 1) {
+                Err(Error::InvalidRequest { reason, .. }) => assert!(reason.contains("mark 0")),
+                other => panic!("{req:?}: expected InvalidRequest, got {other:?}"),
+            }
+        }
     }
 }

@@ -172,6 +172,21 @@ impl Request {
         }
     }
 
+    /// The service the request names, if any.
+    pub fn key(&self) -> Option<ServiceKey> {
+        match self {
+            Request::AddService(s) | Request::EditService(s) => Some(s.key),
+            Request::DeleteService(k)
+            | Request::GetService(k)
+            | Request::ListDestinations(k)
+            | Request::Zero(Some(k))
+            | Request::AddDestination(k, _)
+            | Request::EditDestination(k, _)
+            | Request::DeleteDestination(k, ..) => Some(*k),
+            _ => None,
+        }
+    }
+
     fn invalid(&self, reason: impl Into<String>) -> Error {
         Error::InvalidRequest {
             op: self.op(),
@@ -184,6 +199,11 @@ impl Request {
     pub(crate) fn attrs(&self) -> Result<GenlBuffer<CmdAttr, Buffer>, Error> {
         let mut out = GenlBuffer::new();
         let ser = |e: String| self.invalid(e);
+        if let Some(ServiceKey::Fwmark { mark: 0, .. }) = self.key() {
+            // The kernel would take a FWMARK of 0 for "no mark" and address
+            // TCP on the any-address, port 0 instead.
+            return Err(ser("firewall mark 0 names no service".into()));
+        }
         match self {
             Request::AddService(s) | Request::EditService(s) => {
                 check_name(&s.scheduler, "scheduler name", uapi::IP_VS_SCHEDNAME_MAXLEN)
@@ -609,8 +629,7 @@ pub fn decode_service(bytes: &[u8]) -> Result<Service, DecodeError> {
     let key = match (fwmark, proto) {
         (Some(mark), _) if mark != 0 => ServiceKey::Fwmark { family, mark },
         (_, Some(p)) => {
-            let protocol = Protocol::from_raw(p)
-                .ok_or_else(|| DecodeError::new(ctx, format!("unknown protocol {p}")))?;
+            let protocol = Protocol::from_raw(p);
             let a = addr.ok_or_else(|| missing(ctx, "ADDR"))?;
             ServiceKey::Tuple {
                 protocol,

@@ -102,8 +102,10 @@ impl<'a> RawMsg<'a> {
             .checked_add(4)
             .and_then(|start| p.get(start.checked_next_multiple_of(4)?..))
             .ok_or("echoed request longer than the message")?;
-        let attrs = crate::codec::parse_attrs::<NlmsgerrAttr>(tlvs, "extended ACK")
-            .map_err(|e| e.to_string())?;
+        // A garbled extended ACK loses its message, not the errno.
+        let Ok(attrs) = crate::codec::parse_attrs::<NlmsgerrAttr>(tlvs, "extended ACK") else {
+            return Ok((errno, None));
+        };
         let text = attrs
             .into_iter()
             .find(|(t, _)| *t == NlmsgerrAttr::Msg)

@@ -39,12 +39,15 @@ impl Family {
     }
 }
 
-/// Transport protocol of a service.
+/// Transport protocol of a service. IPVS schedules TCP, UDP and SCTP;
+/// netlink lets another tool create a service of any number, which
+/// decodes as `Other` rather than failing a whole dump.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
     Tcp,
     Udp,
     Sctp,
+    Other(u16),
 }
 
 impl Protocol {
@@ -54,26 +57,28 @@ impl Protocol {
             Protocol::Tcp => libc::IPPROTO_TCP as u16,
             Protocol::Udp => libc::IPPROTO_UDP as u16,
             Protocol::Sctp => libc::IPPROTO_SCTP as u16,
+            Protocol::Other(p) => p,
         }
     }
 
-    pub fn from_raw(proto: u16) -> Option<Protocol> {
+    pub fn from_raw(proto: u16) -> Protocol {
         match i32::from(proto) {
-            libc::IPPROTO_TCP => Some(Protocol::Tcp),
-            libc::IPPROTO_UDP => Some(Protocol::Udp),
-            libc::IPPROTO_SCTP => Some(Protocol::Sctp),
-            _ => None,
+            libc::IPPROTO_TCP => Protocol::Tcp,
+            libc::IPPROTO_UDP => Protocol::Udp,
+            libc::IPPROTO_SCTP => Protocol::Sctp,
+            _ => Protocol::Other(proto),
         }
     }
 }
 
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Sctp => "SCTP",
-        })
+        match self {
+            Protocol::Tcp => f.write_str("TCP"),
+            Protocol::Udp => f.write_str("UDP"),
+            Protocol::Sctp => f.write_str("SCTP"),
+            Protocol::Other(p) => write!(f, "proto {p}"),
+        }
     }
 }
 
