@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all demo test setup build lint kernel-tree kernel-modules kernel-full \
-	kernel-debug kernel-check datapath netlink bench vm-full vm-debug clean distclean
+	kernel-debug kernel-check datapath netlink bench bench-netlink vm-full vm-debug clean distclean
 
 all: build
 
@@ -52,6 +52,10 @@ netlink:
 ## bench: the SNAT programs' micro-benchmark (root; ns/packet by path, program size)
 bench:
 	cargo bench --locked -p ipvsbpf-proxy --bench snat
+
+## bench-netlink: ipvs-netlink against ipvsadm -R at 1,000 and 10,000 services, in the guest
+bench-netlink: setup kernel-modules netlink
+	testbed/vm-run --timeout 2400 netlink-bench
 
 ## vm-full / vm-debug: the guest suites on a whole patched kernel
 vm-full: kernel-full datapath netlink
