@@ -10,6 +10,19 @@ BUILD_DIR=${IPVSBPF_BUILD_DIR:-$TOP_DIR/build}
 # clone then rebuilds kernels from cache); it only ever saves time.
 CCACHE_DIR=${CCACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ipvs-bpf/ccache}
 
+# list_executables KIND: name and path of each KIND target ("test",
+# "bench") that cargo built, from its --message-format=json on stdin.
+list_executables() {
+	/usr/bin/python3 -c '
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") \
+            and sys.argv[1] in msg["target"]["kind"]:
+        print(msg["target"]["name"], msg["executable"])
+' "$1"
+}
+
 log() { printf '[testbed] %s\n' "$*" >&2; }
 die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
 
