@@ -11,7 +11,10 @@ use std::io::Cursor;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use neli::{
-    consts::{genl::NlAttrType, nl::NlmF},
+    consts::{
+        genl::{Cmd as GenlCmd, NlAttrType},
+        nl::NlmF,
+    },
     genl::{AttrTypeBuilder, Genlmsghdr, GenlmsghdrBuilder, Nlattr, NlattrBuilder},
     nl::{NlPayload, NlmsghdrBuilder},
     types::{Buffer, GenlBuffer},
@@ -316,25 +319,48 @@ impl Request {
             Answer::Dump => NlmF::REQUEST | NlmF::DUMP,
             Answer::Ack | Answer::One => NlmF::REQUEST | NlmF::ACK,
         };
-        let genl: Genlmsghdr<Cmd, CmdAttr> = GenlmsghdrBuilder::default()
-            .cmd(self.cmd())
-            .version(uapi::IPVS_GENL_VERSION)
-            .attrs(self.attrs()?)
-            .build()
-            .map_err(|e| self.invalid(e.to_string()))?;
-        let msg = NlmsghdrBuilder::default()
-            .nl_type(family)
-            .nl_flags(flags)
-            .nl_seq(seq)
-            .nl_pid(pid)
-            .nl_payload(NlPayload::Payload(genl))
-            .build()
-            .map_err(|e| self.invalid(e.to_string()))?;
-        let mut buf = Cursor::new(vec![0u8; msg.padded_size()]);
-        msg.to_bytes(&mut buf)
-            .map_err(|e| self.invalid(e.to_string()))?;
-        Ok(buf.into_inner())
+        let attrs = self.attrs()?;
+        genl_request(
+            family,
+            flags,
+            seq,
+            pid,
+            self.cmd(),
+            uapi::IPVS_GENL_VERSION,
+            attrs,
+        )
+        .map_err(|e| self.invalid(e))
     }
+}
+
+/// One generic-netlink request as bytes: `nlmsghdr`, `genlmsghdr`,
+/// attributes.
+pub(crate) fn genl_request<C: GenlCmd, A: NlAttrType>(
+    family: u16,
+    flags: NlmF,
+    seq: u32,
+    pid: u32,
+    cmd: C,
+    version: u8,
+    attrs: GenlBuffer<A, Buffer>,
+) -> Result<Vec<u8>, String> {
+    let genl: Genlmsghdr<C, A> = GenlmsghdrBuilder::default()
+        .cmd(cmd)
+        .version(version)
+        .attrs(attrs)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let msg = NlmsghdrBuilder::default()
+        .nl_type(family)
+        .nl_flags(flags)
+        .nl_seq(seq)
+        .nl_pid(pid)
+        .nl_payload(NlPayload::Payload(genl))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut buf = Cursor::new(vec![0u8; msg.padded_size()]);
+    msg.to_bytes(&mut buf).map_err(|e| e.to_string())?;
+    Ok(buf.into_inner())
 }
 
 fn check_name(name: &str, what: &str, maxlen: usize) -> Result<(), String> {
@@ -358,7 +384,7 @@ fn netmask_bytes(s: &Service) -> Result<[u8; 4], String> {
     }
 }
 
-fn cstr(s: &str) -> Vec<u8> {
+pub(crate) fn cstr(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
     v
@@ -375,8 +401,8 @@ fn inet_addr(addr: &IpAddr) -> [u8; 16] {
     b
 }
 
-fn attr<T: NlAttrType>(t: T, payload: &[u8]) -> Attr<T> {
-    Nlattr::from_parts(t, false, payload)
+pub(crate) fn attr<T: NlAttrType>(t: T, payload: &[u8]) -> Attr<T> {
+    nlattr(t, false, payload)
 }
 
 fn nest<T: NlAttrType, U: NlAttrType>(t: T, children: &[Attr<U>]) -> Result<Attr<T>, String> {
@@ -384,28 +410,22 @@ fn nest<T: NlAttrType, U: NlAttrType>(t: T, children: &[Attr<U>]) -> Result<Attr
     for c in children {
         c.to_bytes(&mut bytes).map_err(|e| e.to_string())?;
     }
-    Ok(Nlattr::from_parts(t, true, bytes.get_ref()))
+    Ok(nlattr(t, true, bytes.get_ref()))
 }
 
-trait FromParts<T> {
-    fn from_parts(t: T, nested: bool, payload: &[u8]) -> Self;
-}
-
-impl<T: NlAttrType> FromParts<T> for Attr<T> {
-    fn from_parts(t: T, nested: bool, payload: &[u8]) -> Self {
-        // Neither builder can fail: both fields are set and a byte
-        // buffer always serialises.
-        let ty = AttrTypeBuilder::default()
-            .nla_type(t)
-            .nla_nested(nested)
-            .build()
-            .unwrap_or_else(|_| unreachable!("all AttrType fields are set"));
-        NlattrBuilder::default()
-            .nla_type(ty)
-            .nla_payload(Buffer::from(payload))
-            .build()
-            .unwrap_or_else(|_| unreachable!("all Nlattr fields are set"))
-    }
+fn nlattr<T: NlAttrType>(t: T, nested: bool, payload: &[u8]) -> Attr<T> {
+    // Neither builder can fail: both fields are set and a byte buffer
+    // always serialises.
+    let ty = AttrTypeBuilder::default()
+        .nla_type(t)
+        .nla_nested(nested)
+        .build()
+        .unwrap_or_else(|_| unreachable!("all AttrType fields are set"));
+    NlattrBuilder::default()
+        .nla_type(ty)
+        .nla_payload(Buffer::from(payload))
+        .build()
+        .unwrap_or_else(|_| unreachable!("all Nlattr fields are set"))
 }
 
 fn service_key_attrs(k: &ServiceKey) -> Vec<Attr<SvcAttr>> {

@@ -8,21 +8,15 @@
 //! Messages of earlier, abandoned exchanges (older sequence numbers) are
 //! ignored.
 
-use std::io::Cursor;
 use std::time::Duration;
 
-use neli::{
-    consts::{
-        genl::{CtrlAttr, CtrlCmd},
-        nl::{GenlId, NlmF, NlmsgerrAttr},
-    },
-    genl::{AttrTypeBuilder, Genlmsghdr, GenlmsghdrBuilder, NlattrBuilder},
-    nl::{NlPayload, NlmsghdrBuilder},
-    types::GenlBuffer,
-    Size, ToBytes,
+use neli::consts::{
+    genl::{CtrlAttr, CtrlCmd},
+    nl::{GenlId, NlmF, NlmsgerrAttr},
 };
+use neli::types::GenlBuffer;
 
-use crate::codec::{Answer, Request};
+use crate::codec::{self, Answer, Request};
 use crate::error::{DecodeError, Error, Op};
 
 /// Requests in one datagram before the client waits for their answers. A
@@ -189,39 +183,23 @@ impl Exchange {
     ) -> Result<(Exchange, Vec<u8>), Error> {
         let s = *seq;
         *seq = seq.wrapping_add(1);
-        let bad = |e: String| Error::InvalidRequest {
+        let mut attrs = GenlBuffer::new();
+        attrs.push(codec::attr(CtrlAttr::FamilyName, &codec::cstr(name)));
+        let flags = NlmF::REQUEST | NlmF::ACK;
+        let datagram = codec::genl_request(
+            GenlId::Ctrl.into(),
+            flags,
+            s,
+            pid,
+            CtrlCmd::Getfamily,
+            2,
+            attrs,
+        )
+        .map_err(|reason| Error::InvalidRequest {
             op: Op::ResolveFamily,
             object: name.to_string(),
-            reason: e,
-        };
-        let attr = NlattrBuilder::default()
-            .nla_type(
-                AttrTypeBuilder::default()
-                    .nla_type(CtrlAttr::FamilyName)
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?,
-            )
-            .nla_payload(name)
-            .build()
-            .map_err(|e| bad(e.to_string()))?;
-        let mut attrs = GenlBuffer::new();
-        attrs.push(attr);
-        let genl: Genlmsghdr<CtrlCmd, CtrlAttr> = GenlmsghdrBuilder::default()
-            .cmd(CtrlCmd::Getfamily)
-            .version(2)
-            .attrs(attrs)
-            .build()
-            .map_err(|e| bad(e.to_string()))?;
-        let msg = NlmsghdrBuilder::default()
-            .nl_type(GenlId::Ctrl)
-            .nl_flags(NlmF::REQUEST | NlmF::ACK)
-            .nl_seq(s)
-            .nl_pid(pid)
-            .nl_payload(NlPayload::Payload(genl))
-            .build()
-            .map_err(|e| bad(e.to_string()))?;
-        let mut buf = Cursor::new(vec![0u8; msg.padded_size()]);
-        msg.to_bytes(&mut buf).map_err(|e| bad(e.to_string()))?;
+            reason,
+        })?;
         let slot = Slot {
             seq: s,
             op: Op::ResolveFamily,
@@ -237,7 +215,7 @@ impl Exchange {
                 slots: vec![slot],
                 open: 1,
             },
-            buf.into_inner(),
+            datagram,
         ))
     }
 
@@ -392,5 +370,32 @@ pub(crate) fn family_result(r: Result<Replies, Error>) -> Result<u16, Error> {
         Ok(replies) => family_id(&replies),
         Err(e) if e.errno() == Some(libc::ENOENT) => Err(Error::FamilyNotFound),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CTRL_CMD_GETFAMILY as genetlink.h lays it out.
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn family_lookup_bytes() {
+        let mut seq = 7;
+        let (ex, datagram) = Exchange::resolve("IPVS", 0x0a0b0c0d, &mut seq).expect("encodes");
+        #[rustfmt::skip]
+        let want = [
+            32, 0, 0, 0,          // nlmsg_len: 16 + 4 + 12
+            0x10, 0,              // nlmsg_type: GENL_ID_CTRL
+            0x05, 0,              // NLM_F_REQUEST | NLM_F_ACK
+            7, 0, 0, 0,           // nlmsg_seq
+            0x0d, 0x0c, 0x0b, 0x0a, // nlmsg_pid
+            3, 2, 0, 0,           // CTRL_CMD_GETFAMILY, version 2, reserved
+            9, 0, 2, 0,           // CTRL_ATTR_FAMILY_NAME: len 4 + 5
+            b'I', b'P', b'V', b'S', 0, 0, 0, 0, // "IPVS\0", pad 3
+        ];
+        assert_eq!(datagram, want);
+        assert_eq!(seq, 8);
+        assert!(ex.pending());
     }
 }
