@@ -11,9 +11,11 @@ pub mod skel {
     include!(concat!(env!("OUT_DIR"), "/bpf_skeletons.rs"));
 }
 
+pub mod bpfmode;
 pub mod cli;
 pub mod datapath;
 pub mod desired;
+pub mod hostinfo;
 pub mod http;
 pub mod inventory;
 pub mod ipvsmode;
