@@ -124,7 +124,7 @@ impl BpfMode {
         for (name, idx) in &uplinks {
             // Attachments replace our own filter and are left in place
             // when the proxy exits, so traffic survives a restart.
-            std::mem::forget(dp.attach(*idx)?);
+            let _filters = dp.attach(*idx)?;
             info!(uplink = %name, ifindex = idx, "tc programs attached");
         }
         hostinfo::reserve_ports(cfg.port_min, cfg.port_max)?;
