@@ -757,3 +757,739 @@ fn select(
     dests.sort_by_key(|d| (d.addr, d.port));
     dests
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// JSON merge patch (RFC 7396): objects merge, `null` deletes, anything
+    /// else replaces. Keeps each case down to what differs from the base.
+    fn merge(mut base: Value, patch: Value) -> Value {
+        match (base.as_object_mut(), patch) {
+            (Some(obj), Value::Object(patch)) => {
+                for (k, v) in patch {
+                    if v.is_null() {
+                        obj.remove(&k);
+                    } else {
+                        let old = obj.remove(&k).unwrap_or(Value::Null);
+                        obj.insert(k, merge(old, v));
+                    }
+                }
+                base
+            }
+            (_, patch) => patch,
+        }
+    }
+
+    /// ns/web: ClusterIP 10.0.0.1, port "http" 80/TCP, patched by `patch`.
+    fn svc(patch: Value) -> Value {
+        let base = json!({
+            "metadata": {"namespace": "ns", "name": "web"},
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": "10.0.0.1",
+                "clusterIPs": ["10.0.0.1"],
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+            },
+        });
+        merge(base, patch)
+    }
+
+    fn dual_stack() -> Value {
+        json!({"spec": {"clusterIPs": ["10.0.0.1", "fd00::1"]}})
+    }
+
+    /// An EndpointSlice of ns/web with port "http" 8080/TCP.
+    fn slice(name: &str, family: &str, endpoints: Value) -> Value {
+        json!({
+            "metadata": {
+                "namespace": "ns",
+                "name": name,
+                "labels": {"kubernetes.io/service-name": "web"},
+            },
+            "addressType": family,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": endpoints,
+        })
+    }
+
+    fn v4(endpoints: Value) -> Value {
+        slice("web-v4", "IPv4", endpoints)
+    }
+
+    /// A ready endpoint (conditions absent) on `node`.
+    fn ep(addr: &str, node: &str) -> Value {
+        json!({"addresses": [addr], "nodeName": node})
+    }
+
+    /// Ready false, serving true, terminating true: a draining pod.
+    fn term(addr: &str, node: &str) -> Value {
+        json!({
+            "addresses": [addr], "nodeName": node,
+            "conditions": {"ready": false, "serving": true, "terminating": true},
+        })
+    }
+
+    fn hinted(addr: &str, node: &str, zones: &[&str], nodes: &[&str]) -> Value {
+        let zones: Vec<Value> = zones.iter().map(|z| json!({"name": z})).collect();
+        let nodes: Vec<Value> = nodes.iter().map(|n| json!({"name": n})).collect();
+        let mut hints = json!({});
+        if !zones.is_empty() {
+            hints["forZones"] = Value::Array(zones);
+        }
+        if !nodes.is_empty() {
+            hints["forNodes"] = Value::Array(nodes);
+        }
+        json!({"addresses": [addr], "nodeName": node, "hints": hints})
+    }
+
+    fn node(zone: Option<&str>) -> Value {
+        match zone {
+            Some(z) => json!({"metadata": {"name": "node-a", "labels": {LABEL_TOPOLOGY_ZONE: z}}}),
+            None => json!({"metadata": {"name": "node-a"}}),
+        }
+    }
+
+    fn base_cfg() -> ModelConfig {
+        ModelConfig {
+            node_name: "node-a".to_string(),
+            node_addresses: vec![
+                IpAddr::V4(Ipv4Addr::new(192, 168, 0, 10)),
+                IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10)),
+            ],
+            ..ModelConfig::default()
+        }
+    }
+
+    /// `cip TCP 10.0.0.1:80 rr p10800/32 [10.1.0.1:8080 w1, 10.1.0.2:8080 w0] masq local bpf`
+    fn summary(vs: &VirtualServer) -> String {
+        let kind = match vs.kind {
+            VsKind::ClusterIp => "cip",
+            VsKind::NodePort => "np",
+            VsKind::ExternalIp => "ext",
+            VsKind::LoadBalancer => "lb",
+        };
+        let s = &vs.service;
+        let persist = if s.flags.contains(ServiceFlags::PERSISTENT) {
+            format!(" p{}/{}", s.timeout, s.netmask)
+        } else {
+            String::new()
+        };
+        let dests: Vec<String> = vs
+            .destinations
+            .iter()
+            .map(|d| format!("{d} w{}", d.weight))
+            .collect();
+        let mut out = format!(
+            "{kind} {} {}{persist} [{}]",
+            s.key,
+            s.scheduler,
+            dests.join(", ")
+        );
+        if vs.masquerade {
+            out.push_str(" masq");
+        }
+        if vs.local_only {
+            out.push_str(" local");
+        }
+        if s.flags.contains(ServiceFlags::BPF_SNAT) {
+            out.push_str(" bpf");
+        }
+        out
+    }
+
+    struct Case {
+        name: &'static str,
+        cfg: ModelConfig,
+        svc: Value,
+        slices: Vec<Value>,
+        node: Option<Value>,
+        /// Ok: virtual server summaries in order; Err: a substring of the
+        /// error message.
+        want: Result<Vec<&'static str>, &'static str>,
+        hc: Option<(u16, usize)>,
+    }
+
+    fn case(name: &'static str, svc: Value, slices: Vec<Value>, want: &[&'static str]) -> Case {
+        Case {
+            name,
+            cfg: base_cfg(),
+            svc,
+            slices,
+            node: None,
+            want: Ok(want.to_vec()),
+            hc: None,
+        }
+    }
+
+    fn fails(name: &'static str, svc: Value, err: &'static str) -> Case {
+        Case {
+            want: Err(err),
+            ..case(name, svc, vec![v4(json!([ep("10.1.0.1", "node-b")]))], &[])
+        }
+    }
+
+    impl Case {
+        fn cfg(mut self, f: impl FnOnce(&mut ModelConfig)) -> Case {
+            f(&mut self.cfg);
+            self
+        }
+        fn node(mut self, node: Value) -> Case {
+            self.node = Some(node);
+            self
+        }
+        fn hc(mut self, port: u16, local: usize) -> Case {
+            self.hc = Some((port, local));
+            self
+        }
+    }
+
+    fn cases() -> Vec<Case> {
+        let two = || v4(json!([ep("10.1.0.1", "node-a"), ep("10.1.0.2", "node-b")]));
+        vec![
+            // --- ClusterIP, ports, protocols ---
+            case("cluster IP with two endpoints", svc(json!({})), vec![two()],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1]"]),
+            case("no endpoints: virtual server without destinations", svc(json!({})), vec![],
+                &["cip TCP 10.0.0.1:80 rr []"]),
+            case("missing protocol defaults to TCP on both sides",
+                svc(json!({"spec": {"ports": [{"name": "http", "port": 80}]}})),
+                vec![merge(v4(json!([ep("10.1.0.1", "n")])), json!({"ports": [{"name": "http", "port": 8080}]}))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]),
+            case("UDP and SCTP ports, each with its slice port",
+                svc(json!({"spec": {"ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP"},
+                    {"name": "assoc", "port": 9, "protocol": "SCTP"}]}})),
+                vec![merge(v4(json!([ep("10.1.0.1", "n")])), json!({"ports": [
+                    {"name": "dns", "port": 5353, "protocol": "UDP"},
+                    {"name": "assoc", "port": 9999, "protocol": "SCTP"}]}))],
+                &["cip UDP 10.0.0.1:53 rr [10.1.0.1:5353 w1]",
+                  "cip SCTP 10.0.0.1:9 rr [10.1.0.1:9999 w1]"]),
+            case("named ports matched by name",
+                svc(json!({"spec": {"ports": [
+                    {"name": "http", "port": 80, "protocol": "TCP"},
+                    {"name": "metrics", "port": 9090, "protocol": "TCP"}]}})),
+                vec![merge(v4(json!([ep("10.1.0.1", "n")])), json!({"ports": [
+                    {"name": "metrics", "port": 9100, "protocol": "TCP"},
+                    {"name": "http", "port": 8080, "protocol": "TCP"}]}))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]",
+                  "cip TCP 10.0.0.1:9090 rr [10.1.0.1:9100 w1]"]),
+            case("same name, other protocol: no match",
+                svc(json!({"spec": {"ports": [{"name": "http", "port": 80, "protocol": "UDP"}]}})),
+                vec![two()],
+                &["cip UDP 10.0.0.1:80 rr []"]),
+            case("unnamed service port matches unnamed and empty-named slice ports",
+                svc(json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}]}})),
+                vec![
+                    merge(slice("a", "IPv4", json!([ep("10.1.0.1", "n")])), json!({"ports": [{"name": "", "port": 8080}]})),
+                    merge(slice("b", "IPv4", json!([ep("10.1.0.2", "n")])), json!({"ports": [{"port": 8080}]})),
+                    slice("c", "IPv4", json!([ep("10.1.0.3", "n")])),
+                ],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1]"]),
+            case("slice port without a number or with 0 is skipped",
+                svc(json!({})),
+                vec![merge(slice("a", "IPv4", json!([ep("10.1.0.1", "n")])), json!({"ports": [{"name": "http", "protocol": "TCP"}]})),
+                     merge(slice("b", "IPv4", json!([ep("10.1.0.2", "n")])), json!({"ports": [{"name": "http", "port": 0}]}))],
+                &["cip TCP 10.0.0.1:80 rr []"]),
+            case("only the first address of an endpoint is used",
+                svc(json!({})),
+                vec![v4(json!([{"addresses": ["10.1.0.1", "10.1.0.9"]}]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]),
+            // --- which slices and endpoints count ---
+            case("same endpoint in two slices appears once",
+                svc(json!({})),
+                vec![slice("a", "IPv4", json!([ep("10.1.0.1", "n"), ep("10.1.0.2", "n")])),
+                     slice("b", "IPv4", json!([ep("10.1.0.2", "n"), ep("10.1.0.3", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1, 10.1.0.3:8080 w1]"]),
+            case("duplicate: the non-terminating copy wins over an earlier terminating one",
+                svc(json!({})),
+                vec![slice("a", "IPv4", json!([term("10.1.0.1", "n"), ep("10.1.0.2", "n")])),
+                     slice("b", "IPv4", json!([ep("10.1.0.1", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1]"]),
+            case("duplicate: a later terminating copy does not replace a ready one",
+                svc(json!({})),
+                vec![slice("a", "IPv4", json!([ep("10.1.0.1", "n"), ep("10.1.0.2", "n")])),
+                     slice("b", "IPv4", json!([term("10.1.0.1", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1]"]),
+            case("duplicates that differ: the copy from the slice sorting last wins",
+                svc(json!({"spec": {"internalTrafficPolicy": "Local"}})),
+                vec![slice("a", "IPv4", json!([ep("10.1.0.1", "node-b")])),
+                     slice("b", "IPv4", json!([ep("10.1.0.1", "node-a")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]),
+            case("slices of another Service or namespace are ignored",
+                svc(json!({})),
+                vec![v4(json!([ep("10.1.0.1", "n")])),
+                     merge(slice("other", "IPv4", json!([ep("10.9.0.1", "n")])),
+                           json!({"metadata": {"labels": {"kubernetes.io/service-name": "api"}}})),
+                     merge(slice("elsewhere", "IPv4", json!([ep("10.9.0.2", "n")])),
+                           json!({"metadata": {"namespace": "prod"}})),
+                     merge(slice("unlabelled", "IPv4", json!([ep("10.9.0.3", "n")])),
+                           json!({"metadata": {"labels": null}}))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]),
+            case("FQDN slices are ignored",
+                svc(json!({})),
+                vec![slice("fqdn", "FQDN", json!([{"addresses": ["db.example.com"]}]))],
+                &["cip TCP 10.0.0.1:80 rr []"]),
+            case("malformed endpoint address is skipped, the others kept",
+                svc(json!({})),
+                vec![v4(json!([ep("10.1.0.300", "n"), ep("10.1.0.2", "n"), {"addresses": []}]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.2:8080 w1]"]),
+            case("IPv6 address in an IPv4 slice is skipped",
+                svc(json!({})),
+                vec![v4(json!([ep("fd01::1", "n"), ep("10.1.0.2", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.2:8080 w1]"]),
+            // --- endpoint conditions ---
+            case("not ready and not serving endpoints are excluded",
+                svc(json!({})),
+                vec![v4(json!([ep("10.1.0.1", "n"),
+                    {"addresses": ["10.1.0.2"], "conditions": {"ready": false, "serving": false}},
+                    {"addresses": ["10.1.0.3"], "conditions": {"ready": false, "serving": false, "terminating": true}},
+                    {"addresses": ["10.1.0.4"], "conditions": {"ready": false, "serving": true}}]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]),
+            case("serving+terminating endpoints drain at weight 0 while ready ones exist",
+                svc(json!({})),
+                vec![v4(json!([term("10.1.0.2", "n"), ep("10.1.0.1", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w0]"]),
+            case("none ready: serving+terminating endpoints take traffic",
+                svc(json!({})),
+                vec![v4(json!([term("10.1.0.1", "n"),
+                    {"addresses": ["10.1.0.2"], "conditions": {"ready": false, "serving": false, "terminating": true}}]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]),
+            case("nil serving means serving (API default)",
+                svc(json!({})),
+                vec![v4(json!([{"addresses": ["10.1.0.1"], "conditions": {"ready": false, "terminating": true}}]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]),
+            // --- families ---
+            case("dual-stack: one virtual server per family, endpoints by slice family",
+                svc(dual_stack()),
+                vec![v4(json!([ep("10.1.0.1", "n")])), slice("web-v6", "IPv6", json!([ep("fd01::1", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]",
+                  "cip TCP [fd00::1]:80 rr [[fd01::1]:8080 w1]"]),
+            case("dual-stack Service on an IPv4-only proxy",
+                svc(dual_stack()),
+                vec![v4(json!([ep("10.1.0.1", "n")])), slice("web-v6", "IPv6", json!([ep("fd01::1", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]).cfg(|c| c.ipv6 = false),
+            case("IPv6-only Service on an IPv4-only proxy: nothing",
+                svc(json!({"spec": {"clusterIP": "fd00::1", "clusterIPs": ["fd00::1"], "type": "NodePort",
+                    "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}})),
+                vec![slice("web-v6", "IPv6", json!([ep("fd01::1", "n")]))],
+                &[]).cfg(|c| c.ipv6 = false),
+            case("single-stack IPv4 Service ignores IPv6 slices",
+                svc(json!({})),
+                vec![v4(json!([ep("10.1.0.1", "n")])), slice("web-v6", "IPv6", json!([ep("fd01::1", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]),
+            case("clusterIP used when clusterIPs is absent",
+                svc(json!({"spec": {"clusterIPs": null, "clusterIP": "10.0.0.7"}})),
+                vec![v4(json!([ep("10.1.0.1", "n")]))],
+                &["cip TCP 10.0.0.7:80 rr [10.1.0.1:8080 w1]"]),
+            // --- Services without virtual servers ---
+            case("headless Service", svc(json!({"spec": {"clusterIP": "None", "clusterIPs": ["None"]}})),
+                vec![two()], &[]),
+            case("Service without a cluster IP yet", svc(json!({"spec": {"clusterIP": null, "clusterIPs": null}})),
+                vec![two()], &[]),
+            case("ExternalName Service",
+                svc(json!({"spec": {"type": "ExternalName", "externalName": "db.example.com", "clusterIP": null, "clusterIPs": null}})),
+                vec![], &[]),
+            case("Service of another proxy is not ours",
+                svc(json!({"metadata": {"labels": {LABEL_SERVICE_PROXY_NAME: "other"}}})),
+                vec![two()], &[]),
+            case("Service naming our proxy",
+                svc(json!({"metadata": {"labels": {LABEL_SERVICE_PROXY_NAME: "ipvsbpf"}}})),
+                vec![two()], &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1]"])
+                .cfg(|c| c.service_proxy_name = Some("ipvsbpf".to_string())),
+            case("unlabelled Service is not ours when we have a proxy name",
+                svc(json!({})), vec![two()], &[])
+                .cfg(|c| c.service_proxy_name = Some("ipvsbpf".to_string())),
+            case("Service labelled headless",
+                svc(json!({"metadata": {"labels": {LABEL_HEADLESS: ""}}})), vec![two()], &[]),
+            // --- NodePort, LoadBalancer, external IPs ---
+            case("NodePort on the node addresses of the Service's family, masqueraded",
+                svc(json!({"spec": {"type": "NodePort", "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}})),
+                vec![two()],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1]",
+                  "np TCP 192.168.0.10:30080 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1] masq"]),
+            case("nodePort on a ClusterIP Service is not served",
+                svc(json!({"spec": {"ports": [{"name": "http", "port": 80, "nodePort": 30080}]}})),
+                vec![v4(json!([ep("10.1.0.1", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]),
+            case("dual-stack NodePort",
+                merge(svc(dual_stack()), json!({"spec": {"type": "NodePort", "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}})),
+                vec![v4(json!([ep("10.1.0.1", "n")])), slice("web-v6", "IPv6", json!([ep("fd01::1", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]",
+                  "np TCP 192.168.0.10:30080 rr [10.1.0.1:8080 w1] masq",
+                  "cip TCP [fd00::1]:80 rr [[fd01::1]:8080 w1]",
+                  "np TCP [fd00::10]:30080 rr [[fd01::1]:8080 w1] masq"]),
+            case("LoadBalancer: VIP ingress IPs, not ipMode Proxy nor hostname-only",
+                svc(json!({
+                    "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "nodePort": 30080}]},
+                    "status": {"loadBalancer": {"ingress": [
+                        {"ip": "203.0.113.5"},
+                        {"hostname": "lb.example.com"},
+                        {"ip": "203.0.113.6", "ipMode": "Proxy"},
+                        {"ip": "203.0.113.7", "ipMode": "VIP"},
+                        {"ip": "2001:db8::7"}]}}})),
+                vec![v4(json!([ep("10.1.0.1", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]",
+                  "np TCP 192.168.0.10:30080 rr [10.1.0.1:8080 w1] masq",
+                  "lb TCP 203.0.113.5:80 rr [10.1.0.1:8080 w1] masq",
+                  "lb TCP 203.0.113.7:80 rr [10.1.0.1:8080 w1] masq"]),
+            case("LoadBalancer without node ports",
+                svc(json!({
+                    "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false},
+                    "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}})),
+                vec![v4(json!([ep("10.1.0.1", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]",
+                  "lb TCP 203.0.113.5:80 rr [10.1.0.1:8080 w1] masq"]),
+            case("externalIPs of the Service's family",
+                svc(json!({"spec": {"externalIPs": ["198.51.100.1", "2001:db8::1"]}})),
+                vec![v4(json!([ep("10.1.0.1", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]",
+                  "ext TCP 198.51.100.1:80 rr [10.1.0.1:8080 w1] masq"]),
+            // --- traffic policies ---
+            case("iTP Local: cluster IP gets only this node's endpoints",
+                svc(json!({"spec": {"internalTrafficPolicy": "Local"}})),
+                vec![two()],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]),
+            case("iTP Local without local endpoints: no destinations",
+                svc(json!({"spec": {"internalTrafficPolicy": "Local"}})),
+                vec![v4(json!([ep("10.1.0.2", "node-b"), ep("10.1.0.3", "node-c")]))],
+                &["cip TCP 10.0.0.1:80 rr []"]),
+            case("eTP Local NodePort: local endpoints, no masquerade; cluster IP keeps all",
+                svc(json!({"spec": {"type": "NodePort", "externalTrafficPolicy": "Local",
+                    "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}})),
+                vec![two()],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1]",
+                  "np TCP 192.168.0.10:30080 rr [10.1.0.1:8080 w1] local"]),
+            case("eTP Local LoadBalancer: health check counts local ready endpoints",
+                svc(json!({
+                    "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
+                        "externalIPs": ["198.51.100.1"],
+                        "ports": [{"name": "http", "port": 80, "nodePort": 30080}]},
+                    "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}})),
+                vec![v4(json!([ep("10.1.0.1", "node-a"), ep("10.1.0.2", "node-b"), term("10.1.0.3", "node-a")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1, 10.1.0.3:8080 w0]",
+                  "np TCP 192.168.0.10:30080 rr [10.1.0.1:8080 w1, 10.1.0.3:8080 w0] local",
+                  "ext TCP 198.51.100.1:80 rr [10.1.0.1:8080 w1, 10.1.0.3:8080 w0] local",
+                  "lb TCP 203.0.113.5:80 rr [10.1.0.1:8080 w1, 10.1.0.3:8080 w0] local"]).hc(32000, 1),
+            case("eTP Local without local endpoints: empty, health check reports 0",
+                svc(json!({
+                    "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
+                        "allocateLoadBalancerNodePorts": false},
+                    "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}})),
+                vec![v4(json!([ep("10.1.0.2", "node-b")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.2:8080 w1]",
+                  "lb TCP 203.0.113.5:80 rr [] local"]).hc(32000, 0),
+            case("eTP Local with only a terminating local endpoint: it serves, health check 0",
+                svc(json!({
+                    "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
+                        "allocateLoadBalancerNodePorts": false},
+                    "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}})),
+                vec![v4(json!([ep("10.1.0.2", "node-b"), term("10.1.0.3", "node-a")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.2:8080 w1, 10.1.0.3:8080 w0]",
+                  "lb TCP 203.0.113.5:80 rr [10.1.0.3:8080 w1] local"]).hc(32000, 0),
+            case("health check counts an address once across ports and ignores other nodes",
+                svc(json!({
+                    "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
+                        "allocateLoadBalancerNodePorts": false,
+                        "ports": [{"name": "http", "port": 80}, {"name": "https", "port": 443}]}})),
+                vec![merge(v4(json!([ep("10.1.0.1", "node-a"), ep("10.1.0.2", "node-b")])),
+                    json!({"ports": [{"name": "http", "port": 8080}, {"name": "https", "port": 8443}]}))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1]",
+                  "cip TCP 10.0.0.1:443 rr [10.1.0.1:8443 w1, 10.1.0.2:8443 w1]"]).hc(32000, 1),
+            case("no health check for eTP Cluster even with a health check node port",
+                svc(json!({"spec": {"type": "LoadBalancer", "healthCheckNodePort": 32000,
+                    "allocateLoadBalancerNodePorts": false}})),
+                vec![v4(json!([ep("10.1.0.1", "node-a")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]),
+            case("no health check for an eTP Local NodePort Service (as kube-proxy)",
+                svc(json!({"spec": {"type": "NodePort", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
+                    "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}})),
+                vec![v4(json!([ep("10.1.0.1", "node-a")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]",
+                  "np TCP 192.168.0.10:30080 rr [10.1.0.1:8080 w1] local"]),
+            // --- masquerade and BPF SNAT ---
+            case("masquerade-all masquerades cluster IPs and eTP Local too",
+                svc(json!({"spec": {"type": "NodePort", "externalTrafficPolicy": "Local",
+                    "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}})),
+                vec![v4(json!([ep("10.1.0.1", "node-a")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1] masq",
+                  "np TCP 192.168.0.10:30080 rr [10.1.0.1:8080 w1] masq local"]).cfg(|c| c.masquerade_all = true),
+            case("bpf_snat flags exactly the masqueraded virtual servers",
+                svc(json!({"spec": {"type": "NodePort", "externalIPs": ["198.51.100.1"],
+                    "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}})),
+                vec![v4(json!([ep("10.1.0.1", "node-a")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]",
+                  "np TCP 192.168.0.10:30080 rr [10.1.0.1:8080 w1] masq bpf",
+                  "ext TCP 198.51.100.1:80 rr [10.1.0.1:8080 w1] masq bpf"]).cfg(|c| c.bpf_snat = true),
+            case("bpf_snat with masquerade-all flags cluster IPs too",
+                svc(json!({})),
+                vec![v4(json!([ep("10.1.0.1", "node-a")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1] masq bpf"])
+                .cfg(|c| { c.bpf_snat = true; c.masquerade_all = true; }),
+            case("bpf_snat leaves eTP Local virtual servers alone",
+                svc(json!({"spec": {"type": "NodePort", "externalTrafficPolicy": "Local",
+                    "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}})),
+                vec![v4(json!([ep("10.1.0.1", "node-a")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]",
+                  "np TCP 192.168.0.10:30080 rr [10.1.0.1:8080 w1] local"]).cfg(|c| c.bpf_snat = true),
+            // --- session affinity, scheduler ---
+            case("ClientIP affinity without timeout: 10800 s, full netmask",
+                svc(json!({"spec": {"sessionAffinity": "ClientIP"}})),
+                vec![v4(json!([ep("10.1.0.1", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr p10800/32 [10.1.0.1:8080 w1]"]),
+            case("ClientIP affinity with its timeout, both families",
+                merge(svc(dual_stack()), json!({"spec": {"sessionAffinity": "ClientIP",
+                    "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}})),
+                vec![],
+                &["cip TCP 10.0.0.1:80 rr p60/32 []", "cip TCP [fd00::1]:80 rr p60/128 []"]),
+            case("sessionAffinity None", svc(json!({"spec": {"sessionAffinity": "None"}})), vec![],
+                &["cip TCP 10.0.0.1:80 rr []"]),
+            case("scheduler from the configuration", svc(json!({})), vec![],
+                &["cip TCP 10.0.0.1:80 mh []"]).cfg(|c| c.scheduler = "mh".to_string()),
+            case("empty scheduler falls back to rr", svc(json!({})), vec![],
+                &["cip TCP 10.0.0.1:80 rr []"]).cfg(|c| c.scheduler = String::new()),
+            // --- topology ---
+            case("zone hints: only endpoints for this node's zone",
+                svc(json!({})),
+                vec![v4(json!([hinted("10.1.0.1", "node-b", &["zone-a"], &[]), hinted("10.1.0.2", "node-c", &["zone-b"], &[])]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]).node(node(Some("zone-a"))),
+            case("zone hints incomplete: all endpoints",
+                svc(json!({})),
+                vec![v4(json!([hinted("10.1.0.1", "node-b", &["zone-a"], &[]), ep("10.1.0.2", "node-c")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1]"]).node(node(Some("zone-a"))),
+            case("zone hints but none for this zone: all endpoints",
+                svc(json!({})),
+                vec![v4(json!([hinted("10.1.0.1", "node-b", &["zone-b"], &[]), hinted("10.1.0.2", "node-c", &["zone-c"], &[])]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1]"]).node(node(Some("zone-a"))),
+            case("zone hints, node without zone label: all endpoints",
+                svc(json!({})),
+                vec![v4(json!([hinted("10.1.0.1", "node-b", &["zone-a"], &[]), hinted("10.1.0.2", "node-c", &["zone-b"], &[])]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1]"]).node(node(None)),
+            case("zone hints, no Node object: all endpoints",
+                svc(json!({})),
+                vec![v4(json!([hinted("10.1.0.1", "node-b", &["zone-a"], &[]), hinted("10.1.0.2", "node-c", &["zone-b"], &[])]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1]"]),
+            case("zone hints: a not-ready endpoint without hints does not disable them",
+                svc(json!({})),
+                vec![v4(json!([hinted("10.1.0.1", "node-b", &["zone-a"], &[]), hinted("10.1.0.2", "node-c", &["zone-b"], &[]),
+                    {"addresses": ["10.1.0.3"], "conditions": {"ready": false, "serving": false}}]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]).node(node(Some("zone-a"))),
+            case("node hints win over zone hints",
+                svc(json!({})),
+                vec![v4(json!([hinted("10.1.0.1", "node-a", &["zone-a"], &["node-a"]),
+                    hinted("10.1.0.2", "node-b", &["zone-a"], &["node-b"])]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]).node(node(Some("zone-a"))),
+            case("node hints for other nodes only: zone hints apply",
+                svc(json!({})),
+                vec![v4(json!([hinted("10.1.0.1", "node-b", &["zone-a"], &["node-b"]),
+                    hinted("10.1.0.2", "node-c", &["zone-b"], &["node-c"])]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"]).node(node(Some("zone-a"))),
+            case("topology applies to Cluster policy only, not to eTP Local",
+                svc(json!({"spec": {"type": "NodePort", "externalTrafficPolicy": "Local",
+                    "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}})),
+                vec![v4(json!([hinted("10.1.0.1", "node-a", &["zone-b"], &[]), hinted("10.1.0.2", "node-b", &["zone-a"], &[])]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.2:8080 w1]",
+                  "np TCP 192.168.0.10:30080 rr [10.1.0.1:8080 w1] local"]).node(node(Some("zone-a"))),
+            case("topology with nothing ready: fallback ignores hints",
+                svc(json!({})),
+                vec![v4(json!([term("10.1.0.1", "node-b"), term("10.1.0.2", "node-c")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1, 10.1.0.2:8080 w1]"]).node(node(Some("zone-a"))),
+            // --- malformed Services ---
+            fails("malformed cluster IP", svc(json!({"spec": {"clusterIP": "10.0.0.300", "clusterIPs": ["10.0.0.300"]}})),
+                "service ns/web: spec.clusterIPs[0]: \"10.0.0.300\" is not an IP address"),
+            fails("malformed legacy clusterIP", svc(json!({"spec": {"clusterIP": "banana", "clusterIPs": null}})),
+                "service ns/web: spec.clusterIP: \"banana\" is not an IP address"),
+            fails("malformed secondary cluster IP of a family we do not program",
+                svc(json!({"spec": {"clusterIPs": ["10.0.0.1", "fd00::zz"]}})),
+                "spec.clusterIPs[1]: \"fd00::zz\"").cfg(|c| c.ipv6 = false),
+            fails("unknown protocol", svc(json!({"spec": {"ports": [{"name": "http", "port": 80, "protocol": "ICMP"}]}})),
+                "service ns/web: spec.ports[0].protocol: unknown protocol \"ICMP\""),
+            fails("port out of range", svc(json!({"spec": {"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 70000}]}})),
+                "service ns/web: spec.ports[1].port: 70000 is not a port number"),
+            fails("port zero", svc(json!({"spec": {"ports": [{"name": "a", "port": 0}]}})),
+                "spec.ports[0].port: 0 is not a port number"),
+            fails("node port out of range",
+                svc(json!({"spec": {"type": "NodePort", "ports": [{"name": "http", "port": 80, "nodePort": -5}]}})),
+                "spec.ports[0].nodePort: -5 is not a port number"),
+            fails("malformed external IP", svc(json!({"spec": {"externalIPs": ["198.51.100.1", "nope"]}})),
+                "spec.externalIPs[1]: \"nope\" is not an IP address"),
+            fails("malformed load balancer ingress IP",
+                svc(json!({"spec": {"type": "LoadBalancer"},
+                    "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.999", "ipMode": "Proxy"}]}}})),
+                "status.loadBalancer.ingress[0].ip: \"203.0.113.999\" is not an IP address"),
+            fails("affinity timeout out of range",
+                svc(json!({"spec": {"sessionAffinity": "ClientIP",
+                    "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}})),
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds: 0 is outside 1-86400"),
+            fails("unknown session affinity", svc(json!({"spec": {"sessionAffinity": "Cookie"}})),
+                "spec.sessionAffinity: unknown affinity \"Cookie\""),
+            fails("unknown type", svc(json!({"spec": {"type": "Magic"}})),
+                "spec.type: unknown type \"Magic\""),
+            fails("health check node port out of range",
+                svc(json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 65536}})),
+                "spec.healthCheckNodePort: 65536 is not a port number"),
+        ]
+    }
+
+    fn run(c: &Case, slices: &[Value]) -> Result<ServiceState, String> {
+        let svc: Service =
+            serde_json::from_value(c.svc.clone()).map_err(|e| format!("service json: {e}"))?;
+        let slices = slices
+            .iter()
+            .map(|s| serde_json::from_value::<EndpointSlice>(s.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("slice json: {e}"))?;
+        let node: Option<Node> = c
+            .node
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| format!("node json: {e}"))?;
+        service_state(&c.cfg, &svc, &slices, node.as_ref()).map_err(|e| format!("error: {e}"))
+    }
+
+    #[test]
+    fn table() {
+        let cases = cases();
+        let mut failures = Vec::new();
+        for c in &cases {
+            let got = run(c, &c.slices);
+            match (&c.want, &got) {
+                (Ok(want), Ok(state)) => {
+                    let got: Vec<String> = state.virtual_servers.iter().map(summary).collect();
+                    if got != *want {
+                        failures.push(format!("{}:\n  want {want:#?}\n  got  {got:#?}", c.name));
+                    }
+                    let hc = state.health_check.map(|h| (h.node_port, h.local_endpoints));
+                    if hc != c.hc {
+                        failures.push(format!(
+                            "{}: health check want {:?} got {hc:?}",
+                            c.name, c.hc
+                        ));
+                    }
+                    // The caller's slice order must not matter.
+                    let mut reversed = c.slices.clone();
+                    reversed.reverse();
+                    if run(c, &reversed).as_ref() != Ok(state) {
+                        failures.push(format!("{}: result depends on slice order", c.name));
+                    }
+                }
+                (Err(want), Err(got)) if got.contains(want) => {}
+                (want, got) => {
+                    let got = got
+                        .as_ref()
+                        .map(|s| s.virtual_servers.iter().map(summary).collect::<Vec<_>>());
+                    failures.push(format!("{}:\n  want {want:?}\n  got  {got:?}", c.name));
+                }
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            failures.len(),
+            cases.len(),
+            failures.join("\n")
+        );
+        assert!(cases.len() >= 40);
+    }
+
+    #[test]
+    fn selects_by_labels() {
+        let labelled = |labels: Value| -> Service {
+            serde_json::from_value(svc(json!({"metadata": {"labels": labels}}))).unwrap()
+        };
+        let named = |n: &str| ModelConfig {
+            service_proxy_name: Some(n.to_string()),
+            ..ModelConfig::default()
+        };
+        let cases: Vec<(&str, ModelConfig, Value, bool)> = vec![
+            (
+                "default proxy, no labels",
+                ModelConfig::default(),
+                json!({}),
+                true,
+            ),
+            (
+                "default proxy, unrelated label",
+                ModelConfig::default(),
+                json!({"app": "web"}),
+                true,
+            ),
+            (
+                "default proxy, named Service",
+                ModelConfig::default(),
+                json!({LABEL_SERVICE_PROXY_NAME: "x"}),
+                false,
+            ),
+            (
+                "default proxy, empty proxy name label",
+                ModelConfig::default(),
+                json!({LABEL_SERVICE_PROXY_NAME: ""}),
+                false,
+            ),
+            (
+                "default proxy, headless",
+                ModelConfig::default(),
+                json!({LABEL_HEADLESS: ""}),
+                false,
+            ),
+            (
+                "named proxy, same name",
+                named("x"),
+                json!({LABEL_SERVICE_PROXY_NAME: "x"}),
+                true,
+            ),
+            (
+                "named proxy, other name",
+                named("x"),
+                json!({LABEL_SERVICE_PROXY_NAME: "y"}),
+                false,
+            ),
+            ("named proxy, no label", named("x"), json!({}), false),
+            (
+                "named proxy, same name but headless",
+                named("x"),
+                json!({LABEL_SERVICE_PROXY_NAME: "x", LABEL_HEADLESS: ""}),
+                false,
+            ),
+        ];
+        for (name, cfg, labels, want) in cases {
+            assert_eq!(selects(&cfg, &labelled(labels)), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn default_config() {
+        let cfg = ModelConfig::default();
+        assert_eq!(cfg.scheduler, "rr");
+        assert!(cfg.ipv4 && cfg.ipv6);
+        assert!(!cfg.masquerade_all && !cfg.bpf_snat);
+        assert!(cfg.node_name.is_empty() && cfg.node_addresses.is_empty());
+        assert_eq!(cfg.service_proxy_name, None);
+    }
+
+    /// The summary hides destination fields other than address, port and
+    /// weight; pin them once: NAT forwarding, no thresholds.
+    #[test]
+    fn destinations_are_nat() {
+        let c = case(
+            "nat",
+            svc(json!({})),
+            vec![v4(json!([ep("10.1.0.1", "n"), term("10.1.0.2", "n")]))],
+            &[],
+        );
+        let state = run(&c, &c.slices).unwrap();
+        let dests = &state.virtual_servers[0].destinations;
+        assert_eq!(dests.len(), 2);
+        for d in dests {
+            assert_eq!(d.fwd, ipvs_netlink::ForwardMethod::Masq);
+            assert_eq!((d.upper_threshold, d.lower_threshold), (0, 0));
+        }
+        assert_eq!(
+            state.virtual_servers[0].service.flags,
+            ServiceFlags::empty()
+        );
+    }
+}
