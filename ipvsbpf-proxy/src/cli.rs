@@ -355,9 +355,9 @@ pub fn format_go_duration(d: Duration) -> String {
     }
     if d < Duration::from_secs(1) {
         let ns = d.as_nanos();
-        return if ns % 1_000_000 == 0 {
+        return if ns.is_multiple_of(1_000_000) {
             format!("{}ms", ns / 1_000_000)
-        } else if ns % 1_000 == 0 {
+        } else if ns.is_multiple_of(1_000) {
             format!("{}µs", ns / 1_000)
         } else {
             format!("{ns}ns")
@@ -1561,7 +1561,8 @@ mod tests {
 
     #[test]
     fn small_flag_forms() {
-        let cases: &[(&[&str], fn(&Config) -> bool)] = &[
+        type Check = fn(&Config) -> bool;
+        let cases: &[(&[&str], Check)] = &[
             (&["--nodeport-addresses=primary"], |c| {
                 c.nodeport_addresses == NodePortAddresses::Primary
             }),

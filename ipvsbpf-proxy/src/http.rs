@@ -504,7 +504,7 @@ mod tests {
     fn node_eligibility() {
         let node = |deleting: bool, taints: &[&str]| Node {
             metadata: ObjectMeta {
-                deletion_timestamp: deleting.then(|| Time(Timestamp::UNIX_EPOCH)),
+                deletion_timestamp: deleting.then_some(Time(Timestamp::UNIX_EPOCH)),
                 ..ObjectMeta::default()
             },
             spec: Some(NodeSpec {
