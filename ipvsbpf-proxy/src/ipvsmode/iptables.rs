@@ -733,7 +733,8 @@ COMMIT
             .insert("10.96.0.1,tcp:443".into());
         let v4: (IpAddr, u8) = ("10.244.0.0".parse().unwrap(), 16);
         let head = "-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP";
-        let cases: [(bool, Vec<(IpAddr, u8)>, &str); 4] = [
+        type Case = (bool, Vec<(IpAddr, u8)>, &'static str);
+        let cases: [Case; 4] = [
             (false, vec![], "src,dst -j KUBE-MARK-MASQ"),
             (
                 false,

@@ -252,7 +252,7 @@ pub fn sysctl_plan(
 ) -> Vec<(&'static str, &'static str, Need)> {
     let mut plan = vec![("net/ipv4/vs/conntrack", "1", Need::Ipvs)];
     if let Some(k) = kernel {
-        if k >= (4, 1) && k < (5, 9) {
+        if ((4, 1)..(5, 9)).contains(&k) {
             plan.push(("net/ipv4/vs/conn_reuse_mode", "0", Need::Ipvs));
         }
     }
