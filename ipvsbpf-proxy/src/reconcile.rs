@@ -751,39 +751,51 @@ impl<I: IpvsApi> Reconciler<I> {
             return races;
         }
         report.requests += requests.len();
-        let mut results = self.ipvs.apply(&requests).into_iter();
+        let mut answers = self.ipvs.apply(&requests).into_iter();
+        let results: Vec<Result<(), IpvsError>> = requests
+            .iter()
+            .map(|req| {
+                answers.next().unwrap_or_else(|| {
+                    Err(IpvsError::Socket(std::io::Error::other(format!(
+                        "{} {}: the kernel interface returned no result",
+                        req.op(),
+                        req.object()
+                    ))))
+                })
+            })
+            .collect();
+        let race = |req: &Request, e: &IpvsError| !last && lost_race(req, e);
         let mut hard = BTreeSet::new();
-        let mut failures = Vec::new();
-        for (req, effect) in requests.iter().zip(effects) {
-            let result = results.next().unwrap_or_else(|| {
-                Err(IpvsError::Socket(std::io::Error::other(format!(
-                    "{} {}: the kernel interface returned no result",
-                    req.op(),
-                    req.object()
-                ))))
-            });
-            let Some(key) = req.key() else { continue };
-            match result {
-                Ok(()) => self.record(req, effect, now, report),
-                Err(e) if !last && lost_race(req, &e) => {
+        for (req, result) in requests.iter().zip(&results) {
+            if let (Some(key), Err(e)) = (req.key(), result) {
+                if race(req, e) {
                     races.insert(key);
-                }
-                Err(e) => {
+                } else {
                     hard.insert(key);
-                    failures.push((key, e));
                 }
             }
         }
         // A key with a hard failure is not re-read now: the requests of
         // the batch that depend on the failed one failed for the same
-        // cause, and the next sync diffs it again anyway.
+        // cause (and are not reported: the root cause is), and the next
+        // sync diffs it again anyway.
         for key in &hard {
             races.remove(key);
         }
-        for (key, error) in failures {
-            // No errno: the request may or may not have been applied.
-            let unknown = error.kind().is_none();
-            self.fail(report, key, error, unknown);
+        for ((req, effect), result) in requests.iter().zip(effects).zip(results) {
+            let Some(key) = req.key() else { continue };
+            match result {
+                // A key that lost a race is re-read whole: no need to
+                // record its successes one by one.
+                Ok(()) if races.contains(&key) => {}
+                Ok(()) => self.record(req, effect, now, report),
+                Err(e) if race(req, &e) => {}
+                Err(error) => {
+                    // No errno: the request may or may not have been applied.
+                    let unknown = error.kind().is_none();
+                    self.fail(report, key, error, unknown);
+                }
+            }
         }
         races
     }
@@ -884,24 +896,23 @@ fn same_destination(want: &Destination, have: &Destination) -> bool {
 /// already (add) or is gone already (delete, edit, or a destination whose
 /// service is gone).
 fn lost_race(req: &Request, e: &IpvsError) -> bool {
-    match (req, e.kind()) {
-        (Request::AddService(_) | Request::AddDestination(..), Some(ErrorKind::AlreadyExists)) => {
-            true
-        }
-        (
-            Request::DeleteService(_)
-            | Request::EditService(_)
-            | Request::AddDestination(..)
-            | Request::EditDestination(..)
-            | Request::DeleteDestination(..),
-            Some(ErrorKind::NoSuchService),
-        ) => true,
-        (
-            Request::EditDestination(..) | Request::DeleteDestination(..),
-            Some(ErrorKind::NotFound),
-        ) => true,
-        _ => false,
-    }
+    use ErrorKind::{AlreadyExists, NoSuchService, NotFound};
+    use Request::{
+        AddDestination, AddService, DeleteDestination, DeleteService, EditDestination, EditService,
+    };
+    matches!(
+        (req, e.kind()),
+        (AddService(_) | AddDestination(..), Some(AlreadyExists))
+            | (
+                DeleteService(_)
+                    | EditService(_)
+                    | AddDestination(..)
+                    | EditDestination(..)
+                    | DeleteDestination(..),
+                Some(NoSuchService)
+            )
+            | (EditDestination(..) | DeleteDestination(..), Some(NotFound))
+    )
 }
 
 // ---- the fake kernel ----------------------------------------------------------
@@ -1237,5 +1248,964 @@ impl IpvsApi for FakeIpvs {
                 result.map_err(|errno| kernel_error(req, errno))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::VsKind;
+    use ipvs_netlink::ServiceFlags;
+
+    const DRAIN: Duration = Duration::from_secs(60);
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    fn name(n: &str) -> ServiceName {
+        ServiceName::new("default", n)
+    }
+
+    fn tcp(addr: &str, port: u16) -> ServiceKey {
+        ServiceKey::tcp(ip(addr), port)
+    }
+
+    fn udp(addr: &str, port: u16) -> ServiceKey {
+        ServiceKey::udp(ip(addr), port)
+    }
+
+    fn sctp(addr: &str, port: u16) -> ServiceKey {
+        ServiceKey::Tuple {
+            protocol: Protocol::Sctp,
+            addr: ip(addr),
+            port,
+        }
+    }
+
+    fn dest(addr: &str, port: u16, weight: u32) -> Destination {
+        Destination::new(ip(addr), port).weight(weight)
+    }
+
+    /// A virtual server with `rr` and destinations (address, port, weight).
+    fn vs(key: ServiceKey, dests: &[(&str, u16, u32)]) -> VirtualServer {
+        vs_with(Service::new(key, "rr"), dests)
+    }
+
+    fn vs_with(service: Service, dests: &[(&str, u16, u32)]) -> VirtualServer {
+        VirtualServer {
+            service,
+            destinations: dests.iter().map(|(a, p, w)| dest(a, *p, *w)).collect(),
+            kind: VsKind::ClusterIp,
+            masquerade: false,
+            local_only: false,
+        }
+    }
+
+    fn state(vss: &[VirtualServer]) -> ServiceState {
+        ServiceState {
+            virtual_servers: vss.to_vec(),
+            health_check: None,
+        }
+    }
+
+    fn reconciler() -> Reconciler<FakeIpvs> {
+        reconciler_on(FakeIpvs::new(), Vec::new())
+    }
+
+    fn reconciler_on(fake: FakeIpvs, exclude_cidrs: Vec<(IpAddr, u8)>) -> Reconciler<FakeIpvs> {
+        Reconciler::new(
+            fake,
+            ReconcileOptions {
+                exclude_cidrs,
+                drain_timeout: DRAIN,
+            },
+        )
+    }
+
+    /// The kernel state `vss` describe, as [`FakeIpvs::state`] lists it.
+    fn kernel_of(vss: &[&VirtualServer]) -> Vec<(Service, Vec<Destination>)> {
+        let mut out: Vec<(Service, Vec<Destination>)> = vss
+            .iter()
+            .map(|vs| {
+                let mut d: Vec<Destination> =
+                    vs.destinations.iter().map(Destination::config).collect();
+                d.sort_by_key(dest_id);
+                (vs.service.config(), d)
+            })
+            .collect();
+        out.sort_by_key(|(s, _)| s.key);
+        out
+    }
+
+    fn sync(r: &mut Reconciler<FakeIpvs>, full: bool, now: Instant) -> (SyncReport, Vec<Request>) {
+        let report = r.sync(full, now);
+        let reqs = r.ipvs().take_requests();
+        assert_eq!(report.requests, reqs.len(), "report counts what was sent");
+        (report, reqs)
+    }
+
+    fn assert_ok(report: &SyncReport) {
+        assert!(report.failed.is_empty(), "failures: {:?}", report.failed);
+    }
+
+    fn add(vs: &VirtualServer) -> Vec<Request> {
+        let mut out = vec![Request::AddService(vs.service.config())];
+        let mut dests = vs.destinations.clone();
+        dests.sort_by_key(dest_id);
+        out.extend(
+            dests
+                .iter()
+                .map(|d| Request::AddDestination(vs.key(), d.config())),
+        );
+        out
+    }
+
+    #[test]
+    fn creates_from_empty_in_order() {
+        let a = vs(
+            tcp("10.96.0.1", 80),
+            &[("10.1.0.2", 8080, 1), ("10.1.0.1", 8080, 1)],
+        );
+        let b = vs(udp("10.96.0.10", 53), &[("10.1.0.3", 53, 1)]);
+        let c = vs(tcp("fd00::1", 443), &[("fd01::5", 8443, 3)]);
+        let mut r = reconciler();
+        r.set_service(&name("web"), Some(&state(&[a.clone(), c.clone()])));
+        r.set_service(&name("dns"), Some(&state(std::slice::from_ref(&b))));
+        let (report, reqs) = sync(&mut r, false, Instant::now());
+        assert_ok(&report);
+        // Per virtual server (in key order): the service, then its
+        // destinations.
+        let mut by_key = [&a, &b, &c];
+        by_key.sort_by_key(|v| v.key());
+        let want: Vec<Request> = by_key.iter().flat_map(|v| add(v)).collect();
+        assert_eq!(reqs, want);
+        assert_eq!(r.ipvs().state(), kernel_of(&[&a, &b, &c]));
+        assert_eq!(report.services_changed, 2);
+        assert_eq!(report.virtual_servers_changed, 3);
+        assert_eq!(report.examined, 3);
+        assert_eq!(r.ipvs().calls().apply, 1, "one batch");
+    }
+
+    #[test]
+    fn converged_syncs_send_nothing() {
+        let a = vs(tcp("10.96.0.1", 80), &[("10.1.0.1", 8080, 1)]);
+        let mut r = reconciler();
+        r.set_service(&name("web"), Some(&state(std::slice::from_ref(&a))));
+        let now = Instant::now();
+        let (_, reqs) = sync(&mut r, false, now);
+        assert_eq!(reqs.len(), 2);
+        r.ipvs().reset_calls();
+        for full in [false, true, false] {
+            let (report, reqs) = sync(&mut r, full, now);
+            assert_ok(&report);
+            assert_eq!(reqs, vec![], "full={full}");
+            assert_eq!(report.examined, usize::from(full));
+        }
+        // The same state again is no change.
+        r.set_service(&name("web"), Some(&state(std::slice::from_ref(&a))));
+        let (report, reqs) = sync(&mut r, false, now);
+        assert_eq!(
+            (report.examined, report.services_changed, reqs.len()),
+            (0, 0, 0)
+        );
+        assert_eq!(r.ipvs().calls().apply, 0);
+    }
+
+    #[test]
+    fn adopting_the_desired_state_sends_nothing() {
+        let a = vs(
+            tcp("10.96.0.1", 80),
+            &[("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 2)],
+        );
+        let b = vs(udp("10.96.0.10", 53), &[("10.1.0.3", 53, 1)]);
+        let mut fake = FakeIpvs::new();
+        for v in [&a, &b] {
+            fake.insert(v.service.clone(), v.destinations.clone());
+        }
+        let mut r = reconciler_on(fake, Vec::new());
+        let adopted = r.adopt().expect("adopt");
+        assert_eq!(
+            adopted,
+            AdoptReport {
+                virtual_servers: 2,
+                destinations: 3,
+                excluded: 0
+            }
+        );
+        assert_eq!(r.ipvs().take_log(), vec![], "adopt writes nothing");
+        r.set_service(&name("web"), Some(&state(std::slice::from_ref(&a))));
+        r.set_service(&name("dns"), Some(&state(std::slice::from_ref(&b))));
+        for full in [false, true] {
+            let (report, reqs) = sync(&mut r, full, Instant::now());
+            assert_ok(&report);
+            assert_eq!(reqs, vec![], "full={full}");
+        }
+        assert_eq!(r.ipvs().state(), kernel_of(&[&a, &b]));
+    }
+
+    #[test]
+    fn stale_virtual_servers_go_at_the_first_full_sync_except_excluded() {
+        let a = vs(tcp("10.96.0.1", 80), &[("10.1.0.1", 8080, 1)]);
+        let stale = vs(tcp("10.96.0.99", 80), &[("10.1.0.9", 8080, 1)]);
+        let foreign = vs(tcp("192.0.2.7", 80), &[("10.1.0.7", 80, 1)]);
+        let mut fake = FakeIpvs::new();
+        for v in [&a, &stale, &foreign] {
+            fake.insert(v.service.clone(), v.destinations.clone());
+        }
+        let mut r = reconciler_on(fake, vec![(ip("192.0.2.0"), 24)]);
+        assert_eq!(r.adopt().expect("adopt").excluded, 1);
+        r.set_service(&name("web"), Some(&state(std::slice::from_ref(&a))));
+        let now = Instant::now();
+        let (_, reqs) = sync(&mut r, false, now);
+        assert_eq!(reqs, vec![], "an incremental sync leaves stale state alone");
+        assert_eq!(r.ipvs().len(), 3);
+        let (report, reqs) = sync(&mut r, true, now);
+        assert_ok(&report);
+        assert_eq!(reqs, vec![Request::DeleteService(stale.key())]);
+        assert_eq!(r.ipvs().state(), kernel_of(&[&a, &foreign]));
+        let (_, reqs) = sync(&mut r, true, now);
+        assert_eq!(reqs, vec![], "the excluded one stays for good");
+    }
+
+    /// One Service's virtual server changes from `before` to `after`: the
+    /// requests, and the destinations left draining at weight 0.
+    struct Change {
+        what: &'static str,
+        before: VirtualServer,
+        after: VirtualServer,
+        requests: Vec<Request>,
+        draining: &'static [(&'static str, u16)],
+    }
+
+    #[test]
+    fn changes_send_only_their_difference() {
+        let k = tcp("10.96.0.1", 80);
+        let base = || vs(k, &[("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 1)]);
+        let with =
+            |service: Service| vs_with(service, &[("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 1)]);
+        let u = udp("10.96.0.10", 53);
+        let s = sctp("10.96.0.11", 9);
+        let fwm = ServiceKey::Fwmark {
+            family: ipvs_netlink::Family::Inet,
+            mark: 7,
+        };
+        let cases = vec![
+            Change {
+                what: "scheduler",
+                before: base(),
+                after: with(Service::new(k, "wrr")),
+                requests: vec![Request::EditService(Service::new(k, "wrr"))],
+                draining: &[],
+            },
+            Change {
+                what: "persistence",
+                before: base(),
+                after: with(Service::new(k, "rr").persistent(10800)),
+                requests: vec![Request::EditService(
+                    Service::new(k, "rr").persistent(10800),
+                )],
+                draining: &[],
+            },
+            Change {
+                what: "flags",
+                before: base(),
+                after: with({
+                    let mut s = Service::new(k, "rr");
+                    s.flags |= ServiceFlags::BPF_SNAT;
+                    s
+                }),
+                requests: vec![Request::EditService({
+                    let mut s = Service::new(k, "rr");
+                    s.flags |= ServiceFlags::BPF_SNAT;
+                    s
+                })],
+                draining: &[],
+            },
+            Change {
+                what: "weight",
+                before: base(),
+                after: vs(k, &[("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 5)]),
+                requests: vec![Request::EditDestination(k, dest("10.1.0.2", 8080, 5))],
+                draining: &[],
+            },
+            Change {
+                what: "endpoint added",
+                before: base(),
+                after: vs(
+                    k,
+                    &[
+                        ("10.1.0.1", 8080, 1),
+                        ("10.1.0.2", 8080, 1),
+                        ("10.1.0.3", 8080, 1),
+                    ],
+                ),
+                requests: vec![Request::AddDestination(k, dest("10.1.0.3", 8080, 1))],
+                draining: &[],
+            },
+            Change {
+                what: "scheduler, weight and endpoint: service first",
+                before: base(),
+                after: vs_with(
+                    Service::new(k, "lc"),
+                    &[
+                        ("10.1.0.0", 8080, 1),
+                        ("10.1.0.1", 8080, 2),
+                        ("10.1.0.2", 8080, 1),
+                    ],
+                ),
+                requests: vec![
+                    Request::EditService(Service::new(k, "lc")),
+                    Request::AddDestination(k, dest("10.1.0.0", 8080, 1)),
+                    Request::EditDestination(k, dest("10.1.0.1", 8080, 2)),
+                ],
+                draining: &[],
+            },
+            Change {
+                what: "TCP endpoint removed: weight 0",
+                before: base(),
+                after: vs(k, &[("10.1.0.1", 8080, 1)]),
+                requests: vec![Request::EditDestination(k, dest("10.1.0.2", 8080, 0))],
+                draining: &[("10.1.0.2", 8080)],
+            },
+            Change {
+                what: "fwmark endpoint removed: weight 0",
+                before: vs(fwm, &[("10.1.0.1", 0, 1), ("10.1.0.2", 0, 1)]),
+                after: vs(fwm, &[("10.1.0.2", 0, 1)]),
+                requests: vec![Request::EditDestination(fwm, dest("10.1.0.1", 0, 0))],
+                draining: &[("10.1.0.1", 0)],
+            },
+            Change {
+                what: "TCP endpoint replaced: add before drain",
+                before: base(),
+                after: vs(k, &[("10.1.0.1", 8080, 1), ("10.1.0.3", 8080, 1)]),
+                requests: vec![
+                    Request::AddDestination(k, dest("10.1.0.3", 8080, 1)),
+                    Request::EditDestination(k, dest("10.1.0.2", 8080, 0)),
+                ],
+                draining: &[("10.1.0.2", 8080)],
+            },
+            Change {
+                what: "UDP endpoint removed at once, after the add",
+                before: vs(u, &[("10.1.0.5", 53, 1), ("10.1.0.6", 53, 1)]),
+                after: vs(u, &[("10.1.0.4", 53, 1), ("10.1.0.6", 53, 1)]),
+                requests: vec![
+                    Request::AddDestination(u, dest("10.1.0.4", 53, 1)),
+                    Request::DeleteDestination(u, ip("10.1.0.5"), 53),
+                ],
+                draining: &[],
+            },
+            Change {
+                what: "SCTP endpoint removed at once",
+                before: vs(s, &[("10.1.0.5", 9, 1), ("10.1.0.6", 9, 1)]),
+                after: vs(s, &[("10.1.0.6", 9, 1)]),
+                requests: vec![Request::DeleteDestination(s, ip("10.1.0.5"), 9)],
+                draining: &[],
+            },
+        ];
+        for c in cases {
+            let mut r = reconciler();
+            let now = Instant::now();
+            r.set_service(&name("svc"), Some(&state(std::slice::from_ref(&c.before))));
+            let (report, _) = sync(&mut r, false, now);
+            assert_ok(&report);
+            r.set_service(&name("svc"), Some(&state(std::slice::from_ref(&c.after))));
+            let (report, reqs) = sync(&mut r, false, now);
+            assert_ok(&report);
+            assert_eq!(reqs, c.requests, "{}", c.what);
+            assert_eq!(report.draining, c.draining.len(), "{}", c.what);
+            let mut expect = c.after.clone();
+            for (a, p) in c.draining {
+                expect.destinations.push(dest(a, *p, 0));
+            }
+            assert_eq!(r.ipvs().state(), kernel_of(&[&expect]), "{}", c.what);
+            // Drains without connections end at the next sync.
+            let (_, reqs) = sync(&mut r, false, now);
+            let ended: Vec<Request> = c
+                .draining
+                .iter()
+                .map(|(a, p)| Request::DeleteDestination(c.after.key(), ip(a), *p))
+                .collect();
+            assert_eq!(reqs, ended, "{}: converged", c.what);
+            let (_, reqs) = sync(&mut r, false, now);
+            assert_eq!(reqs, vec![], "{}: converged", c.what);
+            assert_eq!(r.ipvs().state(), kernel_of(&[&c.after]), "{}", c.what);
+        }
+    }
+
+    /// A TCP virtual server with destinations .1 and .2; .2 removed at `t0`.
+    fn draining_one(conns: (u32, u32)) -> (Reconciler<FakeIpvs>, ServiceKey, Instant) {
+        let k = tcp("10.96.0.1", 80);
+        let mut r = reconciler();
+        let t0 = Instant::now();
+        r.set_service(
+            &name("web"),
+            Some(&state(&[vs(
+                k,
+                &[("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 1)],
+            )])),
+        );
+        sync(&mut r, false, t0);
+        assert!(r
+            .ipvs()
+            .set_conns(&k, ip("10.1.0.2"), 8080, conns.0, conns.1));
+        r.set_service(
+            &name("web"),
+            Some(&state(&[vs(k, &[("10.1.0.1", 8080, 1)])])),
+        );
+        let (report, reqs) = sync(&mut r, false, t0);
+        assert_eq!(
+            reqs,
+            vec![Request::EditDestination(k, dest("10.1.0.2", 8080, 0))]
+        );
+        assert_eq!(report.draining, 1);
+        r.ipvs().reset_calls();
+        (r, k, t0)
+    }
+
+    #[test]
+    fn tcp_destination_drains_until_its_connections_end() {
+        let (mut r, k, t0) = draining_one((2, 1));
+        let (report, reqs) = sync(&mut r, false, t0 + Duration::from_secs(1));
+        assert_eq!(reqs, vec![], "connections left");
+        assert_eq!(report.draining, 1);
+        assert_eq!(
+            r.ipvs().calls().destinations,
+            1,
+            "one read, of the draining VS"
+        );
+        assert!(r.ipvs().set_conns(&k, ip("10.1.0.2"), 8080, 0, 0));
+        let (report, reqs) = sync(&mut r, false, t0 + Duration::from_secs(2));
+        assert_eq!(
+            reqs,
+            vec![Request::DeleteDestination(k, ip("10.1.0.2"), 8080)]
+        );
+        assert_eq!((report.drained, report.draining), (1, 0));
+        let (_, reqs) = sync(&mut r, false, t0 + Duration::from_secs(3));
+        assert_eq!(reqs, vec![]);
+        assert_eq!(r.ipvs().calls().destinations, 2, "no reads once drained");
+        assert_eq!(
+            r.ipvs().state(),
+            kernel_of(&[&vs(k, &[("10.1.0.1", 8080, 1)])])
+        );
+    }
+
+    #[test]
+    fn tcp_destination_drains_until_the_timeout() {
+        let (mut r, k, t0) = draining_one((0, 4));
+        let (_, reqs) = sync(&mut r, false, t0 + DRAIN - Duration::from_secs(1));
+        assert_eq!(reqs, vec![], "inactive connections count too");
+        let (report, reqs) = sync(&mut r, false, t0 + DRAIN);
+        assert_eq!(
+            reqs,
+            vec![Request::DeleteDestination(k, ip("10.1.0.2"), 8080)]
+        );
+        assert_eq!((report.drained, report.draining), (1, 0));
+    }
+
+    #[test]
+    fn destination_back_during_drain_gets_its_weight_back() {
+        let (mut r, k, t0) = draining_one((3, 0));
+        r.set_service(
+            &name("web"),
+            Some(&state(&[vs(
+                k,
+                &[("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 4)],
+            )])),
+        );
+        let (report, reqs) = sync(&mut r, false, t0 + Duration::from_secs(1));
+        assert_ok(&report);
+        assert_eq!(
+            reqs,
+            vec![Request::EditDestination(k, dest("10.1.0.2", 8080, 4))]
+        );
+        assert_eq!(report.draining, 0);
+        assert!(r.ipvs().set_conns(&k, ip("10.1.0.2"), 8080, 0, 0));
+        let (_, reqs) = sync(&mut r, false, t0 + DRAIN * 2);
+        assert_eq!(reqs, vec![], "no longer draining, never deleted");
+        let (service, dests) = r.ipvs().get(&k).expect("still there");
+        assert_eq!(service, Service::new(k, "rr"));
+        assert_eq!(dests.len(), 2);
+        assert_eq!(dests[1].weight, 4);
+    }
+
+    #[test]
+    fn weight_zero_destination_adopted_from_a_previous_run_drains() {
+        let k = tcp("10.96.0.1", 80);
+        let mut fake = FakeIpvs::new();
+        fake.insert(
+            Service::new(k, "rr"),
+            vec![dest("10.1.0.1", 8080, 1), dest("10.1.0.2", 8080, 0)],
+        );
+        assert!(fake.set_conns(&k, ip("10.1.0.2"), 8080, 1, 0));
+        let mut r = reconciler_on(fake, Vec::new());
+        r.adopt().expect("adopt");
+        r.set_service(
+            &name("web"),
+            Some(&state(&[vs(k, &[("10.1.0.1", 8080, 1)])])),
+        );
+        let t0 = Instant::now();
+        let (report, reqs) = sync(&mut r, false, t0);
+        assert_eq!(reqs, vec![], "already at weight 0");
+        assert_eq!(report.draining, 1);
+        assert!(r.ipvs().set_conns(&k, ip("10.1.0.2"), 8080, 0, 0));
+        let (_, reqs) = sync(&mut r, false, t0 + Duration::from_secs(1));
+        assert_eq!(
+            reqs,
+            vec![Request::DeleteDestination(k, ip("10.1.0.2"), 8080)]
+        );
+    }
+
+    #[test]
+    fn removed_service_is_deleted_whole() {
+        let a = vs(
+            tcp("10.96.0.1", 80),
+            &[("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 1)],
+        );
+        let b = vs(udp("10.96.0.1", 53), &[("10.1.0.1", 53, 1)]);
+        let keep = vs(tcp("10.96.0.2", 80), &[("10.1.0.3", 8080, 1)]);
+        let mut r = reconciler();
+        let now = Instant::now();
+        r.set_service(&name("web"), Some(&state(&[a.clone(), b.clone()])));
+        r.set_service(&name("keep"), Some(&state(std::slice::from_ref(&keep))));
+        sync(&mut r, false, now);
+        // One destination draining: the delete still takes the service
+        // whole, without reading the drain.
+        r.set_service(
+            &name("web"),
+            Some(&state(&[vs(a.key(), &[("10.1.0.1", 8080, 1)]), b.clone()])),
+        );
+        sync(&mut r, false, now);
+        assert!(r.ipvs().set_conns(&a.key(), ip("10.1.0.2"), 8080, 5, 0));
+        r.ipvs().reset_calls();
+        r.set_service(&name("web"), None);
+        let (report, reqs) = sync(&mut r, false, now);
+        assert_ok(&report);
+        let mut want = vec![
+            Request::DeleteService(a.key()),
+            Request::DeleteService(b.key()),
+        ];
+        want.sort_by_key(|r| r.key());
+        assert_eq!(reqs, want);
+        assert_eq!(report.draining, 0);
+        assert_eq!(r.ipvs().calls().destinations, 0);
+        assert_eq!(r.ipvs().state(), kernel_of(&[&keep]));
+    }
+
+    #[test]
+    fn failed_add_destination_is_retried_and_converges() {
+        let a = vs(
+            tcp("10.96.0.1", 80),
+            &[("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 1)],
+        );
+        let mut r = reconciler();
+        let failing = Request::AddDestination(a.key(), dest("10.1.0.2", 8080, 1));
+        let f = failing.clone();
+        r.ipvs().fail_when(libc::ENOMEM, 1, move |req| *req == f);
+        r.set_service(&name("web"), Some(&state(std::slice::from_ref(&a))));
+        let now = Instant::now();
+        let (report, reqs) = sync(&mut r, false, now);
+        assert_eq!(reqs.len(), 3);
+        assert_eq!(report.failed.len(), 1);
+        let failure = &report.failed[0];
+        assert_eq!(failure.key, Some(a.key()));
+        assert_eq!(failure.service, Some(name("web")));
+        assert_eq!(failure.error.errno(), Some(libc::ENOMEM));
+        assert!(!r.is_clean());
+        let (report, reqs) = sync(&mut r, false, now);
+        assert_ok(&report);
+        assert_eq!(reqs, vec![failing], "only the failed request again");
+        assert_eq!(r.ipvs().state(), kernel_of(&[&a]));
+        let (_, reqs) = sync(&mut r, false, now);
+        assert_eq!(reqs, vec![]);
+    }
+
+    #[test]
+    fn failed_delete_service_leaves_it_whole_and_is_retried() {
+        let a = vs(
+            tcp("10.96.0.1", 80),
+            &[("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 1)],
+        );
+        let mut r = reconciler();
+        let now = Instant::now();
+        r.set_service(&name("web"), Some(&state(std::slice::from_ref(&a))));
+        sync(&mut r, false, now);
+        r.ipvs().fail_when(libc::EBUSY, 1, |req| {
+            matches!(req, Request::DeleteService(_))
+        });
+        r.set_service(&name("web"), None);
+        let (report, reqs) = sync(&mut r, false, now);
+        assert_eq!(reqs, vec![Request::DeleteService(a.key())]);
+        assert_eq!(report.failed.len(), 1);
+        assert_eq!(r.ipvs().state(), kernel_of(&[&a]), "still whole");
+        let (report, reqs) = sync(&mut r, false, now);
+        assert_ok(&report);
+        assert_eq!(reqs, vec![Request::DeleteService(a.key())]);
+        assert!(r.ipvs().is_empty());
+    }
+
+    /// Whichever request of a batch fails, the next sync sends exactly the
+    /// requests that failed (the cache stayed true) and converges.
+    #[test]
+    fn any_failed_request_is_retried_exactly() {
+        let a = vs(
+            tcp("10.96.0.1", 80),
+            &[("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 1)],
+        );
+        let b = vs(udp("10.96.0.10", 53), &[("10.1.0.3", 53, 1)]);
+        let c = vs(tcp("10.96.0.3", 80), &[("10.1.0.4", 80, 1)]);
+        let total = 7;
+        for n in 1..=total {
+            let mut r = reconciler();
+            let now = Instant::now();
+            r.set_service(&name("a"), Some(&state(std::slice::from_ref(&a))));
+            r.set_service(&name("b"), Some(&state(std::slice::from_ref(&b))));
+            r.set_service(&name("c"), Some(&state(std::slice::from_ref(&c))));
+            r.ipvs().fail_nth(n, libc::ENOMEM);
+            let report = r.sync(false, now);
+            let log = r.ipvs().take_log();
+            assert_eq!(log.len(), total as usize);
+            let failed: Vec<Request> = log
+                .into_iter()
+                .filter(|l| l.result.is_err())
+                .map(|l| l.request)
+                .collect();
+            // The root cause is reported, not the requests that failed
+            // because of it.
+            assert_eq!(report.failed.len(), 1, "request {n}");
+            assert_eq!(report.failed[0].error.errno(), Some(libc::ENOMEM));
+            assert_eq!(report.failed[0].key, failed[0].key(), "request {n}");
+            let (report, reqs) = sync(&mut r, false, now);
+            assert_ok(&report);
+            assert_eq!(reqs, failed, "request {n}");
+            assert_eq!(r.ipvs().state(), kernel_of(&[&a, &b, &c]), "request {n}");
+        }
+    }
+
+    /// Someone else changes the kernel between two syncs.
+    struct Race {
+        what: &'static str,
+        before: Option<VirtualServer>,
+        interfere: fn(&mut FakeIpvs),
+        after: Option<VirtualServer>,
+        /// The follow-up after re-reading the virtual server.
+        second_round: Vec<Request>,
+    }
+
+    #[test]
+    fn lost_races_converge_after_rereading() {
+        let k = tcp("10.96.0.1", 80);
+        let u = udp("10.96.0.10", 53);
+        let two = || vs(k, &[("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 1)]);
+        let cases = vec![
+            Race {
+                what: "EEXIST: someone created the service, another scheduler",
+                before: None,
+                interfere: |f| {
+                    f.insert(
+                        Service::new(ServiceKey::tcp("10.96.0.1".parse().expect("ip"), 80), "wlc"),
+                        vec![Destination::new("10.1.0.1".parse().expect("ip"), 8080)],
+                    )
+                },
+                after: Some(two()),
+                second_round: vec![Request::EditService(Service::new(k, "rr"))],
+            },
+            Race {
+                what: "ENOENT: someone deleted the UDP destination we delete",
+                before: Some(vs(u, &[("10.1.0.5", 53, 1), ("10.1.0.6", 53, 1)])),
+                interfere: |f| {
+                    f.remove_destination(
+                        &ServiceKey::udp("10.96.0.10".parse().expect("ip"), 53),
+                        "10.1.0.5".parse().expect("ip"),
+                        53,
+                    );
+                },
+                after: Some(vs(u, &[("10.1.0.6", 53, 1)])),
+                second_round: vec![],
+            },
+            Race {
+                what: "ENOENT: someone deleted the destination we edit",
+                before: Some(two()),
+                interfere: |f| {
+                    f.remove_destination(
+                        &ServiceKey::tcp("10.96.0.1".parse().expect("ip"), 80),
+                        "10.1.0.2".parse().expect("ip"),
+                        8080,
+                    );
+                },
+                after: Some(vs(k, &[("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 9)])),
+                second_round: vec![Request::AddDestination(k, dest("10.1.0.2", 8080, 9))],
+            },
+            Race {
+                what: "ESRCH: someone deleted the service we delete",
+                before: Some(two()),
+                interfere: |f| {
+                    f.remove(&ServiceKey::tcp("10.96.0.1".parse().expect("ip"), 80));
+                },
+                after: None,
+                second_round: vec![],
+            },
+            Race {
+                what: "ESRCH: someone deleted the service we edit",
+                before: Some(two()),
+                interfere: |f| {
+                    f.remove(&ServiceKey::tcp("10.96.0.1".parse().expect("ip"), 80));
+                },
+                after: Some(vs_with(
+                    Service::new(k, "lc"),
+                    &[("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 1)],
+                )),
+                second_round: add(&vs_with(
+                    Service::new(k, "lc"),
+                    &[("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 1)],
+                )),
+            },
+        ];
+        for c in cases {
+            let mut r = reconciler();
+            let now = Instant::now();
+            if let Some(b) = &c.before {
+                r.set_service(&name("svc"), Some(&state(std::slice::from_ref(b))));
+                sync(&mut r, false, now);
+            }
+            (c.interfere)(r.ipvs());
+            r.set_service(
+                &name("svc"),
+                c.after
+                    .as_ref()
+                    .map(|a| state(std::slice::from_ref(a)))
+                    .as_ref(),
+            );
+            let report = r.sync(false, now);
+            assert_ok(&report);
+            assert_eq!(report.races, 1, "{}", c.what);
+            let log = r.ipvs().take_log();
+            let first_failure = log
+                .iter()
+                .position(|l| l.result.is_err())
+                .unwrap_or_else(|| panic!("{}: nothing lost a race", c.what));
+            // The second round is what follows the first batch.
+            let first_batch =
+                log.iter().filter(|l| l.request.key().is_some()).count() - c.second_round.len();
+            assert!(first_failure < first_batch, "{}", c.what);
+            let second: Vec<Request> = log[first_batch..]
+                .iter()
+                .map(|l| l.request.clone())
+                .collect();
+            assert_eq!(second, c.second_round, "{}", c.what);
+            let want: Vec<&VirtualServer> = c.after.iter().collect();
+            assert_eq!(r.ipvs().state(), kernel_of(&want), "{}", c.what);
+            let (_, reqs) = sync(&mut r, false, now);
+            assert_eq!(reqs, vec![], "{}: converged", c.what);
+        }
+    }
+
+    #[test]
+    fn conflicting_claims_first_name_wins_whatever_the_order() {
+        let k = tcp("10.96.0.1", 80);
+        let x = vs_with(Service::new(k, "rr"), &[("10.1.0.1", 80, 1)]);
+        let y = vs_with(Service::new(k, "lc"), &[("10.1.0.2", 80, 1)]);
+        for order in [["x", "y"], ["y", "x"]] {
+            let mut r = reconciler();
+            let now = Instant::now();
+            for n in order {
+                let v = if n == "x" { &x } else { &y };
+                r.set_service(&name(n), Some(&state(std::slice::from_ref(v))));
+            }
+            let (report, _) = sync(&mut r, false, now);
+            assert_ok(&report);
+            let conflict = Conflict {
+                key: k,
+                winner: name("x"),
+                losers: vec![name("y")],
+            };
+            assert_eq!(report.conflicts, vec![conflict.clone()], "{order:?}");
+            assert_eq!(r.conflicts(), vec![conflict]);
+            assert_eq!(r.ipvs().state(), kernel_of(&[&x]), "{order:?}");
+            // The winner leaves: the other takes the key over.
+            r.set_service(&name("x"), None);
+            let (report, reqs) = sync(&mut r, false, now);
+            assert!(report.conflicts.is_empty());
+            assert_eq!(
+                reqs,
+                vec![
+                    Request::EditService(Service::new(k, "lc")),
+                    Request::AddDestination(k, dest("10.1.0.2", 80, 1)),
+                    Request::EditDestination(k, dest("10.1.0.1", 80, 0)),
+                ],
+                "{order:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn full_sync_repairs_drift_incremental_does_not_look() {
+        let a = vs(tcp("10.96.0.1", 80), &[("10.1.0.1", 8080, 1)]);
+        let mut r = reconciler();
+        let now = Instant::now();
+        r.set_service(&name("web"), Some(&state(std::slice::from_ref(&a))));
+        sync(&mut r, false, now);
+        r.ipvs()
+            .insert_destination(&a.key(), dest("10.1.0.1", 8080, 7));
+        let (_, reqs) = sync(&mut r, false, now);
+        assert_eq!(reqs, vec![]);
+        let (_, reqs) = sync(&mut r, true, now);
+        assert_eq!(
+            reqs,
+            vec![Request::EditDestination(a.key(), dest("10.1.0.1", 8080, 1))]
+        );
+    }
+
+    #[test]
+    fn incremental_sync_costs_the_change_not_the_total() {
+        const N: u32 = 10_000;
+        let key =
+            |i: u32| ServiceKey::tcp(IpAddr::V4(std::net::Ipv4Addr::from(0x0a60_0000 + i)), 80);
+        let svc = |i: u32, w: u32| {
+            let addr = IpAddr::V4(std::net::Ipv4Addr::from(0x0a01_0000 + i));
+            VirtualServer {
+                service: Service::new(key(i), "rr"),
+                destinations: vec![
+                    Destination::new(addr, 8080).weight(w),
+                    Destination::new(addr, 8081).weight(1),
+                ],
+                kind: VsKind::ClusterIp,
+                masquerade: false,
+                local_only: false,
+            }
+        };
+        let mut r = reconciler();
+        let now = Instant::now();
+        for i in 0..N {
+            r.set_service(&name(&format!("s{i}")), Some(&state(&[svc(i, 1)])));
+        }
+        let report = r.sync(false, now);
+        assert_ok(&report);
+        assert_eq!(report.requests, 3 * N as usize);
+        assert_eq!(r.ipvs().len(), N as usize);
+        r.ipvs().take_log();
+        r.ipvs().reset_calls();
+
+        let cases: [(&str, u32, Option<u32>, usize); 3] = [
+            ("weight", 4321, Some(3), 1),
+            ("unchanged", 17, Some(1), 0),
+            ("removed", 9999, None, 1),
+        ];
+        for (what, i, weight, requests) in cases {
+            let st = weight.map(|w| state(&[svc(i, w)]));
+            r.set_service(&name(&format!("s{i}")), st.as_ref());
+            let report = r.sync(false, now);
+            assert_ok(&report);
+            assert_eq!(report.examined, requests, "{what}");
+            assert_eq!(report.requests, requests, "{what}");
+            let calls = r.ipvs().calls();
+            assert_eq!(
+                (
+                    calls.list,
+                    calls.destinations,
+                    calls.virtual_server,
+                    calls.requests
+                ),
+                (0, 0, 0, requests),
+                "{what}"
+            );
+            r.ipvs().reset_calls();
+        }
+        assert_eq!(r.ipvs().len(), N as usize - 1);
+    }
+
+    #[test]
+    fn exclusion_prefixes() {
+        let cases = [
+            ("10.0.0.1", "10.0.0.0", 8, true),
+            ("11.0.0.1", "10.0.0.0", 8, false),
+            ("192.0.2.255", "192.0.2.0", 24, true),
+            ("192.0.3.0", "192.0.2.0", 24, false),
+            ("10.0.0.1", "10.0.0.1", 32, true),
+            ("10.0.0.2", "10.0.0.1", 32, false),
+            ("10.0.0.2", "0.0.0.0", 0, true),
+            ("10.0.0.2", "::", 0, false),
+            ("fd00::1", "fd00::", 64, true),
+            ("fd00:0:0:1::1", "fd00::", 64, false),
+            ("fd00::1", "fd00::1", 200, true),
+        ];
+        for (addr, net, len, want) in cases {
+            assert_eq!(
+                in_prefix(&ip(addr), &ip(net), len),
+                want,
+                "{addr} in {net}/{len}"
+            );
+        }
+        let o = ReconcileOptions {
+            exclude_cidrs: vec![(ip("10.0.0.0"), 8)],
+            drain_timeout: DRAIN,
+        };
+        assert!(o.excludes(&tcp("10.2.3.4", 80)));
+        assert!(!o.excludes(&ServiceKey::Fwmark {
+            family: ipvs_netlink::Family::Inet,
+            mark: 1
+        }));
+    }
+
+    #[test]
+    fn fake_answers_with_the_kernels_errnos() {
+        let k = tcp("10.96.0.1", 80);
+        let d = dest("10.1.0.1", 80, 1);
+        let steps: Vec<(Request, Result<(), i32>)> = vec![
+            (
+                Request::EditService(Service::new(k, "rr")),
+                Err(libc::ESRCH),
+            ),
+            (Request::DeleteService(k), Err(libc::ESRCH)),
+            (Request::AddDestination(k, d.clone()), Err(libc::ESRCH)),
+            (Request::AddService(Service::new(k, "rr")), Ok(())),
+            (
+                Request::AddService(Service::new(k, "rr")),
+                Err(libc::EEXIST),
+            ),
+            (Request::EditDestination(k, d.clone()), Err(libc::ENOENT)),
+            (
+                Request::DeleteDestination(k, d.addr, d.port),
+                Err(libc::ENOENT),
+            ),
+            (Request::AddDestination(k, d.clone()), Ok(())),
+            (Request::AddDestination(k, d.clone()), Err(libc::EEXIST)),
+            (Request::EditDestination(k, d.clone().weight(3)), Ok(())),
+            (Request::DeleteDestination(k, d.addr, d.port), Ok(())),
+            (Request::DeleteService(k), Ok(())),
+        ];
+        let mut fake = FakeIpvs::new();
+        let reqs: Vec<Request> = steps.iter().map(|(r, _)| r.clone()).collect();
+        let results = fake.apply(&reqs);
+        for ((req, want), got) in steps.iter().zip(&results) {
+            assert_eq!(
+                got.as_ref().map_err(|e| e.errno().unwrap_or(0)).copied(),
+                *want,
+                "{req:?}"
+            );
+        }
+        assert_eq!(fake.log().len(), steps.len());
+        assert!(fake.is_empty());
+        // Faults: the 2nd next request, and each matching one.
+        fake.fail_nth(2, libc::EIO);
+        fake.fail_when(libc::ENOMEM, 1, |r| matches!(r, Request::EditService(_)));
+        let results = fake.apply(&[
+            Request::AddService(Service::new(k, "rr")),
+            Request::AddDestination(k, d.clone()),
+            Request::EditService(Service::new(k, "wrr")),
+            Request::EditService(Service::new(k, "wrr")),
+        ]);
+        let errnos: Vec<Option<i32>> = results
+            .iter()
+            .map(|r| r.as_ref().err().and_then(IpvsError::errno))
+            .collect();
+        assert_eq!(
+            errnos,
+            vec![None, Some(libc::EIO), Some(libc::ENOMEM), None]
+        );
+        assert_eq!(
+            fake.get(&k).map(|(s, d)| (s.scheduler, d.len())),
+            Some(("wrr".into(), 0))
+        );
     }
 }
