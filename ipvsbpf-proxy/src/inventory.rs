@@ -313,6 +313,11 @@ impl Inventory {
             .collect()
     }
 
+    /// One EndpointSlice by namespace and name.
+    pub fn slice(&self, namespace: &str, name: &str) -> Option<&Arc<EndpointSlice>> {
+        self.slices.get(&(namespace.to_string(), name.to_string()))
+    }
+
     pub fn node(&self) -> Option<&Arc<Node>> {
         self.node.as_ref()
     }
