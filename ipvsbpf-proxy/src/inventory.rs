@@ -318,6 +318,11 @@ impl Inventory {
         self.slices.get(&(namespace.to_string(), name.to_string()))
     }
 
+    /// Every stored EndpointSlice, owned or not, in no particular order.
+    pub fn all_slices(&self) -> impl Iterator<Item = &Arc<EndpointSlice>> {
+        self.slices.values()
+    }
+
     pub fn node(&self) -> Option<&Arc<Node>> {
         self.node.as_ref()
     }
