@@ -927,19 +927,31 @@ enum FaultMatch {
     When(FaultPredicate),
 }
 
+/// What a fault does to the request it hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Injected {
+    /// The kernel refuses it with this errno (no effect).
+    Refuse(i32),
+    /// The kernel applies it but the answer never comes: the caller sees a
+    /// timeout and cannot know the outcome.
+    LoseAnswer,
+}
+
 struct Fault {
     matches: FaultMatch,
-    errno: i32,
+    effect: Injected,
     /// How many more requests it fails.
     remaining: usize,
 }
 
-/// One request [`FakeIpvs`] was asked to apply, with its outcome (the errno
-/// of a refusal).
+/// One request [`FakeIpvs`] was asked to apply, with what the model did
+/// (the errno of a refusal).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Logged {
     pub request: Request,
     pub result: Result<(), i32>,
+    /// The caller was told "timeout" instead of `result`.
+    pub answer_lost: bool,
 }
 
 /// How often the reconciler (or anyone) called each [`IpvsApi`] method of a
@@ -1111,7 +1123,7 @@ impl FakeIpvs {
     pub fn fail_nth(&mut self, n: u64, errno: i32) {
         self.faults.push(Fault {
             matches: FaultMatch::Nth(self.seen + n),
-            errno,
+            effect: Injected::Refuse(errno),
             remaining: 1,
         });
     }
@@ -1126,7 +1138,22 @@ impl FakeIpvs {
     ) {
         self.faults.push(Fault {
             matches: FaultMatch::When(Box::new(pred)),
-            errno,
+            effect: Injected::Refuse(errno),
+            remaining: times,
+        });
+    }
+
+    /// Makes the next `times` requests for which `pred` holds take effect
+    /// with their answer lost: the caller gets a timeout, as when the
+    /// kernel is too slow to acknowledge.
+    pub fn lose_answer_when(
+        &mut self,
+        times: usize,
+        pred: impl FnMut(&Request) -> bool + Send + 'static,
+    ) {
+        self.faults.push(Fault {
+            matches: FaultMatch::When(Box::new(pred)),
+            effect: Injected::LoseAnswer,
             remaining: times,
         });
     }
@@ -1136,7 +1163,7 @@ impl FakeIpvs {
         self.faults.clear();
     }
 
-    fn injected(&mut self, req: &Request) -> Option<i32> {
+    fn injected(&mut self, req: &Request) -> Option<Injected> {
         let seq = self.seen;
         let hit = self.faults.iter_mut().find_map(|f| {
             let m = f.remaining > 0
@@ -1146,19 +1173,25 @@ impl FakeIpvs {
                 };
             m.then(|| {
                 f.remaining -= 1;
-                f.errno
+                f.effect
             })
         });
         self.faults.retain(|f| f.remaining > 0);
         hit
     }
 
-    /// One request against the model, with the kernel's errnos.
-    fn run(&mut self, req: &Request) -> Result<(), i32> {
+    /// One request against the model, with the kernel's errnos; and
+    /// whether its answer is lost.
+    fn run(&mut self, req: &Request) -> (Result<(), i32>, bool) {
         self.seen += 1;
-        if let Some(errno) = self.injected(req) {
-            return Err(errno);
+        match self.injected(req) {
+            Some(Injected::Refuse(errno)) => (Err(errno), false),
+            Some(Injected::LoseAnswer) => (self.model(req), true),
+            None => (self.model(req), false),
         }
+    }
+
+    fn model(&mut self, req: &Request) -> Result<(), i32> {
         match req {
             Request::AddService(s) => {
                 if self.services.contains_key(&s.key) {
@@ -1240,11 +1273,19 @@ impl IpvsApi for FakeIpvs {
         requests
             .iter()
             .map(|req| {
-                let result = self.run(req);
+                let (result, answer_lost) = self.run(req);
                 self.log.push(Logged {
                     request: req.clone(),
                     result,
+                    answer_lost,
                 });
+                if answer_lost {
+                    return Err(IpvsError::Timeout {
+                        op: req.op(),
+                        object: req.object(),
+                        timeout: Duration::from_secs(10),
+                    });
+                }
                 result.map_err(|errno| kernel_error(req, errno))
             })
             .collect()
@@ -1818,6 +1859,35 @@ mod tests {
         assert_eq!(r.ipvs().state(), kernel_of(&[&a]));
         let (_, reqs) = sync(&mut r, false, now);
         assert_eq!(reqs, vec![]);
+    }
+
+    /// A timeout leaves the outcome unknown: the virtual server is re-read
+    /// before the next diff, which then finds nothing (or only the rest)
+    /// to do.
+    #[test]
+    fn lost_answers_are_reread_not_resent_blindly() {
+        let a = vs(
+            tcp("10.96.0.1", 80),
+            &[("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 1)],
+        );
+        let mut r = reconciler();
+        r.ipvs()
+            .lose_answer_when(1, |req| matches!(req, Request::AddDestination(..)));
+        r.set_service(&name("web"), Some(&state(std::slice::from_ref(&a))));
+        let now = Instant::now();
+        let (report, reqs) = sync(&mut r, false, now);
+        assert_eq!(reqs.len(), 3);
+        assert_eq!(report.failed.len(), 1);
+        assert!(matches!(report.failed[0].error, IpvsError::Timeout { .. }));
+        assert_eq!(r.ipvs().state(), kernel_of(&[&a]), "applied all the same");
+        r.ipvs().reset_calls();
+        let (report, reqs) = sync(&mut r, false, now);
+        assert_ok(&report);
+        assert_eq!(reqs, vec![], "re-read: already there");
+        assert_eq!(r.ipvs().calls().virtual_server, 1);
+        let (_, reqs) = sync(&mut r, false, now);
+        assert_eq!(reqs, vec![]);
+        assert_eq!(r.ipvs().calls().virtual_server, 1, "read once");
     }
 
     #[test]
