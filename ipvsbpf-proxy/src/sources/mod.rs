@@ -136,7 +136,9 @@ mod tests {
 
     #[test]
     fn selection_table() {
-        let cases: &[(&[(&str, &str)], Option<&str>, bool)] = &[
+        // (labels, proxy name, selected)
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, bool);
+        let cases: &[Case] = &[
             (&[], None, true),
             (&[], Some("p"), false),
             (&[("app", "x")], None, true),
