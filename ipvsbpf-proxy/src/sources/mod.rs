@@ -1,5 +1,5 @@
 //! The two sources of truth that fill the [`inventory`](crate::inventory):
-//! [`kube`] (watches of the API server) and [`file`] (a directory of
+//! [`kube`](mod@self::kube) (watches of the API server) and [`file`](mod@self::file) (a directory of
 //! manifests, for tests and clusters without a proxy-facing API).
 //!
 //! Both select the same objects as kube-proxy: Services (and their
