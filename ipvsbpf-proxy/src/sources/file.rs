@@ -38,8 +38,10 @@ pub enum FileError {
     #[error("{path}: YAML")]
     Yaml {
         path: PathBuf,
+        // Boxed: the YAML error carries locations and would make every
+        // Result of this module large.
         #[source]
-        source: serde_saphyr::Error,
+        source: Box<serde_saphyr::Error>,
     },
     #[error("{path}: JSON")]
     Json {
@@ -133,7 +135,7 @@ pub fn parse_file(path: &Path) -> Result<FileObjects, FileError> {
     } else {
         serde_saphyr::from_multiple(&text).map_err(|source| FileError::Yaml {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?
     };
     let mut objects = FileObjects::default();

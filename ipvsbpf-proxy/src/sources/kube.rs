@@ -39,6 +39,9 @@ use crate::inventory::{Inventory, Kind, Shared};
 /// cluster. Wrapping each item lets a bad object be skipped on its own;
 /// its metadata still identifies it, so a delete of it is honoured and a
 /// relist keeps its previous good version.
+// Not boxed: `Ok` is the common case and a box would cost an allocation
+// per object of every list page.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Lenient<K> {
     Ok(K),

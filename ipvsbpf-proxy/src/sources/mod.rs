@@ -1,5 +1,5 @@
 //! The two sources of truth that fill the [`inventory`](crate::inventory):
-//! [`kube`] (watches of the API server) and [`file`] (a directory of
+//! [`kube`](mod@self::kube) (watches of the API server) and [`file`](mod@self::file) (a directory of
 //! manifests, for tests and clusters without a proxy-facing API).
 //!
 //! Both select the same objects as kube-proxy: Services (and their
@@ -136,7 +136,9 @@ mod tests {
 
     #[test]
     fn selection_table() {
-        let cases: &[(&[(&str, &str)], Option<&str>, bool)] = &[
+        // (labels, proxy name, selected)
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, bool);
+        let cases: &[Case] = &[
             (&[], None, true),
             (&[], Some("p"), false),
             (&[("app", "x")], None, true),
