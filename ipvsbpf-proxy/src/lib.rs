@@ -13,6 +13,7 @@ pub mod skel {
 
 pub mod bpfmode;
 pub mod cli;
+pub mod daemon;
 pub mod datapath;
 pub mod desired;
 pub mod hostinfo;
@@ -24,3 +25,4 @@ pub mod model;
 pub mod pktcount;
 pub mod reconcile;
 pub mod sources;
+pub mod syncer;
