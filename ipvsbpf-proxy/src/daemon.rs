@@ -202,10 +202,16 @@ async fn sync_loop(
     let mut retry: Option<(Instant, Duration)> = None;
     let mut skipped_seen = [0u64; 3];
     let mut waited_for_sync = false;
+    let mut synced_once = false;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
-        let wake = retry.map_or(next_full, |(at, _)| at.min(next_full));
+        // Before the source's first complete list only a change can help
+        let wake = if synced_once {
+            retry.map_or(next_full, |(at, _)| at.min(next_full))
+        } else {
+            Instant::now() + cfg.sync_period
+        };
         tokio::select! {
             _ = inv.changed.notified() => health.queued(SystemTime::now()),
             _ = sleep_until(wake.into()) => {}
@@ -240,15 +246,23 @@ async fn sync_loop(
         let model_cfg = model_config(cfg, node_name, mode, node_obj.as_deref())?;
         let config_changed = syncer.set_config(model_cfg);
 
+        if !inv.lock().synced() {
+            if !waited_for_sync {
+                info!("waiting for the source's first complete list");
+                waited_for_sync = true;
+            }
+            continue;
+        }
+        synced_once = true;
+        // Timed from here: recomputing the model is part of a sync's cost
+        let kind = if full {
+            SyncKind::Full
+        } else {
+            SyncKind::Partial
+        };
+        let mut timer = metrics.sync_timer(kind);
         let (outcome, dirty_n) = {
             let mut guard = inv.lock();
-            if !guard.synced() {
-                if !waited_for_sync {
-                    info!("waiting for the source's first complete list");
-                    waited_for_sync = true;
-                }
-                continue;
-            }
             let mut dirty = guard.take_dirty();
             if full || config_changed {
                 dirty.all = true;
@@ -258,12 +272,6 @@ async fn sync_loop(
         };
         metrics.service_changes.inc_by(dirty_n as u64);
 
-        let kind = if full {
-            SyncKind::Full
-        } else {
-            SyncKind::Partial
-        };
-        let mut timer = metrics.sync_timer(kind);
         let report = tokio::task::block_in_place(|| syncer.apply(full, now));
         let mut ok = report.failed.is_empty();
         for f in &report.failed {
@@ -435,7 +443,7 @@ fn model_config(
         scheduler: cfg.ipvs_scheduler.clone(),
         bpf_snat: mode == ProxyMode::IpvsBpf,
         ipv4: true,
-        ipv6: true,
+        ipv6: ipv6_enabled(),
         service_proxy_name: cfg.service_proxy_name.clone(),
     })
 }
@@ -445,6 +453,8 @@ fn ipvs_mode_config(cfg: &Config) -> IpvsModeConfig {
         cluster_cidrs: cidrs(&cfg.cluster_cidrs),
         masquerade_all: cfg.masquerade_all,
         strict_arp: cfg.ipvs_strict_arp,
+        ipv4: true,
+        ipv6: ipv6_enabled(),
         ..IpvsModeConfig::default()
     }
 }
@@ -462,6 +472,11 @@ fn bpf_mode_sysctls(cfg: &Config) -> Result<()> {
     .collect();
     ipvsmode::ensure_sysctls(&mut ProcSysctl::default(), &plan)?;
     Ok(())
+}
+
+/// The node has IPv6 (kube-proxy programs every family the node has).
+fn ipv6_enabled() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
 }
 
 fn ipvs_mode_leftovers() -> bool {

@@ -49,6 +49,7 @@ fn init_logging(cfg: &Config) {
         .unwrap_or_else(|_| EnvFilter::new(format!("ipvsbpf_proxy={level},warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match cfg.log_format {
         LogFormat::Json => builder.json().init(),

@@ -19,7 +19,10 @@ proxy=$TOP/build/proxy/ipvsbpf-proxy
 [ -x "$proxy" ] || fail "no $proxy (run testbed/build-proxy)"
 MAN=$(mktemp -d /tmp/ipvsbpf-e2e.XXXXXX)
 LOG=$MAN.log
-PIN=/sys/fs/bpf/ipvsbpf-e2e
+# `ip netns exec` mounts a fresh /sys, hiding /sys/fs/bpf: pin on a bpffs
+# of our own, outside /sys.
+BPFFS=/run/ipvsbpf-e2e-bpffs
+PIN=$BPFFS/pins
 PORTS=61000-61999
 PID=
 NODE=$(topo_ip node 4)
@@ -29,16 +32,26 @@ proxy_args=(--proxy-mode "$MODE" --source file --manifests "$MAN"
 	--hostname-override node --cluster-cidr 198.18.0.0/16,2001:db8:1::/48
 	--nodeport-addresses 192.0.2.0/24,2001:db8::/64
 	--healthz-bind-address "$NODE:10256" --metrics-bind-address 127.0.0.1:10249
-	--bpf-pin-path "$PIN" --snat-port-range "$PORTS"
+	--bpf-pin-path "$PIN" --snat-port-range "$PORTS" --uplink eth0
 	--ipvs-min-sync-period 200ms --ipvs-sync-period 30s)
 
 cleanup() {
+	local rc=$?
+	if [ "$rc" != 0 ]; then
+		echo "      --- proxy log (last 30 lines)"
+		tail -30 "$LOG" | sed 's/^/      /'
+		echo "      --- node: addresses, local routes, KUBE rules"
+		topo_exec node ip -br addr | sed 's/^/      /'
+		topo_exec node ip -6 route show table local | grep -v fe80 | sed 's/^/      /'
+		topo_exec node ip6tables-save 2>/dev/null | grep -c KUBE | sed 's/^/      ip6tables KUBE lines: /'
+	fi
 	[ -n "$PID" ] && kill -9 "$PID" 2>/dev/null
-	topo_exec node "$proxy" --cleanup --bpf-pin-path "$PIN" --snat-port-range "$PORTS" \
+	topo_exec node "$proxy" --cleanup --bpf-pin-path "$PIN" --snat-port-range "$PORTS" --uplink eth0 \
 		>/dev/null 2>&1
 	topo_kill_ns
 	topo_down
 	rm -rf "$MAN"
+	umount "$BPFFS" 2>/dev/null && rmdir "$BPFFS"
 }
 trap cleanup EXIT
 
@@ -46,9 +59,13 @@ start_proxy() {
 	topo_exec node "$proxy" "${proxy_args[@]}" >>"$LOG" 2>&1 &
 	PID=$!
 	local i
+	# healthy, and a first sync done (the last-sync timestamp is set)
 	for i in $(seq 1 300); do
-		topo_exec client curl -s -m 1 -o /dev/null -w '%{http_code}' \
-			"http://$NODE:10256/healthz" 2>/dev/null | grep -qx 200 && return 0
+		if topo_exec client curl -s -m 1 -o /dev/null -w '%{http_code}' \
+			"http://$NODE:10256/healthz" 2>/dev/null | grep -qx 200 &&
+			[ "$(metric kubeproxy_sync_proxy_rules_last_timestamp_seconds)" != 0 ]; then
+			return 0
+		fi
 		kill -0 "$PID" 2>/dev/null || break
 		sleep 0.2
 	done
@@ -56,9 +73,10 @@ start_proxy() {
 	fail "the proxy did not become healthy"
 }
 
+# metric NAME: the sum of NAME's samples over all labels (0 if none).
 metric() {
 	topo_exec node curl -s -m 2 http://127.0.0.1:10249/metrics |
-		awk -v m="$1" '$1 == m { print $2 }'
+		awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%g\n", s }'
 }
 
 # poll CMD...: up to 10 s for CMD to succeed.
@@ -69,6 +87,19 @@ poll() {
 		sleep 0.2
 	done
 	return 1
+}
+
+# drop_endpoint FILE ADDR: remove ADDR's endpoint entry from an
+# EndpointSlice manifest (the "  - addresses: [ADDR]" item and its
+# indented lines), written to a temporary file and renamed, as a
+# ConfigMap update or kubectl would replace it.
+drop_endpoint() {
+	awk -v a="  - addresses: [$2]" '
+		$0 == a { skip = 1; next }
+		skip && /^    / { next }
+		{ skip = 0; print }' "$1" >"$1.tmp" && mv "$1.tmp" "$1"
+	grep -q "$2" "$1" && fail "drop_endpoint: $2 still in $1"
+	return 0
 }
 
 # hits FROM URL N: N requests; prints the answers, one per line.
@@ -93,7 +124,8 @@ reach() {
 }
 
 [ -d /proc/sys/net/ipv4/vs ] || modprobe ip_vs || fail "modprobe ip_vs"
-mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || fail "mount bpffs"
+mkdir -p "$BPFFS"
+mountpoint -q "$BPFFS" || mount -t bpf bpf "$BPFFS" || fail "mount bpffs on $BPFFS"
 step "topology; nginx in every pod, dnsmasq in pod1b and pod2b"
 topo_up
 topo_check || fail "topology connectivity"
@@ -151,7 +183,7 @@ dns() { topo_exec pod1a dig +short +time=2 +tries=1 @198.19.0.53 which.test A; }
 ans=$(for i in $(seq 1 8); do dns || echo "<error>"; done | sort | uniq -c)
 echo "$ans" | sed 's/^/      /'
 echo "$ans" | grep -q '<error>\|timed out' && fail "a DNS query failed"
-sed -i '/198.18.2.3/,+2d' "$MAN/endpointslices.yaml"
+drop_endpoint "$MAN/slice-dns-1.yaml" 198.18.2.3
 poll sh -c "! ip netns exec node ipvsadm -Ln -u 198.19.0.53:53 | grep -q 198.18.2.3" ||
 	fail "pod2b still a DNS backend after its removal"
 ans=$(for i in $(seq 1 8); do dns || echo "<error>"; done | sort | uniq -c)
@@ -159,6 +191,7 @@ echo "$ans" | sed 's/^/      /'
 echo "$ans" | grep -q '<error>\|timed out' && fail "a DNS query failed after the removal"
 
 step "draining: pod2b leaves web (web-v4 slice); no new connection reaches it"
+drop_endpoint "$MAN/slice-web-v4.yaml" 198.18.2.3
 poll sh -c "! ip netns exec node ipvsadm -Ln -t 198.19.0.10:80 | grep -q '198.18.2.3:80 *Masq *1 '" ||
 	fail "pod2b kept weight 1"
 ans=$(hits pod1a http://198.19.0.10/ 24)
@@ -180,7 +213,7 @@ grep -q 'requests in' "$MAN/wrk" || fail "wrk did not run"
 grep -qE 'Socket errors|Non-2xx' "$MAN/wrk" && fail "requests were lost across the restart"
 req=$(metric ipvsbpf_ipvs_requests_total)
 echo "      IPVS requests after the restart's first sync: ${req:-none}"
-[ "${req:-x}" = 0 ] || fail "the restarted proxy changed IPVS ($req requests) instead of adopting it"
+[ "$req" = 0 ] || fail "the restarted proxy changed IPVS ($req requests) instead of adopting it"
 
 if [ "$MODE" = ipvs-bpf ]; then
 	step "conntrack on node: nothing from Service traffic"
@@ -194,7 +227,7 @@ step "--cleanup leaves nothing"
 kill "$PID"
 wait "$PID" 2>/dev/null
 PID=
-topo_exec node "$proxy" --cleanup --bpf-pin-path "$PIN" --snat-port-range "$PORTS" ||
+topo_exec node "$proxy" --cleanup --bpf-pin-path "$PIN" --snat-port-range "$PORTS" --uplink eth0 ||
 	fail "--cleanup failed"
 left=$(topo_exec node ipvsadm -Ln | grep -cE '^(TCP|UDP)' || true)
 [ "$left" = 0 ] || fail "$left virtual servers left"
