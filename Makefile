@@ -10,8 +10,8 @@ export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
 all: build
 
-## demo: boot Debian's 6.12 with the patched IPVS in QEMU and show a Service at work
-demo: setup kernel-modules
+## demo: boot Debian's 6.12 with the patched IPVS in QEMU; ipvsbpf-proxy (ipvs-bpf mode) serves Services
+demo: setup kernel-modules proxy
 	testbed/demo
 
 ## test: cargo checks and tests, testbed unit tests, guest suites; ends with a summary

@@ -629,7 +629,14 @@ pub fn detach(ifindex: i32) -> Result<(), Error> {
     let mut first_err = None;
     for (point, what) in [(TC_EGRESS, "egress"), (TC_INGRESS, "ingress")] {
         match tc_hook(fd.as_fd(), ifindex, point).detach() {
-            Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => {
+            // No clsact qdisc at all comes back as EINVAL ("Parent Qdisc
+            // doesn't exist"): nothing of ours there either.
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::InvalidInput
+                ) =>
+            {
                 first_err.get_or_insert(Error::Bpf {
                     what: format!("detaching {what} from ifindex {ifindex}"),
                     source: e,

@@ -16,134 +16,10 @@
 . "$(dirname "$0")/lib.sh"
 need ipvsadm curl nginx conntrack wrk dig dnsmasq iptables-save ipset
 
-proxy=$TOP/build/proxy/ipvsbpf-proxy
-[ -x "$proxy" ] || fail "no $proxy (run testbed/build-proxy)"
-MAN=$(mktemp -d /tmp/ipvsbpf-e2e.XXXXXX)
-LOG=$MAN.log
-# `ip netns exec` mounts a fresh /sys, hiding /sys/fs/bpf: pin on a bpffs
-# of our own, outside /sys.
-BPFFS=/run/ipvsbpf-e2e-bpffs
-PIN=$BPFFS/pins
-PORTS=61000-61999
-PID=
-NODE=$(topo_ip node 4)
-CLIENT=$(topo_ip client 4)
+. "$(dirname "$0")/proxy-lib.bash"
 
-proxy_args=(--proxy-mode "$MODE" --source file --manifests "$MAN"
-	--hostname-override node --cluster-cidr 198.18.0.0/16,2001:db8:1::/48
-	--nodeport-addresses 192.0.2.0/24,2001:db8::/64
-	--healthz-bind-address "$NODE:10256" --metrics-bind-address 127.0.0.1:10249
-	--bpf-pin-path "$PIN" --snat-port-range "$PORTS" --uplink eth0
-	--ipvs-min-sync-period 200ms --ipvs-sync-period 30s)
-
-cleanup() {
-	local rc=$?
-	if [ "$rc" != 0 ]; then
-		echo "      --- proxy log (last 30 lines)"
-		tail -30 "$LOG" | sed 's/^/      /'
-		echo "      --- node: addresses, local routes, KUBE rules"
-		topo_exec node ip -br addr | sed 's/^/      /'
-		topo_exec node ip -6 route show table local | grep -v fe80 | sed 's/^/      /'
-		topo_exec node ip6tables-save 2>/dev/null | grep -c KUBE | sed 's/^/      ip6tables KUBE lines: /'
-	fi
-	[ -n "$PID" ] && kill -9 "$PID" 2>/dev/null
-	topo_exec node "$proxy" --cleanup --bpf-pin-path "$PIN" --snat-port-range "$PORTS" --uplink eth0 \
-		>/dev/null 2>&1
-	topo_kill_ns
-	topo_down
-	rm -rf "$MAN"
-	umount "$BPFFS" 2>/dev/null && rmdir "$BPFFS"
-}
-trap cleanup EXIT
-
-start_proxy() {
-	# ip netns exec execs the proxy in place: $! is the proxy itself
-	# (topo_exec, a function, would put a subshell in between)
-	ip netns exec node "$proxy" "${proxy_args[@]}" >>"$LOG" 2>&1 &
-	PID=$!
-	local i
-	# healthy, and a first sync done (the last-sync timestamp is set)
-	for i in $(seq 1 300); do
-		if topo_exec client curl -s -m 1 -o /dev/null -w '%{http_code}' \
-			"http://$NODE:10256/healthz" 2>/dev/null | grep -qx 200 &&
-			[ "$(metric kubeproxy_sync_proxy_rules_last_timestamp_seconds)" != 0 ]; then
-			return 0
-		fi
-		kill -0 "$PID" 2>/dev/null || break
-		sleep 0.2
-	done
-	sed 's/^/      log: /' "$LOG" | tail -20
-	fail "the proxy did not become healthy"
-}
-
-# metric NAME: the sum of NAME's samples over all labels (0 if none).
-metric() {
-	topo_exec node curl -s -m 2 http://127.0.0.1:10249/metrics |
-		awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%g\n", s }'
-}
-
-# poll CMD...: up to 10 s for CMD to succeed.
-poll() {
-	local i
-	for i in $(seq 1 50); do
-		"$@" && return 0
-		sleep 0.2
-	done
-	return 1
-}
-
-# drop_endpoint FILE ADDR: remove ADDR's endpoint entry from an
-# EndpointSlice manifest (the "  - addresses: [ADDR]" item and its
-# indented lines), written to a temporary file and renamed, as a
-# ConfigMap update or kubectl would replace it.
-drop_endpoint() {
-	awk -v a="  - addresses: [$2]" '
-		$0 == a { skip = 1; next }
-		skip && /^    / { next }
-		{ skip = 0; print }' "$1" >"$1.tmp" && mv "$1.tmp" "$1"
-	grep -q "$2" "$1" && fail "drop_endpoint: $2 still in $1"
-	return 0
-}
-
-# hits FROM URL N: N requests; prints the answers, one per line.
-hits() {
-	local from=$1 url=$2 n=$3 i
-	for i in $(seq 1 "$n"); do
-		topo_exec "$from" curl -s -m 3 "$url" || echo "<error>"
-	done
-}
-
-# reach FROM URL POD...: 24 requests, no error, and every POD answers.
-reach() {
-	local from=$1 url=$2 ans p
-	shift 2
-	ans=$(hits "$from" "$url" 24)
-	echo "$ans" | sort | uniq -c | tr '\n' ' ' | sed 's/^/      /;s/$/\n/'
-	echo "$ans" | grep -qx '<error>' && fail "a request from $from to $url failed"
-	for p in "$@"; do
-		echo "$ans" | grep -qx "$p" || fail "$p never answered $url from $from"
-	done
-	return 0
-}
-
-[ -d /proc/sys/net/ipv4/vs ] || modprobe ip_vs || fail "modprobe ip_vs"
-mkdir -p "$BPFFS"
-mountpoint -q "$BPFFS" || mount -t bpf bpf "$BPFFS" || fail "mount bpffs on $BPFFS"
-step "topology; nginx in every pod, dnsmasq in pod1b and pod2b"
-topo_up
-topo_check || fail "topology connectivity"
-for p in pod1a pod1b pod2a pod2b; do
-	topo_nginx "$p" || fail "nginx in $p"
-done
-for p in pod1b pod2b; do
-	topo_exec "$p" dnsmasq --no-resolv --no-hosts --bind-interfaces \
-		--listen-address="$(topo_ip $p 4)" --address="/which.test/$(topo_ip $p 4)" \
-		--pid-file="/tmp/ipvsbpf-dnsmasq-$p.pid" || fail "dnsmasq in $p"
-done
-cp "$TOP"/testbed/manifests/*.yaml "$MAN/"
-
+proxy_cluster_up
 step "ipvsbpf-proxy --proxy-mode $MODE on node"
-: >"$LOG"
 start_proxy
 topo_exec node ipvsadm -Ln | sed 's/^/      /'
 n=$(topo_exec node ipvsadm -Ln | grep -cE '^(TCP|UDP)')
@@ -175,12 +51,17 @@ fi
 step "externalTrafficPolicy=Local: the local pod only, with the client's address"
 reach client "http://$NODE:30081/" pod1a
 ans=$(hits client "http://$NODE:30081/ip" 4 | sort -u)
-[ "$ans" = "$CLIENT" ] || fail "pod1a saw '$ans', expected the client $CLIENT"
+[ "$ans" = "pod1a $CLIENT" ] || fail "saw '$ans', expected pod1a to see the client $CLIENT"
 body=$(topo_exec client curl -s -m 3 "http://$NODE:30900/")
 echo "      health check: $body"
 echo "$body" | grep -q '"localEndpoints": *1' || fail "health-check node port: $body"
-ans=$(hits client "http://$NODE:30080/ip" 8 | sort -u)
-echo "$ans" | grep -qx "$CLIENT" && fail "eTP=Cluster NodePort traffic was not source-NATed"
+ans=$(hits client "http://$NODE:30080/ip" 16 | sort -u)
+echo "$ans" | sed 's/^/      eTP=Cluster, seen by /'
+echo "$ans" | grep -q "^pod2. $CLIENT\$" && fail "eTP=Cluster NodePort traffic to node2 was not source-NATed"
+echo "$ans" | grep -q "^pod2. $NODE\$" || fail "node2's pods never saw the node's address"
+if [ "$MODE" = ipvs ]; then
+	echo "$ans" | grep -q " $CLIENT\$" && fail "eTP=Cluster NodePort traffic was not source-NATed"
+fi
 
 step "ClientIP affinity: 12 requests from pod1b stick to one pod"
 ans=$(hits pod1b http://198.19.0.12/ 12 | sort -u)
@@ -236,7 +117,7 @@ step "--cleanup leaves nothing"
 kill "$PID"
 wait "$PID" 2>/dev/null
 PID=
-topo_exec node "$proxy" --cleanup --bpf-pin-path "$PIN" --snat-port-range "$PORTS" --uplink eth0 ||
+topo_exec node "$proxy" --cleanup --bpf-pin-path "$PIN" --snat-port-range "$PORTS" ||
 	fail "--cleanup failed"
 left=$(topo_exec node ipvsadm -Ln | grep -cE '^(TCP|UDP)' || true)
 [ "$left" = 0 ] || fail "$left virtual servers left"
