@@ -20,7 +20,7 @@ step "ClusterIP 198.19.0.11:80 from pod1b: 24 requests"
 reach pod1b http://198.19.0.11/ pod1a pod2a
 step "NodePort $NODE:30080 from the client: 24 requests"
 reach client "http://$NODE:30080/" pod1a pod1b pod2a pod2b
-step "what pod2a saw as the NodePort client: the node's SNAT address and port range"
+step "which pod answered one more NodePort request, and the client address it saw"
 topo_exec client curl -s -m 3 "http://$NODE:30080/ip" | sed 's/^/      /'
 
 step "conntrack on node"
