@@ -5,12 +5,13 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all demo test setup build lint kernel-tree kernel-modules kernel-full \
-	kernel-debug kernel-check datapath netlink bench bench-netlink vm-full vm-debug clean distclean
+	kernel-debug kernel-check datapath netlink proxy bench bench-netlink bench-proxy vm-full vm-debug \
+	clean distclean
 
 all: build
 
-## demo: boot Debian's 6.12 with the patched IPVS in QEMU and show a Service at work
-demo: setup kernel-modules
+## demo: boot Debian's 6.12 with the patched IPVS in QEMU; ipvsbpf-proxy (ipvs-bpf mode) serves Services
+demo: setup kernel-modules proxy
 	testbed/demo
 
 ## test: cargo checks and tests, testbed unit tests, guest suites; ends with a summary
@@ -49,6 +50,10 @@ datapath:
 netlink:
 	testbed/build-netlink
 
+## proxy: the ipvsbpf-proxy binary (release) and its kernel tests, built for the guest (suites proxy*)
+proxy:
+	testbed/build-proxy
+
 ## bench: the SNAT programs' micro-benchmark (root; ns/packet by path, program size)
 bench:
 	cargo bench --locked -p ipvsbpf-proxy --bench snat
@@ -56,6 +61,10 @@ bench:
 ## bench-netlink: ipvs-netlink against ipvsadm -R at 1,000 and 10,000 services, in the guest
 bench-netlink: setup kernel-modules netlink
 	testbed/vm-run --timeout 2400 netlink-bench
+
+## bench-proxy: ipvsbpf-proxy's control plane at 1,000 and 10,000 Services, ipvs-bpf and ipvs, in the guest
+bench-proxy: setup kernel-modules proxy
+	testbed/vm-run --timeout 2400 --suite-timeout 2300 proxy-bench
 
 ## vm-full / vm-debug: the guest suites on a whole patched kernel
 vm-full: kernel-full datapath netlink

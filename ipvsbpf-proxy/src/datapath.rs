@@ -353,6 +353,28 @@ impl<'obj> Datapath<'obj> {
     /// Opens, sizes and loads the object. `storage` backs libbpf's object
     /// and must outlive the datapath.
     pub fn load(storage: &'obj mut MaybeUninit<OpenObject>, opts: &Options) -> Result<Self, Error> {
+        Self::open_and_load(storage, opts, None)
+    }
+
+    /// Like [`Datapath::load`], but the maps live under `dir` (a bpffs
+    /// directory): a map already pinned there is reused, so a restarted
+    /// proxy keeps the sessions IPVS mirrored and the counters; a missing
+    /// one is created and pinned. libbpf refuses a pinned map whose type,
+    /// sizes or flags differ (an older build, another `--sessions`): that
+    /// is an error, never a silent second map.
+    pub fn load_pinned(
+        storage: &'obj mut MaybeUninit<OpenObject>,
+        opts: &Options,
+        dir: &Path,
+    ) -> Result<Self, Error> {
+        Self::open_and_load(storage, opts, Some(dir))
+    }
+
+    fn open_and_load(
+        storage: &'obj mut MaybeUninit<OpenObject>,
+        opts: &Options,
+        pin_dir: Option<&Path>,
+    ) -> Result<Self, Error> {
         if opts.session_entries < IP_VS_BPF_MIN_ENTRIES {
             return Err(Error::TooSmall(opts.session_entries));
         }
@@ -367,6 +389,19 @@ impl<'obj> Datapath<'obj> {
             .ipvsbpf_frags
             .set_max_entries(opts.frag_entries)
             .map_err(bpf_err("sizing ipvsbpf_frags"))?;
+        if let Some(dir) = pin_dir {
+            let maps = &mut open.maps;
+            let handles = [
+                &mut maps.ipvs_sessions,
+                &mut maps.ipvsbpf_stats,
+                &mut maps.ipvsbpf_frags,
+            ];
+            for (name, map) in PINNED_MAPS.into_iter().zip(handles) {
+                let path = dir.join(name);
+                map.set_pin_path(&path)
+                    .map_err(bpf_err(format!("pin path {}", path.display())))?;
+            }
+        }
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
             rodata.ipvsbpf_frag_timeout_ns =
                 u64::try_from(opts.frag_timeout.as_nanos()).unwrap_or(u64::MAX);
@@ -594,7 +629,14 @@ pub fn detach(ifindex: i32) -> Result<(), Error> {
     let mut first_err = None;
     for (point, what) in [(TC_EGRESS, "egress"), (TC_INGRESS, "ingress")] {
         match tc_hook(fd.as_fd(), ifindex, point).detach() {
-            Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => {
+            // No clsact qdisc at all comes back as EINVAL ("Parent Qdisc
+            // doesn't exist"): nothing of ours there either.
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::InvalidInput
+                ) =>
+            {
                 first_err.get_or_insert(Error::Bpf {
                     what: format!("detaching {what} from ifindex {ifindex}"),
                     source: e,

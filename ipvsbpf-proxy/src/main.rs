@@ -1,22 +1,58 @@
-//! ipvsbpf-proxy binary. The daemon (watch → model → reconcile) is tracked
-//! by its own issue; until it lands the binary only reports what it is.
+//! ipvsbpf-proxy: a kube-proxy replacement with `ipvs-bpf` and `ipvs`
+//! modes. Flags are kube-proxy's where they exist (`--help`).
 
 use std::process::ExitCode;
 
+use clap::Parser;
+use ipvsbpf_proxy::cli::{Args, Config, LogFormat};
+use ipvsbpf_proxy::daemon;
+use tracing_subscriber::EnvFilter;
+
 fn main() -> ExitCode {
-    let arg = std::env::args().nth(1);
-    match arg.as_deref() {
-        Some("--version") | Some("-V") => {
-            println!("ipvsbpf-proxy {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+    let args = Args::parse();
+    let cfg = match Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ipvsbpf-proxy: {e}");
+            return ExitCode::from(2);
         }
-        _ => {
-            eprintln!(
-                "ipvsbpf-proxy {}: the proxy daemon is not implemented yet; \
-                 only --version is available",
-                env!("CARGO_PKG_VERSION")
-            );
-            ExitCode::from(2)
+    };
+    init_logging(&cfg);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ipvsbpf-proxy: tokio runtime: {e}");
+            return ExitCode::FAILURE;
         }
+    };
+    match rt.block_on(daemon::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// klog-style verbosity: 0-1 info, 2-3 debug, 4+ trace; RUST_LOG wins.
+fn init_logging(cfg: &Config) {
+    let level = match cfg.verbosity {
+        0..=1 => "info",
+        2..=3 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("ipvsbpf_proxy={level},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
 }

@@ -166,8 +166,9 @@ topo_check() {
 }
 
 # topo_nginx POD: start nginx in POD on :80 (both families) answering
-# every request with the pod's name. Stopped by topo_down (netns gone,
-# processes killed by topo_kill_ns first).
+# every request with the pod's name, and /ip with the pod's name and the
+# client address it sees. Stopped by topo_down (netns gone, processes killed by
+# topo_kill_ns first).
 topo_nginx() {
 	local pod=$1 dir=/tmp/ipvsbpf-nginx-$1
 	mkdir -p "$dir"
@@ -189,6 +190,7 @@ http {
 		listen 80 reuseport;
 		listen [::]:80 ipv6only=on reuseport;
 		location / { return 200 "$pod\n"; }
+		location = /ip { return 200 "$pod \$remote_addr\n"; }
 	}
 }
 NGINX

@@ -1,0 +1,265 @@
+//! The `ipvs-bpf` mode's node plumbing: check the kernel has the series,
+//! load the SNAT programs with their maps pinned (re-adopted after a
+//! restart), attach them to the uplinks, hand the session map and the SNAT
+//! configuration to IPVS, and only then turn `net.ipv4.vs.bpf_mode` on.
+//! The order matters: IPVS must never create a SNAT session whose packets
+//! leave before a program rewrites them.
+
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use ipvs_netlink::{BpfAttach, BpfStatus, Ipvs, Snat};
+use libbpf_rs::{MapCore, OpenObject};
+use tracing::{info, warn};
+
+use crate::datapath::{self, Datapath, Direction, Options, Reason};
+use crate::hostinfo::{self, HostError};
+
+/// The sysctl the kernel series adds; its presence is the feature test.
+pub const BPF_MODE_SYSCTL: &str = "net.ipv4.vs.bpf_mode";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfModeError {
+    #[error(
+        "this kernel's IPVS has no {BPF_MODE_SYSCTL}: the ipvs-bpf kernel series \
+         (kernel-patches/) is not applied or ip_vs is not loaded; run with \
+         --proxy-mode=ipvs or --fallback-to-ipvs"
+    )]
+    Unsupported,
+    #[error("no uplink: no default route, and none given with --uplink")]
+    NoUplink,
+    #[error("uplink {0} has no address to use as the SNAT source")]
+    NoSnatAddress(String),
+    #[error(
+        "SNAT port range {min}-{max} overlaps the ephemeral range {lmin}-{lmax} \
+         (net.ipv4.ip_local_port_range); pick --snat-port-range outside it"
+    )]
+    PortOverlap {
+        min: u16,
+        max: u16,
+        lmin: u16,
+        lmax: u16,
+    },
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Datapath(#[from] datapath::Error),
+    #[error("IPVS: {0}")]
+    Ipvs(#[from] ipvs_netlink::Error),
+    #[error("creating {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What the mode needs from the command line.
+#[derive(Clone, Debug)]
+pub struct BpfModeConfig {
+    /// bpffs directory for the maps (`--bpf-pin-path`).
+    pub pin_dir: PathBuf,
+    /// `--uplink`; empty = every device with a default route.
+    pub uplinks: Vec<String>,
+    /// `--snat-port-range`.
+    pub port_min: u16,
+    pub port_max: u16,
+    pub options: Options,
+}
+
+/// The loaded and attached datapath.
+pub struct BpfMode {
+    dp: Datapath<'static>,
+    uplinks: Vec<(String, i32)>,
+    snat: Snat,
+}
+
+impl BpfMode {
+    /// Whether the running kernel has the series (IPVS must be loaded:
+    /// connecting the netlink client autoloads it).
+    pub fn kernel_supported() -> bool {
+        hostinfo::sysctl_exists(BPF_MODE_SYSCTL)
+    }
+
+    /// Brings the mode up, adopting what a previous run left: the pinned
+    /// maps, IPVS's attachment of the same map, our tc filters.
+    pub fn setup(cfg: &BpfModeConfig, ipvs: &mut Ipvs) -> Result<BpfMode, BpfModeError> {
+        if !Self::kernel_supported() {
+            return Err(BpfModeError::Unsupported);
+        }
+        let (lmin, lmax) = hostinfo::local_port_range()?;
+        if cfg.port_min <= lmax && lmin <= cfg.port_max {
+            return Err(BpfModeError::PortOverlap {
+                min: cfg.port_min,
+                max: cfg.port_max,
+                lmin,
+                lmax,
+            });
+        }
+        let names = if cfg.uplinks.is_empty() {
+            hostinfo::default_route_devices()?
+        } else {
+            cfg.uplinks.clone()
+        };
+        if names.is_empty() {
+            return Err(BpfModeError::NoUplink);
+        }
+        let mut uplinks = Vec::new();
+        for name in &names {
+            hostinfo::check_ethernet(name)?;
+            uplinks.push((name.clone(), hostinfo::ifindex(name)?));
+        }
+        let snat = snat_for(&names[0], cfg)?;
+
+        std::fs::create_dir_all(&cfg.pin_dir).map_err(|source| BpfModeError::PinDir {
+            path: cfg.pin_dir.clone(),
+            source,
+        })?;
+        // One object per process, alive until exit: libbpf's storage is
+        // leaked on purpose so the datapath can be 'static.
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let dp = Datapath::load_pinned(storage, &cfg.options, &cfg.pin_dir)?;
+        for (name, idx) in &uplinks {
+            // Attachments replace our own filter and are left in place
+            // when the proxy exits, so traffic survives a restart.
+            let _filters = dp.attach(*idx)?;
+            info!(uplink = %name, ifindex = idx, "tc programs attached");
+        }
+        hostinfo::reserve_ports(cfg.port_min, cfg.port_max)?;
+
+        let map_id = dp.skel().maps.ipvs_sessions.info().map(|i| i.info.id).ok();
+        match ipvs.bpf()? {
+            Some(BpfStatus {
+                map_id: id,
+                snat: Some(s),
+                ..
+            }) if Some(id) == map_id && s == snat => {
+                info!(map_id = id, "IPVS already holds our session map; adopted");
+            }
+            Some(old) => {
+                warn!(
+                    map_id = old.map_id,
+                    "IPVS holds another session map or SNAT configuration; \
+                     re-attaching (its SNAT connections expire)"
+                );
+                ipvs.detach_bpf()?;
+                attach(ipvs, &dp, snat)?;
+            }
+            None => attach(ipvs, &dp, snat)?,
+        }
+        hostinfo::write_sysctl(BPF_MODE_SYSCTL, "1")?;
+        info!(
+            addr4 = ?snat.addr4, addr6 = ?snat.addr6, ports = %format!("{}-{}", snat.port_min, snat.port_max),
+            "ipvs-bpf mode on"
+        );
+        Ok(BpfMode { dp, uplinks, snat })
+    }
+
+    pub fn uplinks(&self) -> impl Iterator<Item = &str> {
+        self.uplinks.iter().map(|(n, _)| n.as_str())
+    }
+
+    pub fn snat(&self) -> Snat {
+        self.snat
+    }
+
+    /// Capacity of the session map (two entries per connection).
+    pub fn session_capacity(&self) -> u32 {
+        self.dp.skel().maps.ipvs_sessions.max_entries()
+    }
+
+    /// The programs' counters, by direction and reason.
+    pub fn counters(&self) -> Result<Vec<(Direction, Reason, datapath::Counter)>, BpfModeError> {
+        Ok(self.dp.counters()?)
+    }
+
+    /// Undoes everything `setup` (of this or an earlier run) did: bpf_mode
+    /// off first, so IPVS stops creating sessions that need the map; then
+    /// the map detached, the filters removed, the pins and the reserved
+    /// ports released. Each step is tried whatever the others give;
+    /// pieces already gone are fine.
+    pub fn cleanup(
+        ipvs: Option<&mut Ipvs>,
+        pin_dir: &Path,
+        uplinks: &[String],
+        ports: (u16, u16),
+    ) -> Vec<String> {
+        let mut errors = Vec::new();
+        if hostinfo::sysctl_exists(BPF_MODE_SYSCTL) {
+            if let Err(e) = hostinfo::write_sysctl(BPF_MODE_SYSCTL, "0") {
+                errors.push(e.to_string());
+            }
+        }
+        if let Some(ipvs) = ipvs {
+            match ipvs.bpf() {
+                Ok(Some(_)) => {
+                    if let Err(e) = ipvs.detach_bpf() {
+                        errors.push(format!("detaching the session map from IPVS: {e}"));
+                    }
+                }
+                Ok(None) => {}
+                // an unpatched kernel answers GET_BPF with EINVAL/EOPNOTSUPP
+                Err(e) => info!("IPVS has no BPF attachment to remove ({e})"),
+            }
+        }
+        let names = if uplinks.is_empty() {
+            hostinfo::default_route_devices().unwrap_or_default()
+        } else {
+            uplinks.to_vec()
+        };
+        for name in names {
+            if let Ok(idx) = hostinfo::ifindex(&name) {
+                if let Err(e) = datapath::detach(idx) {
+                    errors.push(format!("tc filters on {name}: {e}"));
+                }
+            }
+        }
+        if let Err(e) = datapath::unpin(pin_dir) {
+            errors.push(format!("pins under {}: {e}", pin_dir.display()));
+        }
+        let _ = std::fs::remove_dir(pin_dir);
+        if let Err(e) = hostinfo::unreserve_ports(ports.0, ports.1) {
+            errors.push(e.to_string());
+        }
+        errors
+    }
+}
+
+fn attach(ipvs: &mut Ipvs, dp: &Datapath<'_>, snat: Snat) -> Result<(), BpfModeError> {
+    // A BorrowedFd is never negative; were it so, the kernel's EBADF
+    // would say it.
+    let map_fd = u32::try_from(dp.sessions_fd().as_raw_fd()).unwrap_or(u32::MAX);
+    ipvs.attach_bpf(&BpfAttach {
+        map_fd,
+        snat: Some(snat),
+    })?;
+    info!("session map handed to IPVS");
+    Ok(())
+}
+
+/// SNAT sources: the uplink's first global IPv4 and IPv6 addresses.
+fn snat_for(dev: &str, cfg: &BpfModeConfig) -> Result<Snat, BpfModeError> {
+    let addrs = hostinfo::local_addresses()?;
+    let mut snat = Snat {
+        addr4: None,
+        addr6: None,
+        port_min: cfg.port_min,
+        port_max: cfg.port_max,
+    };
+    for a in addrs.iter().filter(|a| a.dev == dev) {
+        if !hostinfo::nodeport_capable(&a.addr) {
+            continue;
+        }
+        match a.addr {
+            IpAddr::V4(v4) if snat.addr4.is_none() => snat.addr4 = Some(v4),
+            IpAddr::V6(v6) if snat.addr6.is_none() => snat.addr6 = Some(v6),
+            _ => {}
+        }
+    }
+    if snat.addr4.is_none() && snat.addr6.is_none() {
+        return Err(BpfModeError::NoSnatAddress(dev.to_string()));
+    }
+    Ok(snat)
+}

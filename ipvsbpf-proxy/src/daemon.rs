@@ -1,0 +1,599 @@
+//! The daemon: sets the node up for the chosen mode, starts a source, the
+//! HTTP servers and the sync loop, and tears everything down with
+//! `--cleanup`. The pieces it wires are tested on their own; this file
+//! holds only the order of things.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use ipvs_netlink::{Ipvs, ServiceKey, Timeouts};
+use prometheus_client::registry::Registry;
+use tokio::time::sleep_until;
+use tracing::{error, info, warn};
+
+use crate::bpfmode::{BpfMode, BpfModeConfig};
+use crate::cli::{Cidr, Config, NodePortAddresses, ProxyMode, SourceKind};
+use crate::datapath::{self, Options};
+use crate::hostinfo;
+use crate::http::{self, HealthCheckServers, ProxyHealth};
+use crate::inventory::{Shared, SharedInventory};
+use crate::ipvsmode::{self, ExecRunner, IpvsMode, IpvsModeConfig, ProcSysctl};
+use crate::metrics::{DatapathSnapshot, DatapathStats, Metrics, SyncKind};
+use crate::model::ModelConfig;
+use crate::reconcile::{ReconcileOptions, Reconciler};
+use crate::sources::{self, ObjectKind, SourceStats};
+use crate::syncer::Syncer;
+
+/// The dummy device of `ipvs` mode; its addresses are not NodePort ones.
+const DUMMY: &str = "kube-ipvs0";
+/// How long a removed TCP real server may drain before it is deleted.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How often the file source looks for changed manifests.
+const FILE_POLL: Duration = Duration::from_millis(250);
+/// First retry after a failed sync; doubles up to the sync period.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+
+type RealIpvsMode = IpvsMode<ExecRunner, ProcSysctl, ipvsmode::link::Rtnl>;
+
+/// The node plumbing of the mode that runs.
+enum Plumbing {
+    Bpf(Box<BpfMode>),
+    Ipvs(Box<RealIpvsMode>),
+}
+
+pub async fn run(cfg: Config) -> Result<()> {
+    for w in &cfg.warnings {
+        warn!("{w}");
+    }
+    if cfg.cleanup {
+        return cleanup(&cfg);
+    }
+    let node_name = node_name(&cfg)?;
+    let mut ipvs =
+        Ipvs::connect().context("connecting to IPVS over generic netlink (is ip_vs loaded?)")?;
+
+    let mut mode = cfg.mode;
+    if mode == ProxyMode::IpvsBpf && !BpfMode::kernel_supported() {
+        if cfg.fallback_to_ipvs {
+            warn!("this kernel lacks net.ipv4.vs.bpf_mode (the ipvs-bpf series); falling back to --proxy-mode=ipvs as --fallback-to-ipvs asks");
+            mode = ProxyMode::Ipvs;
+        } else {
+            bail!(crate::bpfmode::BpfModeError::Unsupported);
+        }
+    }
+    let plumbing = match mode {
+        ProxyMode::IpvsBpf => {
+            if ipvs_mode_leftovers() {
+                warn!("kube-ipvs0 from ipvs mode is present; run --cleanup when switching modes");
+            }
+            let bm = BpfMode::setup(
+                &BpfModeConfig {
+                    pin_dir: cfg.bpf_pin_path.clone(),
+                    uplinks: cfg.uplinks.clone(),
+                    port_min: cfg.snat_port_range.min,
+                    port_max: cfg.snat_port_range.max,
+                    options: Options::default(),
+                },
+                &mut ipvs,
+            )
+            .context("setting up ipvs-bpf mode")?;
+            bpf_mode_sysctls(&cfg)?;
+            Plumbing::Bpf(Box::new(bm))
+        }
+        ProxyMode::Ipvs => {
+            let mut m = IpvsMode::new(
+                ExecRunner,
+                ProcSysctl::default(),
+                ipvsmode::link::Rtnl::connect().context("rtnetlink")?,
+                ipvs_mode_config(&cfg),
+            )
+            .context("ipvs mode configuration")?;
+            m.setup().context("setting up ipvs mode")?;
+            Plumbing::Ipvs(Box::new(m))
+        }
+    };
+    info!(mode = ?mode, node = %node_name, "node set up");
+    let t = Timeouts {
+        tcp: cfg.ipvs_tcp_timeout.as_secs() as u32,
+        tcp_fin: cfg.ipvs_tcpfin_timeout.as_secs() as u32,
+        udp: cfg.ipvs_udp_timeout.as_secs() as u32,
+    };
+    if t != Timeouts::default() {
+        ipvs.set_timeouts(&t).context("setting IPVS timeouts")?;
+    }
+
+    // Metrics and health
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let health = Arc::new(ProxyHealth::new(cfg.health_timeout()).with_metrics(metrics.clone()));
+    if let Plumbing::Bpf(bm) = &plumbing {
+        metrics.set_datapath_stats(Arc::new(BpfStatsSource::new(
+            cfg.bpf_pin_path.clone(),
+            u64::from(bm.session_capacity()),
+        )?));
+    }
+    let registry = Arc::new(registry);
+    if let Some(addr) = cfg.healthz_bind_address {
+        let l = http::bind(addr).await.context("healthz server")?;
+        tokio::spawn(http::serve(
+            l,
+            http::health_router(health.clone()),
+            shutdown_signal(),
+        ));
+        info!(%addr, "healthz serving");
+    }
+    if let Some(addr) = cfg.metrics_bind_address {
+        let l = http::bind(addr).await.context("metrics server")?;
+        tokio::spawn(http::serve(
+            l,
+            http::metrics_router(registry.clone()),
+            shutdown_signal(),
+        ));
+        info!(%addr, "metrics serving");
+    }
+    let hc_bind = cfg
+        .healthz_bind_address
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let hc = HealthCheckServers::new(hc_bind, health.clone());
+
+    // Sources
+    let inv = SharedInventory::new_shared();
+    let stats = Arc::new(SourceStats::default());
+    let source = start_source(&cfg, &node_name, inv.clone(), stats.clone()).await?;
+
+    // Reconciler: adopt what a previous run programmed, flush nothing
+    let mut reconciler = Reconciler::new(
+        Ipvs::connect().context("second IPVS socket for the reconciler")?,
+        ReconcileOptions {
+            exclude_cidrs: cidrs(&cfg.ipvs_exclude_cidrs),
+            drain_timeout: DRAIN_TIMEOUT,
+        },
+    );
+    let adopted = tokio::task::block_in_place(|| reconciler.adopt())?;
+    info!(
+        virtual_servers = adopted.virtual_servers,
+        destinations = adopted.destinations,
+        "adopted IPVS state"
+    );
+    let model_cfg = model_config(&cfg, &node_name, mode, None)?;
+    let mut syncer = Syncer::new(model_cfg, reconciler);
+
+    let res = sync_loop(
+        &cfg,
+        &node_name,
+        mode,
+        &inv,
+        &stats,
+        &mut syncer,
+        plumbing,
+        &metrics,
+        &health,
+        &hc,
+        source,
+    )
+    .await;
+    hc.close_all().await;
+    res
+}
+
+/// The loop: wait for a change (or the periodic full sync), at most one
+/// sync per `--ipvs-min-sync-period`, recompute what changed, program it.
+#[allow(clippy::too_many_arguments)]
+async fn sync_loop(
+    cfg: &Config,
+    node_name: &str,
+    mode: ProxyMode,
+    inv: &Shared,
+    stats: &SourceStats,
+    syncer: &mut Syncer<Ipvs>,
+    mut plumbing: Plumbing,
+    metrics: &Metrics,
+    health: &ProxyHealth,
+    hc: &HealthCheckServers,
+    mut source: tokio::task::JoinHandle<Result<(), sources::SourceError>>,
+) -> Result<()> {
+    let mut last_sync: Option<Instant> = None;
+    let mut next_full = Instant::now();
+    let mut retry: Option<(Instant, Duration)> = None;
+    let mut skipped_seen = [0u64; 3];
+    let mut waited_for_sync = false;
+    let mut synced_once = false;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        // Before the source's first complete list only a change can help
+        let wake = if synced_once {
+            retry.map_or(next_full, |(at, _)| at.min(next_full))
+        } else {
+            Instant::now() + cfg.sync_period
+        };
+        tokio::select! {
+            _ = inv.changed.notified() => health.queued(SystemTime::now()),
+            _ = sleep_until(wake.into()) => {}
+            _ = &mut shutdown => {
+                info!("shutting down; IPVS, the BPF datapath and the rules stay for the next run");
+                return Ok(());
+            }
+            r = &mut source => {
+                match r {
+                    Ok(Ok(())) => bail!("the source stopped"),
+                    Ok(Err(e)) => return Err(e).context("source"),
+                    Err(e) => bail!("the source task failed: {e}"),
+                }
+            }
+        }
+        // Bound the sync rate: changes arriving meanwhile are batched
+        if let Some(last) = last_sync {
+            let earliest = last + cfg.min_sync_period;
+            if Instant::now() < earliest {
+                tokio::time::sleep_until(earliest.into()).await;
+            }
+        }
+        let now = Instant::now();
+        let full = now >= next_full;
+        let retrying = retry.is_some_and(|(at, _)| now >= at);
+
+        // Node addresses move (DHCP, a new interface): NodePorts follow
+        let node_obj = inv.lock().node().cloned();
+        if let Some(n) = &node_obj {
+            health.set_node_eligible(http::node_eligible(n));
+        }
+        let model_cfg = model_config(cfg, node_name, mode, node_obj.as_deref())?;
+        let config_changed = syncer.set_config(model_cfg);
+
+        if !inv.lock().synced() {
+            if !waited_for_sync {
+                info!("waiting for the source's first complete list");
+                waited_for_sync = true;
+            }
+            continue;
+        }
+        synced_once = true;
+        // Timed from here: recomputing the model is part of a sync's cost
+        let kind = if full {
+            SyncKind::Full
+        } else {
+            SyncKind::Partial
+        };
+        let mut timer = metrics.sync_timer(kind);
+        let (outcome, dirty_n) = {
+            let mut guard = inv.lock();
+            let mut dirty = guard.take_dirty();
+            if full || config_changed {
+                dirty.all = true;
+            }
+            let n = dirty.services.len();
+            (syncer.recompute(&guard, dirty), n)
+        };
+        metrics.service_changes.inc_by(dirty_n as u64);
+
+        let report = tokio::task::block_in_place(|| syncer.apply(full, now));
+        let mut ok = report.failed.is_empty();
+        for f in &report.failed {
+            warn!(service = ?f.service, key = ?f.key, error = %f.error, "IPVS request failed; will retry");
+        }
+        metrics
+            .ipvs_requests
+            .get_or_create(&crate::metrics::RequestLabels {
+                op: "any".into(),
+                result: "sent".into(),
+            })
+            .inc_by(report.requests as u64);
+        if full || outcome.node_changed {
+            if let Plumbing::Ipvs(m) = &mut plumbing {
+                if let Err(e) = tokio::task::block_in_place(|| m.sync(syncer.state())) {
+                    error!(error = %e, "ipvs mode rules");
+                    ok = false;
+                }
+            }
+            for e in hc.sync(&syncer.health_checks()).await {
+                warn!(error = %e, "health-check node port");
+            }
+        }
+        let (vs, rs) = syncer.state().services.values().fold((0, 0), |(v, r), s| {
+            (
+                v + s.virtual_servers.len(),
+                r + s
+                    .virtual_servers
+                    .iter()
+                    .map(|vs| vs.destinations.len())
+                    .sum::<usize>(),
+            )
+        });
+        metrics.virtual_servers.set(vs as i64);
+        metrics.real_servers.set(rs as i64);
+        for (i, kind) in [
+            ObjectKind::Service,
+            ObjectKind::EndpointSlice,
+            ObjectKind::Node,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let n = stats.skipped(kind);
+            if n > skipped_seen[i] {
+                for _ in skipped_seen[i]..n {
+                    metrics.source_object_skipped(kind.as_str());
+                }
+                skipped_seen[i] = n;
+            }
+        }
+        info!(
+            full,
+            recomputed = outcome.recomputed,
+            requests = report.requests,
+            failed = report.failed.len(),
+            draining = report.draining,
+            model_errors = outcome.model_errors.len(),
+            relists = stats.relists.load(Ordering::Relaxed),
+            "synced"
+        );
+        last_sync = Some(now);
+        if full {
+            next_full = now + cfg.sync_period;
+        }
+        if ok {
+            timer.succeeded();
+            health.updated(SystemTime::now());
+            retry = None;
+        } else {
+            let backoff = match retry {
+                Some((_, b)) if retrying => (b * 2).min(cfg.sync_period),
+                Some((_, b)) => b,
+                None => RETRY_MIN,
+            };
+            retry = Some((now + backoff, backoff));
+        }
+        // Draining destinations are checked by the next syncs
+        if report.draining > 0 && retry.is_none() {
+            retry = Some((now + Duration::from_secs(5), RETRY_MIN));
+        }
+    }
+}
+
+async fn start_source(
+    cfg: &Config,
+    node_name: &str,
+    inv: Shared,
+    stats: Arc<SourceStats>,
+) -> Result<tokio::task::JoinHandle<Result<(), sources::SourceError>>> {
+    let node = node_name.to_string();
+    let proxy_name = cfg.service_proxy_name.clone();
+    Ok(match cfg.source {
+        SourceKind::File => {
+            let dir = cfg
+                .manifests
+                .clone()
+                .context("--source=file needs --manifests DIR")?;
+            info!(dir = %dir.display(), "file source");
+            tokio::spawn(async move {
+                sources::file::run(dir, node, proxy_name, inv, stats, FILE_POLL).await;
+                Ok(())
+            })
+        }
+        SourceKind::Kube => {
+            let client = sources::kube::client(cfg.kubeconfig.clone(), cfg.master.clone())
+                .await
+                .context("Kubernetes client")?;
+            info!("kube source");
+            tokio::spawn(sources::kube::run(client, node, proxy_name, inv, stats))
+        }
+    })
+}
+
+fn node_name(cfg: &Config) -> Result<String> {
+    if let Some(n) = &cfg.hostname_override {
+        return Ok(n.trim().to_lowercase());
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        bail!("gethostname: {}", std::io::Error::last_os_error());
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).trim().to_lowercase())
+}
+
+fn cidrs(list: &[Cidr]) -> Vec<(IpAddr, u8)> {
+    list.iter().map(|c| (c.addr, c.prefix_len)).collect()
+}
+
+/// The model's view of the node: NodePort addresses as
+/// `--nodeport-addresses` selects them, never the dummy device's.
+fn model_config(
+    cfg: &Config,
+    node_name: &str,
+    mode: ProxyMode,
+    node: Option<&k8s_openapi::api::core::v1::Node>,
+) -> Result<ModelConfig> {
+    let locals: Vec<IpAddr> = hostinfo::local_addresses()?
+        .into_iter()
+        .filter(|a| a.dev != DUMMY && hostinfo::nodeport_capable(&a.addr))
+        .map(|a| a.addr)
+        .collect();
+    let mut node_addresses: Vec<IpAddr> = match &cfg.nodeport_addresses {
+        NodePortAddresses::All => locals,
+        NodePortAddresses::Cidrs(list) => locals
+            .into_iter()
+            .filter(|a| list.iter().any(|c| c.contains(*a)))
+            .collect(),
+        NodePortAddresses::Primary => node
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.addresses.as_ref())
+            .map(|addrs| {
+                addrs
+                    .iter()
+                    .filter(|a| a.type_ == "InternalIP")
+                    .filter_map(|a| a.address.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    node_addresses.sort();
+    node_addresses.dedup();
+    Ok(ModelConfig {
+        node_name: node_name.to_string(),
+        node_addresses,
+        masquerade_all: cfg.masquerade_all,
+        scheduler: cfg.ipvs_scheduler.clone(),
+        bpf_snat: mode == ProxyMode::IpvsBpf,
+        ipv4: true,
+        ipv6: ipv6_enabled(),
+        service_proxy_name: cfg.service_proxy_name.clone(),
+    })
+}
+
+fn ipvs_mode_config(cfg: &Config) -> IpvsModeConfig {
+    IpvsModeConfig {
+        cluster_cidrs: cidrs(&cfg.cluster_cidrs),
+        masquerade_all: cfg.masquerade_all,
+        strict_arp: cfg.ipvs_strict_arp,
+        ipv4: true,
+        ipv6: ipv6_enabled(),
+        ..IpvsModeConfig::default()
+    }
+}
+
+/// kube-proxy's IPVS sysctls minus `net.ipv4.vs.conntrack`: in bpf_mode
+/// Service traffic never reaches conntrack.
+fn bpf_mode_sysctls(cfg: &Config) -> Result<()> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let plan: Vec<_> = ipvsmode::sysctl_plan(
+        &ipvs_mode_config(cfg),
+        ipvsmode::parse_kernel_version(&release),
+    )
+    .into_iter()
+    .filter(|(path, _, _)| *path != "net/ipv4/vs/conntrack")
+    .collect();
+    ipvsmode::ensure_sysctls(&mut ProcSysctl::default(), &plan)?;
+    Ok(())
+}
+
+/// The node has IPv6 (kube-proxy programs every family the node has).
+fn ipv6_enabled() -> bool {
+    std::path::Path::new("/proc/net/if_inet6").exists()
+}
+
+fn ipvs_mode_leftovers() -> bool {
+    hostinfo::ifindex(DUMMY).is_ok()
+}
+
+/// `--cleanup`: everything either mode created, whichever ran. Every step
+/// is tried; the exit status says whether all succeeded.
+fn cleanup(cfg: &Config) -> Result<()> {
+    let mut errors = Vec::new();
+    let mut ipvs = Ipvs::connect().ok();
+    errors.extend(BpfMode::cleanup(
+        ipvs.as_mut(),
+        &cfg.bpf_pin_path,
+        &cfg.uplinks,
+        (cfg.snat_port_range.min, cfg.snat_port_range.max),
+    ));
+    if let Some(ipvs) = ipvs.as_mut() {
+        let excluded = ReconcileOptions {
+            exclude_cidrs: cidrs(&cfg.ipvs_exclude_cidrs),
+            drain_timeout: DRAIN_TIMEOUT,
+        };
+        match ipvs.services() {
+            Ok(list) => {
+                for svc in list {
+                    let key: ServiceKey = svc.key;
+                    if excluded.excludes(&key) {
+                        continue;
+                    }
+                    if let Err(e) = ipvs.delete_service(&key) {
+                        errors.push(format!("deleting virtual server {key:?}: {e}"));
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("listing IPVS: {e}")),
+        }
+    }
+    match ipvsmode::link::Rtnl::connect() {
+        Ok(links) => match IpvsMode::new(
+            ExecRunner,
+            ProcSysctl::default(),
+            links,
+            ipvs_mode_config(cfg),
+        ) {
+            Ok(mut m) => {
+                if let Err(e) = m.cleanup() {
+                    errors.push(format!("ipvs mode: {e}"));
+                }
+            }
+            Err(e) => errors.push(format!("ipvs mode: {e}")),
+        },
+        Err(e) => errors.push(format!("rtnetlink: {e}")),
+    }
+    if errors.is_empty() {
+        info!("cleanup done");
+        Ok(())
+    } else {
+        for e in &errors {
+            error!("{e}");
+        }
+        bail!("cleanup left {} problem(s)", errors.len())
+    }
+}
+
+/// Datapath numbers for /metrics, read from the pinned counter map and
+/// IPVS's GET_BPF on every scrape.
+struct BpfStatsSource {
+    stats: libbpf_rs::MapHandle,
+    ipvs: Mutex<Option<Ipvs>>,
+    capacity: u64,
+}
+
+impl BpfStatsSource {
+    fn new(pin_dir: PathBuf, capacity: u64) -> Result<Self> {
+        let stats = datapath::open_pinned_stats(&pin_dir.join(datapath::MAP_STATS))?;
+        Ok(BpfStatsSource {
+            stats,
+            ipvs: Mutex::new(Ipvs::connect().ok()),
+            capacity,
+        })
+    }
+}
+
+impl DatapathStats for BpfStatsSource {
+    fn snapshot(&self) -> Option<DatapathSnapshot> {
+        let kernel = self
+            .ipvs
+            .lock()
+            .ok()
+            .and_then(|mut g| g.as_mut().and_then(|i| i.bpf().ok().flatten()));
+        let counters = match datapath::read_counters(&self.stats) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "reading BPF counters");
+                Vec::new()
+            }
+        };
+        Some(DatapathSnapshot {
+            sessions: kernel.as_ref().map_or(0, |k| k.stats.sessions),
+            session_capacity: self.capacity,
+            kernel: kernel.map(|k| k.stats),
+            counters,
+        })
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! What the proxy reads off the node: default-route uplinks, local
+//! addresses, sysctls and the reserved local port list. Parsing is split
+//! from reading so the formats are unit-tested.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("writing {value:?} to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: io::Error,
+    },
+    #[error("{path}: cannot parse {text:?}")]
+    Parse { path: PathBuf, text: String },
+    #[error("getifaddrs: {0}")]
+    Ifaddrs(io::Error),
+    #[error("no device {0} in this network namespace")]
+    NoDevice(String),
+    #[error("{dev} is not an Ethernet device (ARPHRD {kind}); the tc programs read the IP header at offset 14")]
+    NotEthernet { dev: String, kind: String },
+}
+
+fn read(path: &Path) -> Result<String, HostError> {
+    std::fs::read_to_string(path).map_err(|source| HostError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Path of a sysctl under /proc/sys, `net.ipv4.vs.bpf_mode` or
+/// `net/ipv4/vs/bpf_mode`.
+pub fn sysctl_path(name: &str) -> PathBuf {
+    Path::new("/proc/sys").join(name.replace('.', "/"))
+}
+
+pub fn sysctl_exists(name: &str) -> bool {
+    sysctl_path(name).exists()
+}
+
+pub fn read_sysctl(name: &str) -> Result<String, HostError> {
+    Ok(read(&sysctl_path(name))?.trim().to_string())
+}
+
+/// Writes a sysctl unless it already holds `value` (writes to some IPVS
+/// sysctls have side effects even when unchanged).
+pub fn write_sysctl(name: &str, value: &str) -> Result<(), HostError> {
+    let path = sysctl_path(name);
+    if read(&path).map(|v| v.trim() == value).unwrap_or(false) {
+        return Ok(());
+    }
+    std::fs::write(&path, value).map_err(|source| HostError::Write {
+        path,
+        value: value.to_string(),
+        source,
+    })
+}
+
+/// Devices that carry a default route, IPv4 first, each once, in the
+/// order the kernel lists them.
+pub fn default_route_devices() -> Result<Vec<String>, HostError> {
+    let v4 = read(Path::new("/proc/net/route"))?;
+    let v6 = read(Path::new("/proc/net/ipv6_route")).unwrap_or_default();
+    let mut out = Vec::new();
+    for dev in parse_route_v4(&v4).into_iter().chain(parse_route_v6(&v6)) {
+        if !out.contains(&dev) {
+            out.push(dev);
+        }
+    }
+    Ok(out)
+}
+
+/// Default routes of /proc/net/route: destination and mask 0, route up.
+fn parse_route_v4(text: &str) -> Vec<String> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let up = f
+                .get(3)
+                .and_then(|x| u16::from_str_radix(x, 16).ok())
+                .is_some_and(|flags| flags & 1 != 0);
+            (f.len() >= 8 && f[1] == "00000000" && f[7] == "00000000" && up)
+                .then(|| f[0].to_string())
+        })
+        .collect()
+}
+
+/// Default routes of /proc/net/ipv6_route: ::/0, not a reject route
+/// (the kernel keeps an unreachable default on `lo`).
+fn parse_route_v6(text: &str) -> Vec<String> {
+    const RTF_REJECT: u32 = 0x0200;
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let flags = f.get(8).and_then(|x| u32::from_str_radix(x, 16).ok())?;
+            (f.len() >= 10
+                && f[0].bytes().all(|b| b == b'0')
+                && f[1] == "00"
+                && flags & RTF_REJECT == 0
+                && f[9] != "lo")
+                .then(|| f[9].to_string())
+        })
+        .collect()
+}
+
+/// ifindex of `dev` in the calling thread's network namespace.
+pub fn ifindex(dev: &str) -> Result<i32, HostError> {
+    let name = std::ffi::CString::new(dev).map_err(|_| HostError::NoDevice(dev.to_string()))?;
+    // SAFETY: a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if idx == 0 {
+        return Err(HostError::NoDevice(dev.to_string()));
+    }
+    i32::try_from(idx).map_err(|_| HostError::NoDevice(dev.to_string()))
+}
+
+/// The tc programs parse Ethernet frames (ARPHRD_ETHER: veth, virtio,
+/// ENA, mlx5…); a tunnel or an IP-only device would be misparsed.
+pub fn check_ethernet(dev: &str) -> Result<(), HostError> {
+    let kind = read(&Path::new("/sys/class/net").join(dev).join("type"))?;
+    match kind.trim() {
+        "1" => Ok(()),
+        other => Err(HostError::NotEthernet {
+            dev: dev.to_string(),
+            kind: other.to_string(),
+        }),
+    }
+}
+
+/// One address of an interface that is up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalAddr {
+    pub dev: String,
+    pub addr: IpAddr,
+}
+
+/// Addresses of the interfaces that are up, from getifaddrs(3).
+pub fn local_addresses() -> Result<Vec<LocalAddr>, HostError> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(HostError::Ifaddrs(io::Error::last_os_error()));
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_flags & libc::IFF_UP as u32 == 0 {
+            continue;
+        }
+        // SAFETY: ifa_addr points at a sockaddr of the family it names.
+        let addr = unsafe {
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
+                }
+                _ => continue,
+            }
+        };
+        // SAFETY: ifa_name is a NUL-terminated string.
+        let dev = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        out.push(LocalAddr { dev, addr });
+    }
+    // SAFETY: the list from getifaddrs above, freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// Whether an address can serve NodePorts: not loopback, link-local,
+/// multicast or unspecified (kube-proxy skips the same).
+pub fn nodeport_capable(addr: &IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => !(a.is_loopback() || a.is_link_local() || a.is_unspecified()),
+        IpAddr::V6(a) => {
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (a.segments()[0] & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+const RESERVED_PORTS: &str = "net.ipv4.ip_local_reserved_ports";
+
+/// Adds `min..=max` to ip_local_reserved_ports, so the node's own
+/// connections never pick a port IPVS hands out as a SNAT source.
+pub fn reserve_ports(min: u16, max: u16) -> Result<(), HostError> {
+    let cur = read_sysctl(RESERVED_PORTS)?;
+    let mut ports = parse_port_list(&cur).ok_or_else(|| HostError::Parse {
+        path: sysctl_path(RESERVED_PORTS),
+        text: cur.clone(),
+    })?;
+    ports.insert((min, max));
+    write_sysctl(RESERVED_PORTS, &format_port_list(&ports))
+}
+
+/// Takes `min..=max` (as [`reserve_ports`] added it) out again.
+pub fn unreserve_ports(min: u16, max: u16) -> Result<(), HostError> {
+    let cur = read_sysctl(RESERVED_PORTS)?;
+    let mut ports = parse_port_list(&cur).ok_or_else(|| HostError::Parse {
+        path: sysctl_path(RESERVED_PORTS),
+        text: cur.clone(),
+    })?;
+    if ports.remove(&(min, max)) {
+        write_sysctl(RESERVED_PORTS, &format_port_list(&ports))?;
+    }
+    Ok(())
+}
+
+/// "8080,61000-65000" → {(8080,8080), (61000,65000)}; empty → {}.
+fn parse_port_list(text: &str) -> Option<BTreeSet<(u16, u16)>> {
+    let mut out = BTreeSet::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        if a > b {
+            return None;
+        }
+        out.insert((a, b));
+    }
+    Some(out)
+}
+
+fn format_port_list(ports: &BTreeSet<(u16, u16)>) -> String {
+    let parts: Vec<String> = ports
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    parts.join(",")
+}
+
+/// The node's ephemeral port range (`net.ipv4.ip_local_port_range`).
+pub fn local_port_range() -> Result<(u16, u16), HostError> {
+    let name = "net.ipv4.ip_local_port_range";
+    let text = read_sysctl(name)?;
+    let mut it = text.split_whitespace().map(str::parse::<u16>);
+    match (it.next(), it.next()) {
+        (Some(Ok(a)), Some(Ok(b))) => Ok((a, b)),
+        _ => Err(HostError::Parse {
+            path: sysctl_path(name),
+            text,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_default_routes() {
+        let t =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                 eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                 eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                 eth1\t00000000\t010200C0\t0002\t0\t0\t0\t00000000\t0\t0\t0\n\
+                 bond0\t00000000\t010300C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n";
+        assert_eq!(parse_route_v4(t), ["eth0", "bond0"]);
+        assert!(parse_route_v4("Iface\n").is_empty());
+    }
+
+    #[test]
+    fn v6_default_routes_skip_reject_and_lo() {
+        let z = "00000000000000000000000000000000";
+        let t = format!(
+            "fd000000000000000000000000000000 40 {z} 00 {z} 00000100 00000001 00000000 00000001     eth0\n\
+             {z} 00 {z} 00 fd000000000000000000000000000001 00000400 00000003 00000000 00000003     eth0\n\
+             {z} 00 {z} 00 {z} ffffffff 00000001 00000000 00200200       lo\n\
+             {z} 00 {z} 00 {z} 00000400 00000001 00000000 00000003     eth2\n"
+        );
+        assert_eq!(parse_route_v6(&t), ["eth0", "eth2"]);
+    }
+
+    #[test]
+    fn reserved_port_lists() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("", Some("")),
+            ("8080", Some("8080")),
+            ("61000-65000,8080", Some("8080,61000-65000")),
+            ("x", None),
+            ("9-1", None),
+            ("1-70000", None),
+        ];
+        for (input, want) in cases {
+            let got = parse_port_list(input).map(|p| format_port_list(&p));
+            assert_eq!(got.as_deref(), *want, "{input:?}");
+        }
+        let mut p = parse_port_list("8080").expect("parse");
+        p.insert((61000, 65000));
+        p.insert((61000, 65000));
+        assert_eq!(format_port_list(&p), "8080,61000-65000");
+    }
+
+    #[test]
+    fn nodeport_addresses_exclude_loopback_and_link_local() {
+        for (a, want) in [
+            ("192.0.2.1", true),
+            ("127.0.0.1", false),
+            ("169.254.1.1", false),
+            ("2001:db8::1", true),
+            ("::1", false),
+            ("fe80::1", false),
+        ] {
+            let ip: IpAddr = a.parse().expect("addr");
+            assert_eq!(nodeport_capable(&ip), want, "{a}");
+        }
+    }
+}

@@ -1,0 +1,733 @@
+//! The inventory: the API objects the proxy acts on (Services,
+//! EndpointSlices and this node's Node), filled by a source (`kube` or
+//! `file`) and read by the syncer.
+//!
+//! Besides storing objects it records *which Services changed* since the
+//! syncer last looked, so that a resync after one EndpointSlice update
+//! recomputes one Service, not thousands. Every single-object operation
+//! costs O(change): the slice index by owning Service means no walk over
+//! all objects. Only relists (`replace_*`) walk everything, and they dirty
+//! only what actually differs, so a 410-Gone relist of an unchanged cluster
+//! costs no IPVS work.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::desired::ServiceName;
+
+/// The label an EndpointSlice's owning Service is named by (set by the
+/// EndpointSlice controller; kube-proxy uses the same label).
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Why an object was refused by the inventory.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InventoryError {
+    /// Without a namespace and a name an object cannot be keyed; the API
+    /// server never sends one, so this is a malformed manifest.
+    #[error("{kind} without metadata.{field}")]
+    MissingMeta {
+        kind: &'static str,
+        field: &'static str,
+    },
+}
+
+/// One of the three object kinds, for [`Inventory::set_synced`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Services,
+    Slices,
+    Node,
+}
+
+/// What changed since the last [`Inventory::take_dirty`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Everything must be recomputed (the node changed: its addresses feed
+    /// NodePorts and its labels topology).
+    pub all: bool,
+    /// Services whose object or slices changed, including deleted ones
+    /// (the syncer removes their state).
+    pub services: BTreeSet<ServiceName>,
+}
+
+impl Dirty {
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.services.is_empty()
+    }
+}
+
+type SliceKey = (String, String);
+
+/// The store. See the module documentation.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    services: HashMap<ServiceName, Arc<Service>>,
+    slices: HashMap<SliceKey, Arc<EndpointSlice>>,
+    /// Slice names (in the service's namespace) per owning Service, so a
+    /// Service's slices are found without scanning all slices.
+    by_service: HashMap<ServiceName, BTreeSet<String>>,
+    node: Option<Arc<Node>>,
+    synced_services: bool,
+    synced_slices: bool,
+    synced_node: bool,
+    dirty: Dirty,
+}
+
+fn key_of(kind: &'static str, meta: &ObjectMeta) -> Result<(String, String), InventoryError> {
+    let namespace =
+        meta.namespace
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .ok_or(InventoryError::MissingMeta {
+                kind,
+                field: "namespace",
+            })?;
+    let name =
+        meta.name
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .ok_or(InventoryError::MissingMeta {
+                kind,
+                field: "name",
+            })?;
+    Ok((namespace.to_string(), name.to_string()))
+}
+
+/// Owning Service of a slice, from its label; slices without the label
+/// (e.g. hand-made, mirrored without owner) are stored but serve nobody.
+fn owner_of(slice: &EndpointSlice) -> Option<ServiceName> {
+    let namespace = slice.metadata.namespace.as_deref()?;
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(ServiceName::new(namespace, service))
+}
+
+/// Equal for the proxy's purposes: resourceVersion, managedFields,
+/// generation and timestamps change on every write and mean nothing here.
+fn same_meta(a: &ObjectMeta, b: &ObjectMeta) -> bool {
+    a.labels == b.labels && a.annotations == b.annotations
+}
+
+fn same_service(a: &Service, b: &Service) -> bool {
+    same_meta(&a.metadata, &b.metadata) && a.spec == b.spec && a.status == b.status
+}
+
+fn same_slice(a: &EndpointSlice, b: &EndpointSlice) -> bool {
+    same_meta(&a.metadata, &b.metadata)
+        && a.address_type == b.address_type
+        && a.endpoints == b.endpoints
+        && a.ports == b.ports
+}
+
+/// Node fields the model reads: labels (topology) and addresses (NodePort
+/// and external addresses).
+fn same_node(a: Option<&Node>, b: Option<&Node>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.metadata.labels == b.metadata.labels
+                && a.status.as_ref().and_then(|s| s.addresses.as_ref())
+                    == b.status.as_ref().and_then(|s| s.addresses.as_ref())
+        }
+        _ => false,
+    }
+}
+
+impl Inventory {
+    pub fn new() -> Inventory {
+        Inventory::default()
+    }
+
+    /// Adds or updates a Service; it becomes dirty only if something the
+    /// proxy reads changed.
+    pub fn apply_service(&mut self, svc: Service) -> Result<(), InventoryError> {
+        let (namespace, name) = key_of("Service", &svc.metadata)?;
+        let key = ServiceName { namespace, name };
+        let changed = match self.services.get(&key) {
+            Some(old) => !same_service(old, &svc),
+            None => true,
+        };
+        if changed {
+            self.dirty.services.insert(key.clone());
+        }
+        // Stored even when unchanged, so readers see the latest version.
+        self.services.insert(key, Arc::new(svc));
+        Ok(())
+    }
+
+    pub fn delete_service(&mut self, namespace: &str, name: &str) {
+        let key = ServiceName::new(namespace, name);
+        if self.services.remove(&key).is_some() {
+            self.dirty.services.insert(key);
+        }
+    }
+
+    /// Adds or updates an EndpointSlice. A slice that moved to another
+    /// Service (its label changed) dirties both.
+    pub fn apply_slice(&mut self, slice: EndpointSlice) -> Result<(), InventoryError> {
+        let key = key_of("EndpointSlice", &slice.metadata)?;
+        let new_owner = owner_of(&slice);
+        let old = self.slices.get(&key);
+        let old_owner = old.and_then(|s| owner_of(s));
+        let changed = match old {
+            Some(old) => !same_slice(old, &slice),
+            None => true,
+        };
+        if old_owner != new_owner {
+            if let Some(owner) = &old_owner {
+                self.unindex(owner, &key.1);
+            }
+        }
+        if let Some(owner) = &new_owner {
+            self.by_service
+                .entry(owner.clone())
+                .or_default()
+                .insert(key.1.clone());
+        }
+        if changed {
+            self.dirty.services.extend(old_owner);
+            self.dirty.services.extend(new_owner);
+        }
+        self.slices.insert(key, Arc::new(slice));
+        Ok(())
+    }
+
+    pub fn delete_slice(&mut self, namespace: &str, name: &str) {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(old) = self.slices.remove(&key) {
+            if let Some(owner) = owner_of(&old) {
+                self.unindex(&owner, name);
+                self.dirty.services.insert(owner);
+            }
+        }
+    }
+
+    fn unindex(&mut self, owner: &ServiceName, slice_name: &str) {
+        if let Some(names) = self.by_service.get_mut(owner) {
+            names.remove(slice_name);
+            if names.is_empty() {
+                self.by_service.remove(owner);
+            }
+        }
+    }
+
+    /// Sets this node's Node object (None: not found). A change of labels
+    /// or addresses dirties everything.
+    pub fn set_node(&mut self, node: Option<Node>) {
+        if !same_node(self.node.as_deref(), node.as_ref()) {
+            self.dirty.all = true;
+        }
+        self.node = node.map(Arc::new);
+    }
+
+    /// Replaces all Services with a complete listing (a relist or a file
+    /// re-read): only Services that differ or are gone become dirty.
+    /// Objects without namespace or name are skipped with a warning.
+    pub fn replace_services(&mut self, all: Vec<Service>) {
+        let mut seen = BTreeSet::new();
+        for svc in all {
+            match key_of("Service", &svc.metadata) {
+                Ok((namespace, name)) => {
+                    seen.insert(ServiceName { namespace, name });
+                    // Cannot fail: the key was just checked.
+                    let _ = self.apply_service(svc);
+                }
+                Err(e) => tracing::warn!(error = %e, "listed Service skipped"),
+            }
+        }
+        let gone: Vec<ServiceName> = self
+            .services
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.services.remove(&key);
+            self.dirty.services.insert(key);
+        }
+    }
+
+    /// Replaces all EndpointSlices with a complete listing; see
+    /// [`Inventory::replace_services`].
+    pub fn replace_slices(&mut self, all: Vec<EndpointSlice>) {
+        let mut seen = BTreeSet::new();
+        for slice in all {
+            match key_of("EndpointSlice", &slice.metadata) {
+                Ok(key) => {
+                    seen.insert(key);
+                    let _ = self.apply_slice(slice);
+                }
+                Err(e) => tracing::warn!(error = %e, "listed EndpointSlice skipped"),
+            }
+        }
+        let gone: Vec<SliceKey> = self
+            .slices
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        for (namespace, name) in gone {
+            self.delete_slice(&namespace, &name);
+        }
+    }
+
+    /// Records that a kind has been listed completely once.
+    pub fn set_synced(&mut self, what: Kind) {
+        match what {
+            Kind::Services => self.synced_services = true,
+            Kind::Slices => self.synced_slices = true,
+            Kind::Node => self.synced_node = true,
+        }
+    }
+
+    /// All three kinds have been listed at least once: before that, a
+    /// sync would delete every Service not yet seen.
+    pub fn synced(&self) -> bool {
+        self.synced_services && self.synced_slices && self.synced_node
+    }
+
+    /// What changed since the last call; resets the record.
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
+    }
+
+    pub fn service(&self, name: &ServiceName) -> Option<&Arc<Service>> {
+        self.services.get(name)
+    }
+
+    /// The EndpointSlices owned by a Service, sorted by slice name.
+    pub fn slices(&self, name: &ServiceName) -> Vec<Arc<EndpointSlice>> {
+        let Some(names) = self.by_service.get(name) else {
+            return Vec::new();
+        };
+        names
+            .iter()
+            .filter_map(|n| {
+                self.slices
+                    .get(&(name.namespace.clone(), n.clone()))
+                    .cloned()
+            })
+            .collect()
+    }
+
+    /// One EndpointSlice by namespace and name.
+    pub fn slice(&self, namespace: &str, name: &str) -> Option<&Arc<EndpointSlice>> {
+        self.slices.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// Every stored EndpointSlice, owned or not, in no particular order.
+    pub fn all_slices(&self) -> impl Iterator<Item = &Arc<EndpointSlice>> {
+        self.slices.values()
+    }
+
+    pub fn node(&self) -> Option<&Arc<Node>> {
+        self.node.as_ref()
+    }
+
+    pub fn service_names(&self) -> impl Iterator<Item = &ServiceName> {
+        self.services.keys()
+    }
+
+    /// (services, slices) stored.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.services.len(), self.slices.len())
+    }
+}
+
+/// The inventory as shared between a source and the syncer.
+pub type Shared = Arc<SharedInventory>;
+
+/// A source locks, mutates, then calls `changed.notify_one()`; the syncer
+/// waits on `changed` and takes the dirty set. `Notify` keeps one permit,
+/// so a notification sent while the syncer is busy is not lost.
+#[derive(Debug, Default)]
+pub struct SharedInventory {
+    pub inventory: Mutex<Inventory>,
+    pub changed: tokio::sync::Notify,
+}
+
+impl SharedInventory {
+    pub fn new_shared() -> Shared {
+        Arc::new(SharedInventory::default())
+    }
+
+    /// Locks the inventory. A panic while it was held cannot leave it
+    /// half-updated in a way that matters (every operation keeps the maps
+    /// consistent before returning), so a poisoned lock is taken over
+    /// rather than turned into a second panic.
+    pub fn lock(&self) -> MutexGuard<'_, Inventory> {
+        self.inventory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` under the lock, then wakes the syncer.
+    pub fn update<R>(&self, f: impl FnOnce(&mut Inventory) -> R) -> R {
+        let r = f(&mut self.lock());
+        self.changed.notify_one();
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(ns: &str, name: &str, rv: &str, port: i32) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name, "resourceVersion": rv},
+            "spec": {"clusterIP": "10.0.0.1", "ports": [{"port": port, "protocol": "TCP"}]}
+        }))
+        .expect("test service")
+    }
+
+    fn slice(ns: &str, name: &str, owner: Option<&str>, rv: &str, ip: &str) -> EndpointSlice {
+        let mut v = json!({
+            "metadata": {"namespace": ns, "name": name, "resourceVersion": rv},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip]}],
+            "ports": [{"port": 80}]
+        });
+        if let Some(owner) = owner {
+            v["metadata"]["labels"] = json!({ SERVICE_NAME_LABEL: owner });
+        }
+        serde_json::from_value(v).expect("test slice")
+    }
+
+    fn node(labels: serde_json::Value, ip: &str, rv: &str) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": "n1", "labels": labels, "resourceVersion": rv},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip}]}
+        }))
+        .expect("test node")
+    }
+
+    fn names(d: &Dirty) -> Vec<String> {
+        d.services.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn sn(ns: &str, name: &str) -> ServiceName {
+        ServiceName::new(ns, name)
+    }
+
+    #[test]
+    fn service_dirty_rules() {
+        struct Case {
+            what: &'static str,
+            second: Service,
+            dirty: bool,
+        }
+        let cases = [
+            Case {
+                what: "same content, new resourceVersion",
+                second: svc("ns", "a", "2", 80),
+                dirty: false,
+            },
+            Case {
+                what: "port changed",
+                second: svc("ns", "a", "2", 81),
+                dirty: true,
+            },
+            Case {
+                what: "managedFields only",
+                second: {
+                    let mut s = svc("ns", "a", "3", 80);
+                    s.metadata.managed_fields = Some(vec![Default::default()]);
+                    s
+                },
+                dirty: false,
+            },
+            Case {
+                what: "label added",
+                second: {
+                    let mut s = svc("ns", "a", "3", 80);
+                    s.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
+                    s
+                },
+                dirty: true,
+            },
+            Case {
+                what: "annotation added",
+                second: {
+                    let mut s = svc("ns", "a", "3", 80);
+                    s.metadata.annotations = Some([("x".to_string(), "y".to_string())].into());
+                    s
+                },
+                dirty: true,
+            },
+        ];
+        for c in cases {
+            let mut inv = Inventory::new();
+            inv.apply_service(svc("ns", "a", "1", 80)).expect("apply");
+            assert_eq!(
+                names(&inv.take_dirty()),
+                ["ns/a"],
+                "{}: first apply",
+                c.what
+            );
+            inv.apply_service(c.second.clone()).expect("apply");
+            let d = inv.take_dirty();
+            assert_eq!(!d.services.is_empty(), c.dirty, "{}", c.what);
+            // The latest version is stored either way.
+            assert_eq!(
+                inv.service(&sn("ns", "a"))
+                    .map(|s| s.metadata.resource_version.clone()),
+                Some(c.second.metadata.resource_version.clone()),
+                "{}",
+                c.what
+            );
+        }
+    }
+
+    #[test]
+    fn missing_meta_is_refused() {
+        let mut inv = Inventory::new();
+        let mut s = svc("ns", "a", "1", 80);
+        s.metadata.namespace = None;
+        assert_eq!(
+            inv.apply_service(s),
+            Err(InventoryError::MissingMeta {
+                kind: "Service",
+                field: "namespace"
+            })
+        );
+        let mut e = slice("ns", "a", Some("a"), "1", "10.1.0.1");
+        e.metadata.name = Some(String::new());
+        assert_eq!(
+            inv.apply_slice(e),
+            Err(InventoryError::MissingMeta {
+                kind: "EndpointSlice",
+                field: "name"
+            })
+        );
+        assert_eq!(inv.counts(), (0, 0));
+        assert!(inv.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn delete_dirties_only_if_present() {
+        let mut inv = Inventory::new();
+        inv.delete_service("ns", "a");
+        inv.delete_slice("ns", "a-1");
+        assert!(inv.take_dirty().is_empty());
+        inv.apply_service(svc("ns", "a", "1", 80)).expect("apply");
+        inv.apply_slice(slice("ns", "a-1", Some("a"), "1", "10.1.0.1"))
+            .expect("apply");
+        inv.take_dirty();
+        inv.delete_slice("ns", "a-1");
+        assert_eq!(names(&inv.take_dirty()), ["ns/a"]);
+        assert!(inv.slices(&sn("ns", "a")).is_empty());
+        inv.delete_service("ns", "a");
+        assert_eq!(names(&inv.take_dirty()), ["ns/a"]);
+        assert_eq!(inv.counts(), (0, 0));
+    }
+
+    #[test]
+    fn slice_dirty_rules() {
+        let mut inv = Inventory::new();
+        inv.apply_slice(slice("ns", "s1", Some("a"), "1", "10.1.0.1"))
+            .expect("apply");
+        assert_eq!(names(&inv.take_dirty()), ["ns/a"]);
+
+        // Same content, new resourceVersion: nothing.
+        inv.apply_slice(slice("ns", "s1", Some("a"), "2", "10.1.0.1"))
+            .expect("apply");
+        assert!(inv.take_dirty().is_empty());
+
+        // Endpoint changed: the owner only.
+        inv.apply_slice(slice("ns", "s1", Some("a"), "3", "10.1.0.2"))
+            .expect("apply");
+        assert_eq!(names(&inv.take_dirty()), ["ns/a"]);
+
+        // Moved to another Service: both, and the index follows.
+        inv.apply_slice(slice("ns", "s1", Some("b"), "4", "10.1.0.2"))
+            .expect("apply");
+        assert_eq!(names(&inv.take_dirty()), ["ns/a", "ns/b"]);
+        assert!(inv.slices(&sn("ns", "a")).is_empty());
+        assert_eq!(inv.slices(&sn("ns", "b")).len(), 1);
+
+        // Label removed: the old owner only; stored but unowned.
+        inv.apply_slice(slice("ns", "s1", None, "5", "10.1.0.2"))
+            .expect("apply");
+        assert_eq!(names(&inv.take_dirty()), ["ns/b"]);
+        assert!(inv.slices(&sn("ns", "b")).is_empty());
+        assert_eq!(inv.counts(), (0, 1));
+
+        // Same slice name in another namespace is another slice.
+        inv.apply_slice(slice("other", "s1", Some("b"), "6", "10.1.0.9"))
+            .expect("apply");
+        assert_eq!(names(&inv.take_dirty()), ["other/b"]);
+        assert!(inv.slices(&sn("ns", "b")).is_empty());
+        assert_eq!(inv.counts(), (0, 2));
+    }
+
+    #[test]
+    fn slices_of_a_service_sorted() {
+        let mut inv = Inventory::new();
+        for (name, ip) in [
+            ("a-z", "10.1.0.3"),
+            ("a-b", "10.1.0.1"),
+            ("a-m", "10.1.0.2"),
+        ] {
+            inv.apply_slice(slice("ns", name, Some("a"), "1", ip))
+                .expect("apply");
+        }
+        inv.apply_slice(slice("ns", "x-1", Some("x"), "1", "10.1.0.9"))
+            .expect("apply");
+        let got: Vec<String> = inv
+            .slices(&sn("ns", "a"))
+            .iter()
+            .filter_map(|s| s.metadata.name.clone())
+            .collect();
+        assert_eq!(got, ["a-b", "a-m", "a-z"]);
+    }
+
+    #[test]
+    fn node_dirty_rules() {
+        struct Case {
+            what: &'static str,
+            next: Option<Node>,
+            all: bool,
+        }
+        let base = || node(json!({"zone": "a"}), "192.168.0.1", "1");
+        let cases = [
+            Case {
+                what: "same, new resourceVersion",
+                next: Some(node(json!({"zone": "a"}), "192.168.0.1", "2")),
+                all: false,
+            },
+            Case {
+                what: "label changed",
+                next: Some(node(json!({"zone": "b"}), "192.168.0.1", "2")),
+                all: true,
+            },
+            Case {
+                what: "address changed",
+                next: Some(node(json!({"zone": "a"}), "192.168.0.2", "2")),
+                all: true,
+            },
+            Case {
+                what: "gone",
+                next: None,
+                all: true,
+            },
+        ];
+        for c in cases {
+            let mut inv = Inventory::new();
+            inv.set_node(Some(base()));
+            assert!(inv.take_dirty().all, "{}: first node", c.what);
+            let expect_rv = c
+                .next
+                .as_ref()
+                .and_then(|n| n.metadata.resource_version.clone());
+            inv.set_node(c.next);
+            assert_eq!(inv.take_dirty().all, c.all, "{}", c.what);
+            assert_eq!(
+                inv.node().and_then(|n| n.metadata.resource_version.clone()),
+                expect_rv,
+                "{}",
+                c.what
+            );
+        }
+        let mut inv = Inventory::new();
+        inv.set_node(None);
+        assert!(inv.take_dirty().is_empty(), "None after None");
+    }
+
+    #[test]
+    fn replace_dirties_only_differences() {
+        let mut inv = Inventory::new();
+        inv.replace_services(vec![
+            svc("ns", "a", "1", 80),
+            svc("ns", "b", "1", 80),
+            svc("ns", "c", "1", 80),
+        ]);
+        inv.replace_slices(vec![
+            slice("ns", "a-1", Some("a"), "1", "10.1.0.1"),
+            slice("ns", "b-1", Some("b"), "1", "10.1.0.2"),
+            slice("ns", "c-1", Some("c"), "1", "10.1.0.3"),
+        ]);
+        assert_eq!(names(&inv.take_dirty()), ["ns/a", "ns/b", "ns/c"]);
+
+        // Relist: a unchanged (new rv), b changed, c gone, d new;
+        // slices: a-1 unchanged, b-1 gone, c-1 moved to d.
+        inv.replace_services(vec![
+            svc("ns", "a", "9", 80),
+            svc("ns", "b", "9", 8080),
+            svc("ns", "d", "9", 80),
+        ]);
+        assert_eq!(names(&inv.take_dirty()), ["ns/b", "ns/c", "ns/d"]);
+        inv.replace_slices(vec![
+            slice("ns", "a-1", Some("a"), "9", "10.1.0.1"),
+            slice("ns", "c-1", Some("d"), "9", "10.1.0.3"),
+        ]);
+        assert_eq!(names(&inv.take_dirty()), ["ns/b", "ns/c", "ns/d"]);
+        let mut have: Vec<String> = inv.service_names().map(|n| n.to_string()).collect();
+        have.sort();
+        assert_eq!(have, ["ns/a", "ns/b", "ns/d"]);
+        assert_eq!(inv.counts(), (3, 2));
+        assert_eq!(inv.slices(&sn("ns", "d")).len(), 1);
+        assert!(inv.slices(&sn("ns", "c")).is_empty());
+        assert!(inv.slices(&sn("ns", "b")).is_empty());
+
+        // The same listing again: nothing.
+        inv.replace_services(vec![
+            svc("ns", "a", "10", 80),
+            svc("ns", "b", "10", 8080),
+            svc("ns", "d", "10", 80),
+        ]);
+        assert!(inv.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn replace_skips_unkeyed_objects() {
+        let mut inv = Inventory::new();
+        let mut bad = svc("ns", "x", "1", 80);
+        bad.metadata.name = None;
+        inv.replace_services(vec![svc("ns", "a", "1", 80), bad]);
+        assert_eq!(inv.counts(), (1, 0));
+        assert_eq!(names(&inv.take_dirty()), ["ns/a"]);
+    }
+
+    #[test]
+    fn synced_needs_all_three() {
+        let mut inv = Inventory::new();
+        for (kind, expect) in [
+            (Kind::Services, false),
+            (Kind::Node, false),
+            (Kind::Services, false),
+            (Kind::Slices, true),
+        ] {
+            inv.set_synced(kind);
+            assert_eq!(inv.synced(), expect, "after {kind:?}");
+        }
+    }
+
+    #[test]
+    fn take_dirty_resets() {
+        let mut inv = Inventory::new();
+        inv.apply_service(svc("ns", "a", "1", 80)).expect("apply");
+        inv.set_node(Some(node(json!({}), "192.168.0.1", "1")));
+        let d = inv.take_dirty();
+        assert!(d.all);
+        assert_eq!(names(&d), ["ns/a"]);
+        assert!(inv.take_dirty().is_empty());
+    }
+
+    #[tokio::test]
+    async fn shared_update_notifies() {
+        let shared = SharedInventory::new_shared();
+        shared
+            .update(|inv| inv.apply_service(svc("ns", "a", "1", 80)))
+            .expect("apply");
+        // The permit is stored: this returns at once.
+        tokio::time::timeout(std::time::Duration::from_secs(1), shared.changed.notified())
+            .await
+            .expect("notified");
+        assert_eq!(shared.lock().counts(), (1, 0));
+    }
+}

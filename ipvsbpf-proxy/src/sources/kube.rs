@@ -1,0 +1,408 @@
+//! The `kube` source: three kube-runtime watchers (Services and
+//! EndpointSlices cluster-wide with kube-proxy's label selector, and this
+//! node's Node) feeding the inventory.
+//!
+//! kube-runtime does the protocol work: list, watch from the list's
+//! resourceVersion, resume after a dropped stream, relist after 410 Gone.
+//! With `default_backoff()` the stream never ends, it retries with backoff
+//! through API-server restarts. What is left here is mapping its events to
+//! the inventory so that a relist dirties only what changed, and surviving
+//! objects this client cannot parse (see [`Lenient`]).
+
+use std::borrow::Cow;
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Config, Resource};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+use super::{label_selector, ObjectKind, SourceError, SourceStats};
+use crate::desired::ServiceName;
+use crate::inventory::{Inventory, Kind, Shared};
+
+/// An object as received, or the metadata of one that did not parse.
+///
+/// kube-runtime deserialises a whole list page at once: with the plain
+/// type, one object this client cannot parse (a newer API's field shape,
+/// a bug) fails every relist forever and the proxy stops following the
+/// cluster. Wrapping each item lets a bad object be skipped on its own;
+/// its metadata still identifies it, so a delete of it is honoured and a
+/// relist keeps its previous good version.
+// Not boxed: `Ok` is the common case and a box would cost an allocation
+// per object of every list page.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum Lenient<K> {
+    Ok(K),
+    Bad { meta: ObjectMeta, error: String },
+}
+
+impl<K> Resource for Lenient<K>
+where
+    K: Resource<DynamicType = ()>,
+{
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        K::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        K::version(dt)
+    }
+    fn api_version(dt: &()) -> Cow<'_, str> {
+        K::api_version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Lenient::Ok(k) => k.meta(),
+            Lenient::Bad { meta, .. } => meta,
+        }
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Lenient::Ok(k) => k.meta_mut(),
+            Lenient::Bad { meta, .. } => meta,
+        }
+    }
+}
+
+impl<'de, K: DeserializeOwned> Deserialize<'de> for Lenient<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Anything that is JSON at all is accepted; only the typed view
+        // may fail.
+        let value = serde_json::Value::deserialize(deserializer)?;
+        match K::deserialize(&value) {
+            Ok(k) => Ok(Lenient::Ok(k)),
+            Err(e) => Ok(Lenient::Bad {
+                meta: value
+                    .get("metadata")
+                    .and_then(|m| ObjectMeta::deserialize(m).ok())
+                    .unwrap_or_default(),
+                error: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// A client from a kubeconfig file if given, else inferred (in-cluster
+/// service account, then `$KUBECONFIG`/`~/.kube/config`); `master`
+/// overrides the server address, as kube-proxy's `--master` does.
+pub async fn client(
+    kubeconfig: Option<PathBuf>,
+    master: Option<String>,
+) -> Result<Client, SourceError> {
+    let master_url = match &master {
+        Some(m) => Some(
+            m.parse::<axum::http::Uri>()
+                .map_err(|_| SourceError::Master(m.clone()))?,
+        ),
+        None => None,
+    };
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(&path).map_err(|source| SourceError::Kubeconfig {
+                path: path.clone(),
+                source,
+            })?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| SourceError::Kubeconfig { path, source })?
+        }
+        None => match (Config::infer().await, &master_url) {
+            (Ok(c), _) => c,
+            // With only --master (no credentials anywhere), talk to it
+            // unauthenticated, as kube-proxy does.
+            (Err(_), Some(url)) => Config::new(url.clone()),
+            (Err(e), None) => return Err(SourceError::InferConfig(e)),
+        },
+    };
+    if let Some(url) = master_url {
+        config.cluster_url = url;
+    }
+    Client::try_from(config).map_err(SourceError::Client)
+}
+
+/// Runs the three watches until one of them ends, which with backoff
+/// does not happen: the error return is for the caller to treat as fatal.
+pub async fn run(
+    client: Client,
+    node_name: String,
+    proxy_name: Option<String>,
+    inv: Shared,
+    stats: Arc<SourceStats>,
+) -> Result<(), SourceError> {
+    let selector = label_selector(proxy_name.as_deref());
+    let services = watch_kind::<Service>(
+        Api::all(client.clone()),
+        watcher::Config::default().labels(&selector),
+        Target::Services,
+        inv.clone(),
+        stats.clone(),
+    );
+    let slices = watch_kind::<EndpointSlice>(
+        Api::all(client.clone()),
+        watcher::Config::default().labels(&selector),
+        Target::Slices,
+        inv.clone(),
+        stats.clone(),
+    );
+    let node = watch_kind::<Node>(
+        Api::all(client),
+        watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+        Target::Node(node_name.clone()),
+        inv,
+        stats,
+    );
+    tokio::try_join!(services, slices, node).map(|_| ())
+}
+
+/// What one watch feeds; the Node watch carries the node name to ignore
+/// any other Node a misbehaving server might send.
+#[derive(Clone, Debug)]
+enum Target {
+    Services,
+    Slices,
+    Node(String),
+}
+
+impl Target {
+    fn kind(&self) -> Kind {
+        match self {
+            Target::Services => Kind::Services,
+            Target::Slices => Kind::Slices,
+            Target::Node(_) => Kind::Node,
+        }
+    }
+
+    fn object_kind(&self) -> ObjectKind {
+        match self {
+            Target::Services => ObjectKind::Service,
+            Target::Slices => ObjectKind::EndpointSlice,
+            Target::Node(_) => ObjectKind::Node,
+        }
+    }
+}
+
+/// The per-kind operations, so one event loop serves the three watches.
+trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static {
+    fn apply(self, inv: &mut Inventory, target: &Target) -> Result<(), String>;
+    fn delete(meta: &ObjectMeta, inv: &mut Inventory, target: &Target);
+    /// The stored version of the object `meta` names.
+    fn existing(meta: &ObjectMeta, inv: &Inventory) -> Option<Self>;
+    fn replace(all: Vec<Self>, inv: &mut Inventory, target: &Target);
+}
+
+fn ns_name(meta: &ObjectMeta) -> Option<(&str, &str)> {
+    Some((meta.namespace.as_deref()?, meta.name.as_deref()?))
+}
+
+impl Watched for Service {
+    fn apply(self, inv: &mut Inventory, _: &Target) -> Result<(), String> {
+        inv.apply_service(self).map_err(|e| e.to_string())
+    }
+    fn delete(meta: &ObjectMeta, inv: &mut Inventory, _: &Target) {
+        if let Some((ns, name)) = ns_name(meta) {
+            inv.delete_service(ns, name);
+        }
+    }
+    fn existing(meta: &ObjectMeta, inv: &Inventory) -> Option<Self> {
+        let (ns, name) = ns_name(meta)?;
+        inv.service(&ServiceName::new(ns, name))
+            .map(|s| Service::clone(s))
+    }
+    fn replace(all: Vec<Self>, inv: &mut Inventory, _: &Target) {
+        inv.replace_services(all);
+    }
+}
+
+impl Watched for EndpointSlice {
+    fn apply(self, inv: &mut Inventory, _: &Target) -> Result<(), String> {
+        inv.apply_slice(self).map_err(|e| e.to_string())
+    }
+    fn delete(meta: &ObjectMeta, inv: &mut Inventory, _: &Target) {
+        if let Some((ns, name)) = ns_name(meta) {
+            inv.delete_slice(ns, name);
+        }
+    }
+    fn existing(meta: &ObjectMeta, inv: &Inventory) -> Option<Self> {
+        let (ns, name) = ns_name(meta)?;
+        inv.slice(ns, name).map(|s| EndpointSlice::clone(s))
+    }
+    fn replace(all: Vec<Self>, inv: &mut Inventory, _: &Target) {
+        inv.replace_slices(all);
+    }
+}
+
+fn is_own_node(meta: &ObjectMeta, target: &Target) -> bool {
+    matches!(target, Target::Node(n) if meta.name.as_deref() == Some(n.as_str()))
+}
+
+impl Watched for Node {
+    fn apply(self, inv: &mut Inventory, target: &Target) -> Result<(), String> {
+        if is_own_node(&self.metadata, target) {
+            inv.set_node(Some(self));
+        }
+        Ok(())
+    }
+    fn delete(meta: &ObjectMeta, inv: &mut Inventory, target: &Target) {
+        if is_own_node(meta, target) {
+            inv.set_node(None);
+        }
+    }
+    fn existing(meta: &ObjectMeta, inv: &Inventory) -> Option<Self> {
+        inv.node()
+            .filter(|n| n.metadata.name == meta.name)
+            .map(|n| Node::clone(n))
+    }
+    fn replace(all: Vec<Self>, inv: &mut Inventory, target: &Target) {
+        let own = all.into_iter().find(|n| is_own_node(&n.metadata, target));
+        inv.set_node(own);
+    }
+}
+
+fn describe(meta: &ObjectMeta) -> String {
+    match (meta.namespace.as_deref(), meta.name.as_deref()) {
+        (Some(ns), Some(name)) => format!("{ns}/{name}"),
+        (None, Some(name)) => name.to_string(),
+        _ => "<unnamed>".to_string(),
+    }
+}
+
+/// One watch's event loop: events applied as they come, a (re)list
+/// buffered and applied at once with `replace_*` so the inventory never
+/// holds half a listing and only differences become dirty.
+async fn watch_kind<K: Watched>(
+    api: Api<Lenient<K>>,
+    config: watcher::Config,
+    target: Target,
+    inv: Shared,
+    stats: Arc<SourceStats>,
+) -> Result<(), SourceError> {
+    let kind = target.object_kind();
+    let skip = |meta: &ObjectMeta, error: &str| {
+        tracing::warn!(
+            kind = kind.as_str(),
+            object = %describe(meta),
+            error,
+            "object skipped: cannot parse it, keeping its previous version"
+        );
+        stats.count_skipped(kind);
+    };
+    let mut stream = pin!(watcher::watcher(api, config).default_backoff());
+    let mut listed: Vec<K> = Vec::new();
+    let mut listed_bad: Vec<ObjectMeta> = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            Err(e) => tracing::warn!(kind = kind.as_str(), error = %e, "watch failed, retrying"),
+            Ok(Event::Init) => {
+                listed.clear();
+                listed_bad.clear();
+            }
+            Ok(Event::InitApply(Lenient::Ok(k))) => listed.push(k),
+            Ok(Event::InitApply(Lenient::Bad { meta, error })) => {
+                skip(&meta, &error);
+                listed_bad.push(meta);
+            }
+            Ok(Event::InitDone) => {
+                let mut all = std::mem::take(&mut listed);
+                let bad = std::mem::take(&mut listed_bad);
+                inv.update(|i| {
+                    all.extend(bad.iter().filter_map(|m| K::existing(m, i)));
+                    K::replace(all, i, &target);
+                    i.set_synced(target.kind());
+                });
+                stats.relists.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Event::Apply(Lenient::Ok(k))) => {
+                let meta = k.meta().clone();
+                if let Err(e) = inv.update(|i| k.apply(i, &target)) {
+                    skip(&meta, &e);
+                }
+            }
+            Ok(Event::Apply(Lenient::Bad { meta, error })) => skip(&meta, &error),
+            // A deleted object's last state does not matter, only its name.
+            Ok(Event::Delete(obj)) => inv.update(|i| K::delete(obj.meta(), i, &target)),
+        }
+    }
+    Err(SourceError::WatchEnded {
+        kind: kind.as_str(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::ResourceExt;
+    use serde_json::json;
+
+    #[test]
+    fn lenient_parses_good_and_keeps_meta_of_bad() {
+        let good: Lenient<Service> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "ns", "name": "a", "resourceVersion": "5"},
+            "spec": {"ports": [{"port": 80}]}
+        }))
+        .expect("deserialize");
+        match good {
+            Lenient::Ok(s) => assert_eq!(s.metadata.name.as_deref(), Some("a")),
+            Lenient::Bad { error, .. } => panic!("good object rejected: {error}"),
+        }
+        let bad: Lenient<Service> = serde_json::from_value(json!({
+            "metadata": {"namespace": "ns", "name": "b", "resourceVersion": "6"},
+            "spec": {"ports": "eighty"}
+        }))
+        .expect("deserialize");
+        match &bad {
+            Lenient::Bad { meta, error } => {
+                assert_eq!(describe(meta), "ns/b");
+                assert_eq!(bad.resource_version().as_deref(), Some("6"));
+                assert!(error.contains("invalid type"), "{error}");
+            }
+            Lenient::Ok(_) => panic!("malformed object accepted"),
+        }
+        // A list page with one bad item still parses.
+        let list: kube::core::ObjectList<Lenient<Service>> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ServiceList",
+            "metadata": {"resourceVersion": "7"},
+            "items": [
+                {"metadata": {"namespace": "ns", "name": "a"}, "spec": {}},
+                {"metadata": {"namespace": "ns", "name": "b"}, "spec": {"ports": 1}}
+            ]
+        }))
+        .expect("list");
+        let kinds: Vec<bool> = list
+            .items
+            .iter()
+            .map(|i| matches!(i, Lenient::Ok(_)))
+            .collect();
+        assert_eq!(kinds, [true, false]);
+    }
+
+    #[test]
+    fn lenient_resource_paths_are_the_inner_types() {
+        assert_eq!(
+            Lenient::<EndpointSlice>::url_path(&(), None),
+            "/apis/discovery.k8s.io/v1/endpointslices"
+        );
+        assert_eq!(Lenient::<Service>::url_path(&(), None), "/api/v1/services");
+        assert_eq!(Lenient::<Node>::kind(&()), "Node");
+    }
+}

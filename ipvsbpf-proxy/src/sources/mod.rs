@@ -1,0 +1,171 @@
+//! The two sources of truth that fill the [`inventory`](crate::inventory):
+//! [`kube`](mod@self::kube) (watches of the API server) and [`file`](mod@self::file) (a directory of
+//! manifests, for tests and clusters without a proxy-facing API).
+//!
+//! Both select the same objects as kube-proxy: Services (and their
+//! EndpointSlices, which the EndpointSlice controller labels like their
+//! Service) that are not headless and that belong to this proxy by the
+//! `service.kubernetes.io/service-proxy-name` label.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub mod file;
+pub mod kube;
+
+/// Services carrying this label belong to the proxy of that name; the
+/// default proxy (no name) must leave them alone.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Headless Services get no virtual server; the EndpointSlice controller
+/// copies this label onto their slices so both can be filtered server-side.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
+/// The label selector for Services and EndpointSlices, as kube-proxy
+/// sends it.
+pub fn label_selector(proxy_name: Option<&str>) -> String {
+    match proxy_name {
+        None => format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}"),
+        Some(name) => format!("{SERVICE_PROXY_NAME_LABEL}={name},!{HEADLESS_LABEL}"),
+    }
+}
+
+/// The same selection as [`label_selector`], evaluated in-process (the
+/// file source has no server to do it).
+pub fn selected(labels: Option<&BTreeMap<String, String>>, proxy_name: Option<&str>) -> bool {
+    let get = |key: &str| labels.and_then(|l| l.get(key));
+    if get(HEADLESS_LABEL).is_some() {
+        return false;
+    }
+    match proxy_name {
+        None => get(SERVICE_PROXY_NAME_LABEL).is_none(),
+        Some(name) => get(SERVICE_PROXY_NAME_LABEL).map(String::as_str) == Some(name),
+    }
+}
+
+/// Errors of the sources.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("reading kubeconfig {path}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: ::kube::config::KubeconfigError,
+    },
+    #[error("inferring the client configuration (in-cluster or ~/.kube/config)")]
+    InferConfig(#[source] ::kube::config::InferConfigError),
+    #[error("invalid API server address {0:?}")]
+    Master(String),
+    #[error("building the Kubernetes client")]
+    Client(#[source] ::kube::Error),
+    #[error("reading manifest directory {path}")]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{kind} watch stream ended")]
+    WatchEnded { kind: &'static str },
+}
+
+/// Objects and files a source skipped because they could not be parsed.
+/// Plain atomics so the metrics module can read them without a lock.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    pub skipped_services: AtomicU64,
+    pub skipped_slices: AtomicU64,
+    pub skipped_nodes: AtomicU64,
+    /// File source: files that failed to parse (their previous objects are
+    /// kept).
+    pub skipped_files: AtomicU64,
+    /// Kube source: complete (re)lists received, across the three watches.
+    pub relists: AtomicU64,
+}
+
+/// Which counter of [`SourceStats`] an object kind uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectKind {
+    Service,
+    EndpointSlice,
+    Node,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Service => "Service",
+            ObjectKind::EndpointSlice => "EndpointSlice",
+            ObjectKind::Node => "Node",
+        }
+    }
+}
+
+impl SourceStats {
+    pub fn count_skipped(&self, kind: ObjectKind) {
+        self.counter(kind).fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn skipped(&self, kind: ObjectKind) -> u64 {
+        self.counter(kind).load(Ordering::Relaxed)
+    }
+
+    fn counter(&self, kind: ObjectKind) -> &AtomicU64 {
+        match kind {
+            ObjectKind::Service => &self.skipped_services,
+            ObjectKind::EndpointSlice => &self.skipped_slices,
+            ObjectKind::Node => &self.skipped_nodes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_strings() {
+        assert_eq!(
+            label_selector(None),
+            "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless"
+        );
+        assert_eq!(
+            label_selector(Some("ipvsbpf")),
+            "service.kubernetes.io/service-proxy-name=ipvsbpf,!service.kubernetes.io/headless"
+        );
+    }
+
+    #[test]
+    fn selection_table() {
+        // (labels, proxy name, selected)
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, bool);
+        let cases: &[Case] = &[
+            (&[], None, true),
+            (&[], Some("p"), false),
+            (&[("app", "x")], None, true),
+            (&[(HEADLESS_LABEL, "")], None, false),
+            (&[(HEADLESS_LABEL, "")], Some("p"), false),
+            (&[(SERVICE_PROXY_NAME_LABEL, "p")], None, false),
+            (&[(SERVICE_PROXY_NAME_LABEL, "p")], Some("p"), true),
+            (&[(SERVICE_PROXY_NAME_LABEL, "q")], Some("p"), false),
+            (&[(SERVICE_PROXY_NAME_LABEL, "")], None, false),
+            (
+                &[(SERVICE_PROXY_NAME_LABEL, "p"), (HEADLESS_LABEL, "")],
+                Some("p"),
+                false,
+            ),
+        ];
+        for (labels, proxy, want) in cases {
+            let map: BTreeMap<String, String> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            assert_eq!(
+                selected(Some(&map), *proxy),
+                *want,
+                "labels {labels:?} proxy {proxy:?}"
+            );
+        }
+        assert!(selected(None, None));
+        assert!(!selected(None, Some("p")));
+    }
+}

@@ -1,0 +1,139 @@
+# SPDX-License-Identifier: GPL-2.0
+# testbed/suites/proxy-lib.bash: what the proxy suites (proxy-e2e.bash,
+# proxy-demo.sh) share; sourced after lib.sh with MODE set (ipvs-bpf or
+# ipvs). proxy_cluster_up builds the topology with nginx in every pod,
+# dnsmasq in pod1b and pod2b, default routes on node and a copy of
+# testbed/manifests in $MAN that tests may edit; start_proxy runs
+# ipvsbpf-proxy on node from it. The EXIT trap kills the proxy, runs
+# --cleanup and removes everything.
+proxy=$TOP/build/proxy/ipvsbpf-proxy
+[ -x "$proxy" ] || fail "no $proxy (run testbed/build-proxy)"
+MAN=$(mktemp -d /tmp/ipvsbpf-proxy.XXXXXX)
+LOG=$MAN.log
+# `ip netns exec` mounts a fresh /sys, hiding /sys/fs/bpf: pin on a bpffs
+# of our own, outside /sys.
+BPFFS=/run/ipvsbpf-proxy-bpffs
+PIN=$BPFFS/pins
+PORTS=61000-61999
+PID=
+NODE=$(topo_ip node 4)
+CLIENT=$(topo_ip client 4)
+
+proxy_args=(--proxy-mode "$MODE" --source file --manifests "$MAN"
+	--hostname-override node --cluster-cidr 198.18.0.0/16,2001:db8:1::/48
+	--nodeport-addresses 192.0.2.0/24,2001:db8::/64
+	--healthz-bind-address "$NODE:10256" --metrics-bind-address 127.0.0.1:10249
+	--bpf-pin-path "$PIN" --snat-port-range "$PORTS"
+	--ipvs-min-sync-period 200ms --ipvs-sync-period 30s)
+
+cleanup() {
+	local rc=$?
+	if [ "$rc" != 0 ]; then
+		echo "      --- proxy log (last 30 lines)"
+		tail -30 "$LOG" | sed 's/^/      /'
+		echo "      --- node: addresses, local routes, KUBE rules"
+		topo_exec node ip -br addr | sed 's/^/      /'
+		topo_exec node ip -6 route show table local | grep -v fe80 | sed 's/^/      /'
+		topo_exec node ip6tables-save 2>/dev/null | grep -c KUBE | sed 's/^/      ip6tables KUBE lines: /'
+	fi
+	[ -n "$PID" ] && kill -9 "$PID" 2>/dev/null
+	topo_exec node "$proxy" --cleanup --bpf-pin-path "$PIN" --snat-port-range "$PORTS" \
+		>/dev/null 2>&1
+	topo_kill_ns
+	topo_down
+	rm -rf "$MAN"
+	umount "$BPFFS" 2>/dev/null && rmdir "$BPFFS"
+}
+trap cleanup EXIT
+
+start_proxy() {
+	# ip netns exec execs the proxy in place: $! is the proxy itself
+	# (topo_exec, a function, would put a subshell in between)
+	ip netns exec node "$proxy" "${proxy_args[@]}" >>"$LOG" 2>&1 &
+	PID=$!
+	local i
+	# healthy, and a first sync done (the last-sync timestamp is set)
+	for i in $(seq 1 300); do
+		if topo_exec client curl -s -m 1 -o /dev/null -w '%{http_code}' \
+			"http://$NODE:10256/healthz" 2>/dev/null | grep -qx 200 &&
+			[ "$(metric kubeproxy_sync_proxy_rules_last_timestamp_seconds)" != 0 ]; then
+			return 0
+		fi
+		kill -0 "$PID" 2>/dev/null || break
+		sleep 0.2
+	done
+	sed 's/^/      log: /' "$LOG" | tail -20
+	fail "the proxy did not become healthy"
+}
+
+# metric NAME: the sum of NAME's samples over all labels (0 if none).
+metric() {
+	topo_exec node curl -s -m 2 http://127.0.0.1:10249/metrics |
+		awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%g\n", s }'
+}
+
+# poll CMD...: up to 10 s for CMD to succeed.
+poll() {
+	local i
+	for i in $(seq 1 50); do
+		"$@" && return 0
+		sleep 0.2
+	done
+	return 1
+}
+
+# drop_endpoint FILE ADDR: remove ADDR's endpoint entry from an
+# EndpointSlice manifest (the "  - addresses: [ADDR]" item and its
+# indented lines), written to a temporary file and renamed, as a
+# ConfigMap update or kubectl would replace it.
+drop_endpoint() {
+	awk -v a="  - addresses: [$2]" '
+		$0 == a { skip = 1; next }
+		skip && /^    / { next }
+		{ skip = 0; print }' "$1" >"$1.tmp" && mv "$1.tmp" "$1"
+	grep -q "$2" "$1" && fail "drop_endpoint: $2 still in $1"
+	return 0
+}
+
+# hits FROM URL N: N requests; prints the answers, one per line.
+hits() {
+	local from=$1 url=$2 n=$3 i
+	for i in $(seq 1 "$n"); do
+		topo_exec "$from" curl -s -m 3 "$url" || echo "<error>"
+	done
+}
+
+# reach FROM URL POD...: 24 requests, no error, and every POD answers.
+reach() {
+	local from=$1 url=$2 ans p
+	shift 2
+	ans=$(hits "$from" "$url" 24)
+	echo "$ans" | sort | uniq -c | tr '\n' ' ' | sed 's/^/      /;s/$/\n/'
+	echo "$ans" | grep -qx '<error>' && fail "a request from $from to $url failed"
+	for p in "$@"; do
+		echo "$ans" | grep -qx "$p" || fail "$p never answered $url from $from"
+	done
+	return 0
+}
+
+proxy_cluster_up() {
+	[ -d /proc/sys/net/ipv4/vs ] || modprobe ip_vs || fail "modprobe ip_vs"
+	mkdir -p "$BPFFS"
+	mountpoint -q "$BPFFS" || mount -t bpf bpf "$BPFFS" || fail "mount bpffs on $BPFFS"
+	step "topology; nginx in every pod, dnsmasq in pod1b and pod2b"
+	topo_up
+	topo_check || fail "topology connectivity"
+	for p in pod1a pod1b pod2a pod2b; do
+		topo_nginx "$p" || fail "nginx in $p"
+	done
+	for p in pod1b pod2b; do
+		topo_exec "$p" dnsmasq --no-resolv --no-hosts --bind-interfaces \
+			--listen-address="$(topo_ip $p 4)" --address="/which.test/$(topo_ip $p 4)" \
+			--pid-file="/tmp/ipvsbpf-dnsmasq-$p.pid" || fail "dnsmasq in $p"
+	done
+	cp "$TOP"/testbed/manifests/*.yaml "$MAN/"
+	# A node has a default route; ipvs-bpf mode finds its uplink by it.
+	topo_exec node ip route add default via "$CLIENT"
+	topo_exec node ip -6 route add default via "$(topo_ip client 6)"
+	: >"$LOG"
+}
