@@ -22,26 +22,16 @@ use ipvsbpf_proxy::desired::{
 use ipvsbpf_proxy::ipvsmode::{
     Error, ExecRunner, IpvsMode, IpvsModeConfig, LinkError, Links, ProcSysctl, Rtnl, DUMMY_DEVICE,
 };
+use netns::{run, try_in_netns};
 
-/// Runs `f` in a new network namespace on a thread of its own; `None`
+mod netns;
+
+/// Runs `f` in a network namespace of its own with `lo` up; `None`
 /// (after printing why) when this host cannot make one.
 fn in_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
-    let t = std::thread::spawn(move || {
-        // SAFETY: unshare(2) changes only the calling thread's namespaces.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        if rc != 0 {
-            eprintln!(
-                "SKIP: unshare(CLONE_NEWNET): {} (needs root)",
-                std::io::Error::last_os_error()
-            );
-            return None;
-        }
-        Some(f())
-    });
-    match t.join() {
-        Ok(r) => r,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    try_in_netns(f)
+        .map_err(|e| eprintln!("SKIP: unshare(CLONE_NEWNET): {e} (needs root)"))
+        .ok()
 }
 
 fn have(tool: &str) -> bool {
@@ -73,21 +63,6 @@ fn tools_or_skip() -> bool {
         return false;
     }
     true
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {} failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Makes sure `kube-ipvs0` can exist: if the kernel has no dummy driver,
@@ -124,12 +99,11 @@ fn ip_addrs() -> BTreeSet<IpAddr> {
 
 #[test]
 fn rtnl_device_and_addresses() {
+    if !have("ip") {
+        eprintln!("SKIP: no `ip` to check against");
+        return;
+    }
     let Some(()) = in_netns(|| {
-        if !have("ip") {
-            eprintln!("SKIP: no `ip` to check against");
-            return;
-        }
-        run("ip", &["link", "set", "lo", "up"]);
         let mut links = Rtnl::connect().expect("rtnetlink socket");
         prepare_device(&mut links);
         links
@@ -283,10 +257,10 @@ fn kube_sets() -> Vec<String> {
 
 #[test]
 fn ipvs_mode_sync_and_cleanup_on_real_tools() {
+    if !tools_or_skip() {
+        return;
+    }
     let Some(()) = in_netns(|| {
-        if !tools_or_skip() {
-            return;
-        }
         // ipset needs the kernel's ip_set; say so plainly if it is absent.
         let probe = Command::new("ipset")
             .args(["list", "-n"])
@@ -298,7 +272,6 @@ fn ipvs_mode_sync_and_cleanup_on_real_tools() {
                 String::from_utf8_lossy(&probe.stderr)
             );
         }
-        run("ip", &["link", "set", "lo", "up"]);
         // Someone else's chain, rule and set: cleanup must leave them.
         run("iptables", &["-t", "nat", "-N", "OTHER-CHAIN"]);
         run(

@@ -15,51 +15,21 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipvs_netlink::{Destination, ForwardMethod, Ipvs, Protocol, Service, ServiceFlags, ServiceKey};
 use ipvsbpf_proxy::desired::{ServiceName, ServiceState, VirtualServer, VsKind};
 use ipvsbpf_proxy::reconcile::{ReconcileOptions, Reconciler, SyncReport};
+use netns::{run, try_in_netns};
+
+mod netns;
 
 // ---- running in a namespace of one's own --------------------------------
 
-/// Runs `f` on a thread of its own in a new network namespace with `lo` up:
-/// IPVS accepts an IPv4 real server only once `inet_addr_type()` can tell
-/// it is unicast, which needs the local routing table `lo`'s address makes.
+/// Runs `f` in a network namespace of its own with `lo` up; these tests
+/// need one, so a host that cannot make it fails them.
 fn in_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    let t = std::thread::spawn(move || {
-        // SAFETY: unshare(2) changes only the calling thread's namespaces.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        run("ip", &["link", "set", "lo", "up"]);
-        f()
-    });
-    match t.join() {
-        Ok(r) => r,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {} failed ({}): {}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("output is UTF-8")
+    try_in_netns(f).unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET): {e}"))
 }
 
 fn reconciler(drain_timeout: Duration, exclude_cidrs: Vec<(IpAddr, u8)>) -> Reconciler<Ipvs> {
