@@ -7,7 +7,6 @@
 //!   ipvsbpf-datapath stats --pin /sys/fs/bpf/ipvsbpf
 //!   ipvsbpf-datapath detach --dev eth0 --pin /sys/fs/bpf/ipvsbpf
 
-use std::ffi::CString;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,6 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ipvsbpf_proxy::datapath::{self, Datapath, Options, MAP_SESSIONS, MAP_STATS};
+use ipvsbpf_proxy::hostinfo;
 
 #[derive(Parser)]
 #[command(
@@ -64,26 +64,7 @@ enum Cmd {
 }
 
 fn ifindex(dev: &str) -> Result<i32, String> {
-    let name = CString::new(dev).map_err(|_| format!("bad device name {dev:?}"))?;
-    // SAFETY: a valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if idx == 0 {
-        return Err(format!("no device {dev} in this network namespace"));
-    }
-    i32::try_from(idx).map_err(|_| format!("ifindex {idx} out of range"))
-}
-
-/// The programs read the IP header at offset 14: Ethernet devices only
-/// (ARPHRD_ETHER; veth, virtio, ENA, mlx5... all are).
-fn check_ethernet(dev: &str) -> Result<(), String> {
-    let path = format!("/sys/class/net/{dev}/type");
-    let ty = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
-    match ty.trim() {
-        "1" => Ok(()),
-        other => Err(format!(
-            "{dev} is not an Ethernet device (ARPHRD {other}); the programs need one"
-        )),
-    }
+    hostinfo::ifindex(dev).map_err(|e| e.to_string())
 }
 
 fn unpin(pin: &Path) -> Result<(), String> {
@@ -92,7 +73,7 @@ fn unpin(pin: &Path) -> Result<(), String> {
 
 fn attach(dev: &str, pin: &Path, opts: &Options) -> Result<(), String> {
     let idx = ifindex(dev)?;
-    check_ethernet(dev)?;
+    hostinfo::check_ethernet(dev).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(pin).map_err(|e| format!("creating {}: {e}", pin.display()))?;
     let mut storage = MaybeUninit::uninit();
     let mut dp = Datapath::load(&mut storage, opts).map_err(|e| e.to_string())?;
