@@ -32,16 +32,6 @@ pub enum BpfModeError {
     NoUplink,
     #[error("uplink {0} has no address to use as the SNAT source")]
     NoSnatAddress(String),
-    #[error(
-        "SNAT port range {min}-{max} overlaps the ephemeral range {lmin}-{lmax} \
-         (net.ipv4.ip_local_port_range); pick --snat-port-range outside it"
-    )]
-    PortOverlap {
-        min: u16,
-        max: u16,
-        lmin: u16,
-        lmax: u16,
-    },
     #[error(transparent)]
     Host(#[from] HostError),
     #[error(transparent)]
@@ -62,7 +52,8 @@ pub struct BpfModeConfig {
     pub pin_dir: PathBuf,
     /// `--uplink`; empty = every device with a default route.
     pub uplinks: Vec<String>,
-    /// `--snat-port-range`.
+    /// `--snat-port-range`, already checked against the ephemeral range
+    /// (`cli::check_snat_range_against`).
     pub port_min: u16,
     pub port_max: u16,
     pub options: Options,
@@ -87,15 +78,6 @@ impl BpfMode {
     pub fn setup(cfg: &BpfModeConfig, ipvs: &mut Ipvs) -> Result<BpfMode, BpfModeError> {
         if !Self::kernel_supported() {
             return Err(BpfModeError::Unsupported);
-        }
-        let (lmin, lmax) = hostinfo::local_port_range()?;
-        if cfg.port_min <= lmax && lmin <= cfg.port_max {
-            return Err(BpfModeError::PortOverlap {
-                min: cfg.port_min,
-                max: cfg.port_max,
-                lmin,
-                lmax,
-            });
         }
         let names = if cfg.uplinks.is_empty() {
             hostinfo::default_route_devices()?

@@ -16,7 +16,7 @@ use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
 use crate::bpfmode::{BpfMode, BpfModeConfig};
-use crate::cli::{Cidr, Config, NodePortAddresses, ProxyMode, SourceKind};
+use crate::cli::{self, Cidr, Config, NodePortAddresses, ProxyMode, SourceKind};
 use crate::datapath::{self, Options};
 use crate::hostinfo;
 use crate::http::{self, HealthCheckServers, ProxyHealth};
@@ -67,6 +67,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     let plumbing = match mode {
         ProxyMode::IpvsBpf => {
+            cli::check_snat_range_against(
+                cfg.snat_port_range,
+                &hostinfo::sysctl_path("net.ipv4.ip_local_port_range"),
+            )?;
             if ipvs_mode_leftovers() {
                 warn!("kube-ipvs0 from ipvs mode is present; run --cleanup when switching modes");
             }

@@ -251,20 +251,6 @@ fn format_port_list(ports: &BTreeSet<(u16, u16)>) -> String {
     parts.join(",")
 }
 
-/// The node's ephemeral port range (`net.ipv4.ip_local_port_range`).
-pub fn local_port_range() -> Result<(u16, u16), HostError> {
-    let name = "net.ipv4.ip_local_port_range";
-    let text = read_sysctl(name)?;
-    let mut it = text.split_whitespace().map(str::parse::<u16>);
-    match (it.next(), it.next()) {
-        (Some(Ok(a)), Some(Ok(b))) => Ok((a, b)),
-        _ => Err(HostError::Parse {
-            path: sysctl_path(name),
-            text,
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
