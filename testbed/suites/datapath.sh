@@ -36,12 +36,7 @@ cleanup() {
 trap cleanup EXIT
 
 # 1. the host's tests on this kernel
-while read -r name bin; do
-	step "cargo test $name on $(uname -r)"
-	[ -x "$bin" ] || fail "$bin missing"
-	"$bin" --test-threads=2 2>&1 | grep -E '^test |test result' | sed 's/^/      /'
-	[ "${PIPESTATUS[0]}" = 0 ] || fail "$name failed on $(uname -r)"
-done <"$list"
+run_test_list "$list" 1 --test-threads=2
 
 # 2. end to end with IPVS
 [ -d /proc/sys/net/ipv4/vs ] || modprobe ip_vs || fail "modprobe ip_vs"

@@ -17,3 +17,25 @@ need() {
 		command -v "$t" >/dev/null || skip "$t is not installed"
 	done
 }
+
+# run_test_list LIST MIN [ARGS...]: run each test binary of LIST ("name
+# path" lines, built on the host: the guest cannot run cargo) with ARGS,
+# show each test's line, and fail on a failing binary (with its failure
+# report) or one that passed fewer than MIN tests.
+run_test_list() {
+	local list=$1 min=$2 name bin out rc ran
+	shift 2
+	while read -r name bin; do
+		step "cargo test --test $name -- $* on $(uname -r)"
+		[ -x "$bin" ] || fail "$bin missing"
+		out=$("$bin" "$@" 2>&1)
+		rc=$?
+		grep -E '^test |^test result' <<<"$out" | sed 's/^/      /'
+		if [ "$rc" != 0 ]; then
+			sed -n '/^failures:$/,$p' <<<"$out" | sed 's/^/      /'
+			fail "$name failed on $(uname -r)"
+		fi
+		ran=$(grep -c '^test .* ok$' <<<"$out")
+		[ "$ran" -ge "$min" ] || fail "$name ran only $ran tests"
+	done <"$list"
+}

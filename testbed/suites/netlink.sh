@@ -24,19 +24,7 @@ for m in ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_sh ip_vs_mh ip_vs_pe_sip; do
 done
 step "IPVS and its schedulers loaded (ip_vs from $(modinfo -n ip_vs))"
 
-while read -r name bin; do
-	step "cargo test --test $name -- --ignored on $(uname -r)"
-	[ -x "$bin" ] || fail "$bin missing"
-	out=$("$bin" --ignored --test-threads=1 2>&1)
-	rc=$?
-	grep -E '^test |^test result' <<<"$out" | sed 's/^/      /'
-	if [ "$rc" != 0 ]; then
-		sed -n '/^failures:$/,$p' <<<"$out" | sed 's/^/      /'
-		fail "$name failed on $(uname -r)"
-	fi
-	ran=$(grep -c '^test .* ok$' <<<"$out")
-	[ "$ran" -ge 10 ] || fail "$name ran only $ran tests"
-done <"$list"
+run_test_list "$list" 10 --ignored --test-threads=1
 
 [ -x "$bench" ] || fail "no $bench (run testbed/build-netlink)"
 step "restore benchmark: 1000 services x 10 destinations, against ipvsadm -R"

@@ -15,16 +15,4 @@ for m in ip_vs ip_vs_rr; do
 	modprobe "$m" || fail "modprobe $m"
 done
 
-while read -r name bin; do
-	step "cargo test --test $name -- --ignored on $(uname -r)"
-	[ -x "$bin" ] || fail "$bin missing"
-	out=$("$bin" --ignored --test-threads=1 2>&1)
-	rc=$?
-	grep -E '^test |^test result' <<<"$out" | sed 's/^/      /'
-	if [ "$rc" != 0 ]; then
-		sed -n '/^failures:$/,$p' <<<"$out" | sed 's/^/      /'
-		fail "$name failed on $(uname -r)"
-	fi
-	ran=$(grep -c '^test .* ok$' <<<"$out")
-	[ "$ran" -ge 5 ] || fail "$name ran only $ran tests"
-done <"$list"
+run_test_list "$list" 5 --ignored --test-threads=1
