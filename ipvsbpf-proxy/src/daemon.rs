@@ -281,13 +281,9 @@ async fn sync_loop(
         for f in &report.failed {
             warn!(service = ?f.service, key = ?f.key, error = %f.error, "IPVS request failed; will retry");
         }
-        metrics
-            .ipvs_requests
-            .get_or_create(&crate::metrics::RequestLabels {
-                op: "any".into(),
-                result: "sent".into(),
-            })
-            .inc_by(report.requests as u64);
+        for (&(op, ok), &n) in &report.by_op {
+            metrics.ipvs_requests(op, ok, n);
+        }
         if full || outcome.node_changed {
             if let Plumbing::Ipvs(m) = &mut plumbing {
                 if let Err(e) = tokio::task::block_in_place(|| m.sync(syncer.state())) {
@@ -321,9 +317,7 @@ async fn sync_loop(
         {
             let n = stats.skipped(kind);
             if n > skipped_seen[i] {
-                for _ in skipped_seen[i]..n {
-                    metrics.source_object_skipped(kind.as_str());
-                }
+                metrics.source_objects_skipped(kind.as_str(), n - skipped_seen[i]);
                 skipped_seen[i] = n;
             }
         }

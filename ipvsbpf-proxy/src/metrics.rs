@@ -301,23 +301,23 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
-    /// One IPVS request and whether it succeeded.
-    pub fn ipvs_request(&self, op: Op, ok: bool) {
+    /// `n` IPVS requests of one kind and whether they succeeded.
+    pub fn ipvs_requests(&self, op: Op, ok: bool, n: u64) {
         self.ipvs_requests
             .get_or_create(&RequestLabels {
                 op: op_label(op),
                 result: if ok { "ok" } else { "error" }.to_string(),
             })
-            .inc();
+            .inc_by(n);
     }
 
-    /// An object the source skipped.
-    pub fn source_object_skipped(&self, kind: &str) {
+    /// `n` objects the source skipped.
+    pub fn source_objects_skipped(&self, kind: &str, n: u64) {
         self.source_objects_skipped
             .get_or_create(&KindLabels {
                 kind: kind.to_string(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// Services with a Local policy and no local endpoint, recounted each
@@ -657,10 +657,10 @@ mod tests {
         }
         let mut r = Registry::default();
         let m = Metrics::new(&mut r);
-        m.ipvs_request(Op::AddService, true);
-        m.ipvs_request(Op::AddService, true);
-        m.ipvs_request(Op::AddService, false);
-        m.source_object_skipped("EndpointSlice");
+        m.ipvs_requests(Op::AddService, true, 1);
+        m.ipvs_requests(Op::AddService, true, 1);
+        m.ipvs_requests(Op::AddService, false, 1);
+        m.source_objects_skipped("EndpointSlice", 1);
         m.virtual_servers.set(7);
         let text = encoded(&r);
         let want = [

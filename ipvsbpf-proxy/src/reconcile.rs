@@ -24,8 +24,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ipvs_netlink::{
-    Destination, Error as IpvsError, ErrorKind, ForwardMethod, Ipvs, Protocol, Request, Service,
-    ServiceKey,
+    Destination, Error as IpvsError, ErrorKind, ForwardMethod, Ipvs, Op, Protocol, Request,
+    Service, ServiceKey,
 };
 
 use crate::desired::{ServiceName, ServiceState, VirtualServer};
@@ -183,6 +183,8 @@ pub struct Conflict {
 #[derive(Debug, Default)]
 pub struct SyncReport {
     pub full: bool,
+    /// Requests sent, by operation and whether the kernel accepted them.
+    pub by_op: HashMap<(Op, bool), u64>,
     /// Virtual servers diffed (all of them in a full sync, the changed ones
     /// otherwise); the measure of a sync's cost.
     pub examined: usize,
@@ -764,6 +766,9 @@ impl<I: IpvsApi> Reconciler<I> {
                 })
             })
             .collect();
+        for (req, result) in requests.iter().zip(&results) {
+            *report.by_op.entry((req.op(), result.is_ok())).or_default() += 1;
+        }
         let race = |req: &Request, e: &IpvsError| !last && lost_race(req, e);
         let mut hard = BTreeSet::new();
         for (req, result) in requests.iter().zip(&results) {

@@ -217,6 +217,10 @@ mod tests {
         assert_eq!(out.recomputed, 50);
         let report = s.apply(true, Instant::now());
         assert!(report.failed.is_empty(), "{:?}", report.failed);
+        let by_op = |op| report.by_op.get(&(op, true)).copied();
+        assert_eq!(by_op(ipvs_netlink::Op::AddService), Some(50));
+        assert_eq!(by_op(ipvs_netlink::Op::AddDestination), Some(100));
+        assert_eq!(report.by_op.values().sum::<u64>(), report.requests as u64);
         assert_eq!(s.reconciler().ipvs().len(), 50);
         assert_eq!(
             dests(&mut s, "10.96.0.1"),
