@@ -390,13 +390,7 @@ impl<'obj> Datapath<'obj> {
             .set_max_entries(opts.frag_entries)
             .map_err(bpf_err("sizing ipvsbpf_frags"))?;
         if let Some(dir) = pin_dir {
-            let maps = &mut open.maps;
-            let handles = [
-                &mut maps.ipvs_sessions,
-                &mut maps.ipvsbpf_stats,
-                &mut maps.ipvsbpf_frags,
-            ];
-            for (name, map) in PINNED_MAPS.into_iter().zip(handles) {
+            for (name, map) in PINNED_MAPS.into_iter().zip(pinned_maps!(open.maps)) {
                 let path = dir.join(name);
                 map.set_pin_path(&path)
                     .map_err(bpf_err(format!("pin path {}", path.display())))?;
@@ -472,13 +466,7 @@ impl<'obj> Datapath<'obj> {
     /// Pins the three maps under `dir` (a bpffs directory), by their
     /// names ([`PINNED_MAPS`]); [`unpin`] removes them.
     pub fn pin(&mut self, dir: &Path) -> Result<(), Error> {
-        let maps = &mut self.skel.maps;
-        let handles = [
-            &mut maps.ipvs_sessions,
-            &mut maps.ipvsbpf_stats,
-            &mut maps.ipvsbpf_frags,
-        ];
-        for (name, map) in PINNED_MAPS.into_iter().zip(handles) {
+        for (name, map) in PINNED_MAPS.into_iter().zip(pinned_maps!(self.skel.maps)) {
             let path = dir.join(name);
             map.pin(&path)
                 .map_err(bpf_err(format!("pinning {}", path.display())))?;
@@ -516,6 +504,19 @@ impl<'obj> Datapath<'obj> {
         }
     }
 }
+
+/// The maps of [`PINNED_MAPS`], in its order, from a skeleton's open or
+/// loaded map set (two types with the same field names).
+macro_rules! pinned_maps {
+    ($maps:expr) => {
+        [
+            &mut $maps.ipvs_sessions,
+            &mut $maps.ipvsbpf_stats,
+            &mut $maps.ipvsbpf_frags,
+        ]
+    };
+}
+use pinned_maps;
 
 /// Pinned name of the session map.
 pub const MAP_SESSIONS: &str = "ipvs_sessions";
