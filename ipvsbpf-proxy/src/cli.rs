@@ -13,13 +13,14 @@
 //! always apply.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use serde_json::Value;
+
+pub use crate::desired::Cidr;
 
 /// kube-proxy's health server port (`ports.ProxyHealthzPort`).
 pub const HEALTHZ_PORT: u16 = 10256;
@@ -137,79 +138,6 @@ pub enum SourceKind {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// An IP prefix: address and prefix length, host bits cleared (as Go's
-/// `net.ParseCIDR` returns the network).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix_len: u8,
-}
-
-impl Cidr {
-    /// Whether `ip` is inside the prefix (never across families).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                mask_v4(ip, self.prefix_len) == net && self.prefix_len <= 32
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                mask_v6(ip, self.prefix_len) == net && self.prefix_len <= 128
-            }
-            _ => false,
-        }
-    }
-
-    pub fn is_ipv4(&self) -> bool {
-        self.addr.is_ipv4()
-    }
-}
-
-fn mask_v4(ip: Ipv4Addr, len: u8) -> Ipv4Addr {
-    let bits = u32::from(ip);
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(len.min(32)))
-        .unwrap_or(0);
-    Ipv4Addr::from(bits & mask)
-}
-
-fn mask_v6(ip: Ipv6Addr, len: u8) -> Ipv6Addr {
-    let bits = u128::from(ip);
-    let mask = u128::MAX
-        .checked_shl(128 - u32::from(len.min(128)))
-        .unwrap_or(0);
-    Ipv6Addr::from(bits & mask)
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        let (a, l) = s
-            .split_once('/')
-            .ok_or_else(|| "not a CIDR: expected ADDRESS/PREFIX-LENGTH".to_string())?;
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("{a:?} is not an IP address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix_len: u8 = l
-            .parse()
-            .ok()
-            .filter(|n| *n <= max)
-            .ok_or_else(|| format!("prefix length {l:?} is not 0..={max}"))?;
-        let addr = match addr {
-            IpAddr::V4(v4) => IpAddr::V4(mask_v4(v4, prefix_len)),
-            IpAddr::V6(v6) => IpAddr::V6(mask_v6(v6, prefix_len)),
-        };
-        Ok(Cidr { addr, prefix_len })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
 }
 
 /// Which node addresses accept NodePort traffic.

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
 
 use ipvs_netlink::{Destination, Service, ServiceKey};
 
@@ -55,6 +56,22 @@ pub struct VirtualServer {
     /// externalTrafficPolicy=Local applies (only local endpoints, client
     /// address kept); for NodePort, LB and external IPs only.
     pub local_only: bool,
+    /// `loadBalancerSourceRanges` of a load balancer address: only these
+    /// sources may reach it. `None`: any source (also when the Service has
+    /// ranges, but none of this address's family, as kube-proxy does).
+    pub source_ranges: Option<SourceRanges>,
+}
+
+/// The sources allowed to reach one load balancer virtual server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceRanges {
+    /// The Service's ranges of the address's family; never empty.
+    pub ranges: Vec<Cidr>,
+    /// One of the ranges holds a node address, so the node itself may
+    /// reach the load balancer address too (kube-proxy's
+    /// KUBE-LOAD-BALANCER-SOURCE-IP entry: the node's packets to an address
+    /// on its own `kube-ipvs0` carry that address as their source).
+    pub allow_from_node: bool,
 }
 
 impl VirtualServer {
@@ -97,5 +114,78 @@ impl NodeState {
                 ServiceKey::Fwmark { .. } => None,
             })
             .collect()
+    }
+}
+
+/// An IP prefix: address and prefix length, host bits cleared (as Go's
+/// `net.ParseCIDR` returns the network).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is inside the prefix (never across families).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                mask_v4(ip, self.prefix_len) == net && self.prefix_len <= 32
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                mask_v6(ip, self.prefix_len) == net && self.prefix_len <= 128
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_ipv4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+}
+
+fn mask_v4(ip: Ipv4Addr, len: u8) -> Ipv4Addr {
+    let bits = u32::from(ip);
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(len.min(32)))
+        .unwrap_or(0);
+    Ipv4Addr::from(bits & mask)
+}
+
+fn mask_v6(ip: Ipv6Addr, len: u8) -> Ipv6Addr {
+    let bits = u128::from(ip);
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(len.min(128)))
+        .unwrap_or(0);
+    Ipv6Addr::from(bits & mask)
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| "not a CIDR: expected ADDRESS/PREFIX-LENGTH".to_string())?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len: u8 = l
+            .parse()
+            .ok()
+            .filter(|n| *n <= max)
+            .ok_or_else(|| format!("prefix length {l:?} is not 0..={max}"))?;
+        let addr = match addr {
+            IpAddr::V4(v4) => IpAddr::V4(mask_v4(v4, prefix_len)),
+            IpAddr::V6(v6) => IpAddr::V6(mask_v6(v6, prefix_len)),
+        };
+        Ok(Cidr { addr, prefix_len })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
     }
 }

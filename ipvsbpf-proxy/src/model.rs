@@ -29,7 +29,9 @@ use ipvs_netlink::{
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::desired::{HealthCheck, ServiceName, ServiceState, VirtualServer, VsKind};
+use crate::desired::{
+    Cidr, HealthCheck, ServiceName, ServiceState, SourceRanges, VirtualServer, VsKind,
+};
 
 /// Label naming the proxy that serves a Service (`--service-proxy-name`).
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
@@ -129,6 +131,13 @@ pub enum ModelError {
         "service {service}: spec.sessionAffinityConfig.clientIP.timeoutSeconds: {value} is outside 1-{MAX_AFFINITY_TIMEOUT}"
     )]
     BadAffinityTimeout { service: ServiceName, value: i32 },
+    #[error("service {service}: {field}: {value:?} is not a CIDR ({reason})")]
+    BadCidr {
+        service: ServiceName,
+        field: String,
+        value: String,
+        reason: String,
+    },
 }
 
 /// Whether this proxy serves `svc`, by its labels, as kube-proxy's
@@ -296,6 +305,8 @@ struct ParsedService {
     /// (the load balancer proxies to node ports; capturing its address on
     /// the node would bypass it).
     lb_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges` of a LoadBalancer, both families.
+    source_ranges: Vec<Cidr>,
     external_local: bool,
     internal_local: bool,
     affinity_timeout: Option<u32>,
@@ -395,6 +406,32 @@ impl ParsedService {
             }
         }
 
+        // Only a LoadBalancer's ranges mean anything (the API refuses them
+        // on other types). kube-proxy trims them: validation once let
+        // padded values through. Unlike kube-proxy, which drops a range it
+        // cannot parse, a bad one refuses the Service: dropping it could
+        // leave none, which would open the load balancer to every source.
+        let mut source_ranges = Vec::new();
+        if is_lb {
+            for (i, r) in spec
+                .load_balancer_source_ranges
+                .iter()
+                .flatten()
+                .enumerate()
+            {
+                let cidr = r
+                    .trim()
+                    .parse::<Cidr>()
+                    .map_err(|reason| ModelError::BadCidr {
+                        service: name.clone(),
+                        field: format!("spec.loadBalancerSourceRanges[{i}]"),
+                        value: r.clone(),
+                        reason,
+                    })?;
+                source_ranges.push(cidr);
+            }
+        }
+
         let affinity_timeout = match spec.session_affinity.as_deref() {
             None | Some("None") => None,
             Some("ClientIP") => {
@@ -443,6 +480,7 @@ impl ParsedService {
             node_ports,
             external_ips,
             lb_ips,
+            source_ranges,
             external_local,
             internal_local,
             affinity_timeout,
@@ -481,7 +519,38 @@ impl ParsedService {
             kind,
             masquerade,
             local_only,
+            source_ranges: self.source_ranges_of(cfg, kind, addr),
         }
+    }
+
+    /// The ranges of `addr`'s family, for a load balancer address; `None`
+    /// when there are none (kube-proxy filters the ranges per family and
+    /// an empty list means no filter).
+    fn source_ranges_of(
+        &self,
+        cfg: &ModelConfig,
+        kind: VsKind,
+        addr: IpAddr,
+    ) -> Option<SourceRanges> {
+        if kind != VsKind::LoadBalancer {
+            return None;
+        }
+        let ranges: Vec<Cidr> = self
+            .source_ranges
+            .iter()
+            .filter(|c| c.is_ipv4() == addr.is_ipv4())
+            .copied()
+            .collect();
+        if ranges.is_empty() {
+            return None;
+        }
+        let allow_from_node = ranges
+            .iter()
+            .any(|c| cfg.node_addresses.iter().any(|a| c.contains(*a)));
+        Some(SourceRanges {
+            ranges,
+            allow_from_node,
+        })
     }
 }
 
@@ -899,6 +968,11 @@ mod tests {
         if s.flags.contains(ServiceFlags::BPF_SNAT) {
             out.push_str(" bpf");
         }
+        if let Some(sr) = &vs.source_ranges {
+            let ranges: Vec<String> = sr.ranges.iter().map(Cidr::to_string).collect();
+            let node = if sr.allow_from_node { "+node" } else { "" };
+            out.push_str(&format!(" from[{}]{node}", ranges.join(", ")));
+        }
         out
     }
 
@@ -1137,6 +1211,43 @@ mod tests {
                   "np TCP 192.168.0.10:30080 rr [10.1.0.1:8080 w1] masq",
                   "lb TCP 203.0.113.5:80 rr [10.1.0.1:8080 w1] masq",
                   "lb TCP 203.0.113.7:80 rr [10.1.0.1:8080 w1] masq"]),
+            case("loadBalancerSourceRanges: LB addresses only, per family, trimmed and masked",
+                merge(svc(dual_stack()), json!({
+                    "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false,
+                        "loadBalancerSourceRanges": [" 198.51.100.7/24", "2001:db8:1::/48 "]},
+                    "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}, {"ip": "2001:db8::7"}]}}})),
+                vec![v4(json!([ep("10.1.0.1", "n")])),
+                     slice("web-v6", "IPv6", json!([ep("fd01::1", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]",
+                  "lb TCP 203.0.113.5:80 rr [10.1.0.1:8080 w1] masq from[198.51.100.0/24]",
+                  "lb TCP [2001:db8::7]:80 rr [[fd01::1]:8080 w1] masq from[2001:db8:1::/48]",
+                  "cip TCP [fd00::1]:80 rr [[fd01::1]:8080 w1]"]),
+            case("loadBalancerSourceRanges of the other family only: that family's LB address is open",
+                svc(json!({
+                    "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false,
+                        "loadBalancerSourceRanges": ["2001:db8:1::/48"]},
+                    "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}})),
+                vec![v4(json!([ep("10.1.0.1", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]",
+                  "lb TCP 203.0.113.5:80 rr [10.1.0.1:8080 w1] masq"]),
+            case("loadBalancerSourceRanges holding a node address let the node in; NodePorts unfiltered",
+                svc(json!({
+                    "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
+                        "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
+                        "loadBalancerSourceRanges": ["192.168.0.0/24", "198.51.100.0/24"]},
+                    "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}})),
+                vec![v4(json!([ep("10.1.0.1", "node-a")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]",
+                  "np TCP 192.168.0.10:30080 rr [10.1.0.1:8080 w1] local",
+                  "lb TCP 203.0.113.5:80 rr [10.1.0.1:8080 w1] local from[192.168.0.0/24, 198.51.100.0/24]+node"])
+                .hc(32000, 1),
+            case("loadBalancerSourceRanges on a NodePort Service mean nothing and are not read",
+                svc(json!({
+                    "spec": {"type": "NodePort", "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
+                        "loadBalancerSourceRanges": ["not a cidr"]}})),
+                vec![v4(json!([ep("10.1.0.1", "n")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]",
+                  "np TCP 192.168.0.10:30080 rr [10.1.0.1:8080 w1] masq"]),
             case("LoadBalancer without node ports",
                 svc(json!({
                     "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false},
@@ -1327,6 +1438,10 @@ mod tests {
                 "spec.sessionAffinityConfig.clientIP.timeoutSeconds: 0 is outside 1-86400"),
             fails("unknown session affinity", svc(json!({"spec": {"sessionAffinity": "Cookie"}})),
                 "spec.sessionAffinity: unknown affinity \"Cookie\""),
+            fails("a bad loadBalancerSourceRanges entry refuses the Service, never opens it",
+                svc(json!({"spec": {"type": "LoadBalancer",
+                    "loadBalancerSourceRanges": ["198.51.100.0/24", "198.51.100.0/33"]}})),
+                "spec.loadBalancerSourceRanges[1]: \"198.51.100.0/33\" is not a CIDR (prefix length"),
             fails("unknown type", svc(json!({"spec": {"type": "Magic"}})),
                 "spec.type: unknown type \"Magic\""),
             fails("health check node port out of range",

@@ -1345,6 +1345,7 @@ mod tests {
             kind: VsKind::ClusterIp,
             masquerade: false,
             local_only: false,
+            source_ranges: None,
         }
     }
 
@@ -2147,6 +2148,7 @@ mod tests {
                 kind: VsKind::ClusterIp,
                 masquerade: false,
                 local_only: false,
+                source_ranges: None,
             }
         };
         let mut r = reconciler();

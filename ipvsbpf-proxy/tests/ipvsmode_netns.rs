@@ -17,7 +17,7 @@ use std::process::Command;
 
 use ipvs_netlink::{Destination, Protocol, Service, ServiceKey};
 use ipvsbpf_proxy::desired::{
-    HealthCheck, NodeState, ServiceName, ServiceState, VirtualServer, VsKind,
+    HealthCheck, NodeState, ServiceName, ServiceState, SourceRanges, VirtualServer, VsKind,
 };
 use ipvsbpf_proxy::ipvsmode::{
     Error, ExecRunner, IpvsMode, IpvsModeConfig, LinkError, Links, ProcSysctl, Rtnl, DUMMY_DEVICE,
@@ -164,6 +164,7 @@ fn vs(kind: VsKind, key: ServiceKey, dests: &[(&str, u16)], local_only: bool) ->
         kind,
         masquerade: !local_only,
         local_only,
+        source_ranges: None,
     }
 }
 
@@ -212,12 +213,20 @@ fn node_state(with_lb: bool) -> NodeState {
         ),
     ];
     if with_lb {
-        web.push(vs(
+        let mut lb = vs(
             VsKind::LoadBalancer,
             ServiceKey::tcp(ip("203.0.113.5"), 443),
             &[("10.244.1.5", 8443)],
             true,
-        ));
+        );
+        lb.source_ranges = Some(SourceRanges {
+            ranges: vec![
+                "198.51.100.0/24".parse().unwrap(),
+                "192.0.2.10/32".parse().unwrap(),
+            ],
+            allow_from_node: true,
+        });
+        web.push(lb);
     }
     st.services.insert(
         ServiceName::new("default", "web"),
@@ -255,6 +264,16 @@ fn kube_sets() -> Vec<String> {
         .collect()
 }
 
+/// The mode as the daemon makes it, dual-stack, on `links`.
+fn new_mode(links: Rtnl) -> IpvsMode<ExecRunner, ProcSysctl, Rtnl> {
+    let cfg = IpvsModeConfig {
+        cluster_cidrs: vec![(ip("10.244.0.0"), 16), (ip("fd00:1::"), 64)],
+        ipv6: true,
+        ..IpvsModeConfig::default()
+    };
+    IpvsMode::new(ExecRunner, ProcSysctl::default(), links, cfg).expect("config")
+}
+
 #[test]
 fn ipvs_mode_sync_and_cleanup_on_real_tools() {
     if !tools_or_skip() {
@@ -282,13 +301,7 @@ fn ipvs_mode_sync_and_cleanup_on_real_tools() {
 
         let mut links = Rtnl::connect().expect("rtnetlink socket");
         prepare_device(&mut links);
-        let cfg = IpvsModeConfig {
-            cluster_cidrs: vec![(ip("10.244.0.0"), 16), (ip("fd00:1::"), 64)],
-            ipv6: true,
-            ..IpvsModeConfig::default()
-        };
-        let mut mode =
-            IpvsMode::new(ExecRunner, ProcSysctl::default(), links, cfg).expect("config");
+        let mut mode = new_mode(links);
 
         // This host has no IPVS: the sysctl step must say which module.
         if !std::path::Path::new("/proc/sys/net/ipv4/vs").exists() {
@@ -320,6 +333,21 @@ fn ipvs_mode_sync_and_cleanup_on_real_tools() {
             set_of(&["198.51.100.7,tcp:80"])
         );
         assert_eq!(members("KUBE-HEALTH-CHECK-NODE-PORT"), set_of(&["32000"]));
+        assert_eq!(
+            members("KUBE-LOAD-BALANCER-FW"),
+            set_of(&["203.0.113.5,tcp:443"])
+        );
+        assert_eq!(
+            members("KUBE-LOAD-BALANCER-SOURCE-CIDR"),
+            set_of(&[
+                "203.0.113.5,tcp:443,198.51.100.0/24",
+                "203.0.113.5,tcp:443,192.0.2.10"
+            ])
+        );
+        assert_eq!(
+            members("KUBE-LOAD-BALANCER-SOURCE-IP"),
+            set_of(&["203.0.113.5,tcp:443,203.0.113.5"])
+        );
         assert_eq!(
             members("KUBE-IPVS-IPS"),
             set_of(&["10.96.0.10", "198.51.100.7", "203.0.113.5"])
@@ -364,10 +392,29 @@ fn ipvs_mode_sync_and_cleanup_on_real_tools() {
             "jumps inserted once, not per setup/sync:\n{nat}"
         );
         let filter = run("iptables-save", &["-t", "filter"]);
+        for want in [
+            "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT",
+            "--match-set KUBE-LOAD-BALANCER-FW dst,dst -j KUBE-SOURCE-RANGES-FIREWALL",
+            "--match-set KUBE-LOAD-BALANCER-SOURCE-CIDR dst,dst,src -j RETURN",
+            "--match-set KUBE-LOAD-BALANCER-SOURCE-IP dst,dst,src -j RETURN",
+            "-A KUBE-SOURCE-RANGES-FIREWALL -j DROP",
+        ] {
+            assert!(filter.contains(want), "missing {want:?} in\n{filter}");
+        }
+
+        // A restarted proxy reads the sets back: what ipset prints must
+        // compare equal to what the model asks for, or every sync would
+        // delete and re-add members.
+        let mut again = new_mode(Rtnl::connect().expect("rtnetlink socket"));
+        let resync = again.sync(&node_state(true)).expect("sync after restart");
         assert!(
-            filter.contains("-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT"),
-            "{filter}"
+            resync
+                .members
+                .values()
+                .all(|d| d.added == 0 && d.removed == 0),
+            "{resync:?}"
         );
+        assert_eq!(resync.addresses_added, 0, "{resync:?}");
         let nat6 = run("ip6tables-save", &["-t", "nat"]);
         assert!(
             nat6.contains("--match-set KUBE-6-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ"),

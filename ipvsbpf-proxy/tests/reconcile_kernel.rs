@@ -69,6 +69,7 @@ fn vs(service: Service, dests: &[(&str, u16, u32)]) -> VirtualServer {
         kind: VsKind::ClusterIp,
         masquerade: false,
         local_only: false,
+        source_ranges: None,
     }
 }
 

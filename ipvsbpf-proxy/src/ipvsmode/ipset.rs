@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use ipvs_netlink::{Family, Protocol, ServiceKey};
 
-use crate::desired::{NodeState, VsKind};
+use crate::desired::{Cidr, NodeState, VsKind};
 
 /// The ipset types kube-proxy's IPVS mode uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,8 +207,7 @@ fn insert(m: &mut Members, set: &'static str, entry: String) {
 ///
 /// Differences from kube-proxy, forced by what [`NodeState`] carries:
 /// KUBE-LOOP-BACK gets every destination, not only the node's own (a
-/// remote endpoint's entry never matches here, so it only costs memory);
-/// the LB source-range sets stay empty (no source ranges in the state).
+/// remote endpoint's entry never matches here, so it only costs memory).
 /// Fwmark services and protocols other than TCP/UDP/SCTP have no ipset form
 /// and are skipped.
 pub fn desired_members(state: &NodeState, family: Family, bound: &BTreeSet<IpAddr>) -> Members {
@@ -249,6 +248,16 @@ pub fn desired_members(state: &NodeState, family: Family, bound: &BTreeSet<IpAdd
                     if vs.local_only {
                         insert(&mut m, LOAD_BALANCER_LOCAL, entry.clone());
                     }
+                    if let Some(sr) = &vs.source_ranges {
+                        insert(&mut m, LOAD_BALANCER_FW, entry.clone());
+                        for cidr in &sr.ranges {
+                            let net = ipset_net(cidr);
+                            insert(&mut m, LOAD_BALANCER_SOURCE_CIDR, format!("{entry},{net}"));
+                        }
+                        if sr.allow_from_node {
+                            insert(&mut m, LOAD_BALANCER_SOURCE_IP, format!("{entry},{addr}"));
+                        }
+                    }
                     insert(&mut m, LOAD_BALANCER, entry);
                 }
                 VsKind::NodePort => {
@@ -274,6 +283,17 @@ pub fn desired_members(state: &NodeState, family: Family, bound: &BTreeSet<IpAdd
         insert(&mut m, IPVS_IPS, a.to_string());
     }
     m
+}
+
+/// A prefix as `ipset save` prints it: a host prefix (/32, /128) as the
+/// bare address, so that read-back members compare equal.
+fn ipset_net(cidr: &Cidr) -> String {
+    let host = if cidr.is_ipv4() { 32 } else { 128 };
+    if cidr.prefix_len == host {
+        cidr.addr.to_string()
+    } else {
+        cidr.to_string()
+    }
 }
 
 /// The `create` line of one set (kube-proxy's parameters: hash sets of
@@ -379,7 +399,7 @@ pub fn destroy_text(existing: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::desired::{HealthCheck, ServiceName, ServiceState, VirtualServer};
+    use crate::desired::{HealthCheck, ServiceName, ServiceState, SourceRanges, VirtualServer};
     use ipvs_netlink::{Destination, Service};
 
     fn vs(kind: VsKind, key: ServiceKey, dests: &[(&str, u16)], local_only: bool) -> VirtualServer {
@@ -392,6 +412,7 @@ pub(crate) mod tests {
             kind,
             masquerade: !local_only,
             local_only,
+            source_ranges: None,
         }
     }
 
@@ -488,6 +509,65 @@ pub(crate) mod tests {
             .filter(|(_, v)| !v.is_empty())
             .map(|(k, v)| (*k, v.iter().map(String::as_str).collect()))
             .collect()
+    }
+
+    #[test]
+    fn members_of_lb_source_ranges() {
+        let mut lb = vs(
+            VsKind::LoadBalancer,
+            ServiceKey::tcp(ip("203.0.113.5"), 443),
+            &[("10.244.1.5", 8443)],
+            false,
+        );
+        lb.source_ranges = Some(SourceRanges {
+            ranges: vec![
+                "198.51.100.0/24".parse().unwrap(),
+                "192.0.2.9/32".parse().unwrap(),
+            ],
+            allow_from_node: true,
+        });
+        let open = vs(
+            VsKind::LoadBalancer,
+            ServiceKey::tcp(ip("203.0.113.6"), 443),
+            &[("10.244.1.5", 8443)],
+            false,
+        );
+        let mut st = NodeState::default();
+        st.services.insert(
+            ServiceName::new("ns", "lb"),
+            ServiceState {
+                virtual_servers: vec![lb, open],
+                health_check: None,
+            },
+        );
+        let m = desired_members(&st, Family::Inet, &BTreeSet::new());
+        let got: Vec<_> = nonempty(&m)
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("KUBE-LOAD-BALANCER"))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "KUBE-LOAD-BALANCER",
+                    vec!["203.0.113.5,tcp:443", "203.0.113.6,tcp:443"]
+                ),
+                ("KUBE-LOAD-BALANCER-FW", vec!["203.0.113.5,tcp:443"]),
+                (
+                    "KUBE-LOAD-BALANCER-SOURCE-CIDR",
+                    // a host prefix as ipset prints it, or every sync would
+                    // delete and re-add it
+                    vec![
+                        "203.0.113.5,tcp:443,192.0.2.9",
+                        "203.0.113.5,tcp:443,198.51.100.0/24"
+                    ]
+                ),
+                (
+                    "KUBE-LOAD-BALANCER-SOURCE-IP",
+                    vec!["203.0.113.5,tcp:443,203.0.113.5"]
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -179,6 +179,7 @@ fn cluster_ip(addr: &str, port: u16, kind: VsKind) -> VirtualServer {
         kind,
         masquerade: false,
         local_only: false,
+        source_ranges: None,
     }
 }
 
