@@ -22,6 +22,7 @@ use crate::hostinfo;
 use crate::http::{self, HealthCheckServers, ProxyHealth};
 use crate::inventory::{Shared, SharedInventory};
 use crate::ipvsmode::{self, ExecRunner, IpvsMode, IpvsModeConfig, ProcSysctl};
+use crate::lbfirewall::LbFirewall;
 use crate::metrics::{DatapathSnapshot, DatapathStats, Metrics, SyncKind};
 use crate::model::ModelConfig;
 use crate::reconcile::{ReconcileOptions, Reconciler};
@@ -41,7 +42,8 @@ type RealIpvsMode = IpvsMode<ExecRunner, ProcSysctl, ipvsmode::link::Rtnl>;
 
 /// The node plumbing of the mode that runs.
 enum Plumbing {
-    Bpf(Box<BpfMode>),
+    /// The datapath, and the source-range filter IPVS cannot do there.
+    Bpf(Box<BpfMode>, LbFirewall<ExecRunner>),
     Ipvs(Box<RealIpvsMode>),
 }
 
@@ -86,7 +88,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             )
             .context("setting up ipvs-bpf mode")?;
             bpf_mode_sysctls(&cfg)?;
-            Plumbing::Bpf(Box::new(bm))
+            Plumbing::Bpf(Box::new(bm), LbFirewall::new(ExecRunner))
         }
         ProxyMode::Ipvs => {
             let mut m = IpvsMode::new(
@@ -114,7 +116,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let health = Arc::new(ProxyHealth::new(cfg.health_timeout()).with_metrics(metrics.clone()));
-    if let Plumbing::Bpf(bm) = &plumbing {
+    if let Plumbing::Bpf(bm, _) = &plumbing {
         metrics.set_datapath_stats(Arc::new(BpfStatsSource::new(
             cfg.bpf_pin_path.clone(),
             u64::from(bm.session_capacity()),
@@ -276,8 +278,18 @@ async fn sync_loop(
         };
         metrics.service_changes.inc_by(dirty_n as u64);
 
+        // The source-range filter goes in before IPVS opens a new load
+        // balancer address, not after.
+        let mut ok = true;
+        if let (true, Plumbing::Bpf(_, fw)) = (full || outcome.node_changed, &mut plumbing) {
+            if let Err(e) = tokio::task::block_in_place(|| fw.sync(syncer.state(), full)) {
+                error!(error = %e, "loadBalancerSourceRanges filter");
+                ok = false;
+            }
+        }
+
         let report = tokio::task::block_in_place(|| syncer.apply(full, now));
-        let mut ok = report.failed.is_empty();
+        ok &= report.failed.is_empty();
         for f in &report.failed {
             warn!(service = ?f.service, key = ?f.key, error = %f.error, "IPVS request failed; will retry");
         }
@@ -511,6 +523,10 @@ fn cleanup(cfg: &Config) -> Result<()> {
             }
             Err(e) => errors.push(format!("listing IPVS: {e}")),
         }
+    }
+    // after the virtual servers it guarded
+    if let Err(e) = LbFirewall::new(ExecRunner).cleanup() {
+        errors.push(format!("loadBalancerSourceRanges filter: {e}"));
     }
     match ipvsmode::link::Rtnl::connect() {
         Ok(links) => match IpvsMode::new(

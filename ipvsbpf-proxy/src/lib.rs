@@ -20,6 +20,7 @@ pub mod hostinfo;
 pub mod http;
 pub mod inventory;
 pub mod ipvsmode;
+pub mod lbfirewall;
 pub mod metrics;
 pub mod model;
 pub mod pktcount;

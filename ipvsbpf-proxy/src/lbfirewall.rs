@@ -1,0 +1,391 @@
+//! `loadBalancerSourceRanges` in `ipvs-bpf` mode, in an nftables table of
+//! our own.
+//!
+//! `ipvs` mode filters the way kube-proxy does: ipsets matched from the
+//! iptables filter table, after IPVS has accepted the packet on INPUT. In
+//! bpf_mode there is no INPUT step: IPVS takes a Service packet at
+//! PREROUTING, priority `NF_IP_PRI_CONNTRACK_DEFRAG + 1` (-399), rewrites
+//! its destination to the backend and forwards it, before any iptables
+//! table sees the load balancer address. So the filter runs earlier still,
+//! at priority -450 (where iptables' raw-before-defrag would run), on
+//! prerouting for traffic from elsewhere and on output for the node's own
+//! (which meets IPVS at LOCAL_OUT).
+//!
+//! One rule per family and hook: a packet whose (destination, protocol,
+//! port) is a filtered load balancer address is dropped unless (destination,
+//! protocol, port, source) falls in an allowed range. Only the first
+//! fragment carries the ports; a later fragment matches nothing here and is
+//! left to defragmentation, which cannot complete without the dropped first
+//! one.
+//!
+//! Each change rewrites the whole table in one `nft -f` transaction: no
+//! packet ever sees half a rule set, and a node with no filtered Service
+//! has no table at all, so its packets pay nothing. The node reaches a load
+//! balancer address from its own address here (no `kube-ipvs0`), so
+//! kube-proxy's "allow from node" entry needs no counterpart: the ranges
+//! decide, as for any other source.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::io;
+
+use ipvs_netlink::{Protocol, ServiceKey};
+
+use crate::desired::{Cidr, NodeState, VsKind};
+use crate::ipvsmode::Runner;
+
+/// The nftables table (family `inet`) this module owns.
+pub const TABLE: &str = "ipvsbpf-proxy";
+
+/// Ahead of IPVS's bpf_mode PREROUTING hook (-399) and of defragmentation.
+pub const PRIORITY: i32 = -450;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("cannot run nft (the nftables package) for loadBalancerSourceRanges: {0}")]
+    Spawn(io::Error),
+    #[error("`nft -f -` failed with status {status}: {stderr}")]
+    Nft { status: i32, stderr: String },
+}
+
+/// One allowed (load balancer address, protocol, port, source range).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Allow {
+    lb: String,
+    proto: &'static str,
+    port: u16,
+    range: Cidr,
+}
+
+/// The filtered load balancer addresses and their allowed sources.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    /// (family is IPv4, address, protocol, port)
+    guarded: BTreeSet<(bool, String, &'static str, u16)>,
+    allowed: BTreeSet<(bool, Allow)>,
+}
+
+fn proto_name(p: Protocol) -> Option<&'static str> {
+    match p {
+        Protocol::Tcp => Some("tcp"),
+        Protocol::Udp => Some("udp"),
+        Protocol::Sctp => Some("sctp"),
+        Protocol::Other(_) => None,
+    }
+}
+
+impl Ruleset {
+    /// What `state` asks for: every load balancer virtual server with
+    /// source ranges.
+    pub fn of(state: &NodeState) -> Ruleset {
+        let mut rs = Ruleset::default();
+        let lbs = state
+            .services
+            .values()
+            .flat_map(|s| s.virtual_servers.iter())
+            .filter(|vs| vs.kind == VsKind::LoadBalancer);
+        for vs in lbs {
+            let (
+                Some(sr),
+                ServiceKey::Tuple {
+                    protocol,
+                    addr,
+                    port,
+                },
+            ) = (&vs.source_ranges, vs.key())
+            else {
+                continue;
+            };
+            let Some(proto) = proto_name(protocol) else {
+                continue;
+            };
+            let v4 = addr.is_ipv4();
+            let lb = addr.to_string();
+            rs.guarded.insert((v4, lb.clone(), proto, port));
+            for range in sr.ranges.iter().filter(|r| r.is_ipv4() == v4) {
+                rs.allowed.insert((
+                    v4,
+                    Allow {
+                        lb: lb.clone(),
+                        proto,
+                        port,
+                        range: *range,
+                    },
+                ));
+            }
+        }
+        rs
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.guarded.is_empty()
+    }
+
+    /// The `nft -f` input that replaces the table with this rule set (or
+    /// removes it, when empty). `table` first makes the `delete` valid
+    /// when there is no table yet; all of it is one transaction.
+    pub fn script(&self) -> String {
+        let mut out = format!("table inet {TABLE}\ndelete table inet {TABLE}\n");
+        if self.is_empty() {
+            return out;
+        }
+        let _ = writeln!(out, "table inet {TABLE} {{");
+        let mut rules = Vec::new();
+        for (v4, ip, addr_type) in [(true, "ip", "ipv4_addr"), (false, "ip6", "ipv6_addr")] {
+            let guarded: Vec<String> = self
+                .guarded
+                .iter()
+                .filter(|g| g.0 == v4)
+                .map(|(_, lb, proto, port)| format!("{lb} . {proto} . {port}"))
+                .collect();
+            if guarded.is_empty() {
+                continue;
+            }
+            let allowed: Vec<String> = self
+                .allowed
+                .iter()
+                .filter(|a| a.0 == v4)
+                .map(|(_, a)| format!("{} . {} . {} . {}", a.lb, a.proto, a.port, a.range))
+                .collect();
+            let fam = if v4 { "4" } else { "6" };
+            let _ = writeln!(
+                out,
+                "\tset guarded{fam} {{\n\t\ttype {addr_type} . inet_proto . inet_service\n\t\t\
+                 elements = {{ {} }}\n\t}}",
+                guarded.join(", ")
+            );
+            // Every guarded address has at least one range of its family
+            // (the model gives none otherwise), so this set is never empty.
+            let _ = writeln!(
+                out,
+                "\tset allowed{fam} {{\n\t\ttype {addr_type} . inet_proto . inet_service . \
+                 {addr_type}\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}",
+                allowed.join(", ")
+            );
+            rules.push(format!(
+                "{ip} daddr . meta l4proto . th dport @guarded{fam} \
+                 {ip} daddr . meta l4proto . th dport . {ip} saddr != @allowed{fam} counter drop"
+            ));
+        }
+        for hook in ["prerouting", "output"] {
+            let _ = writeln!(
+                out,
+                "\tchain {hook} {{\n\t\ttype filter hook {hook} priority {PRIORITY}; policy accept;"
+            );
+            for r in &rules {
+                let _ = writeln!(out, "\t\t{r}");
+            }
+            out.push_str("\t}\n");
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+/// Keeps the table in step with the desired state.
+pub struct LbFirewall<R: Runner> {
+    runner: R,
+    /// What the kernel has, as far as we know; `None` at start and after a
+    /// failure, so the next sync writes the table whatever it holds.
+    applied: Option<Ruleset>,
+}
+
+impl<R: Runner> LbFirewall<R> {
+    pub fn new(runner: R) -> Self {
+        LbFirewall {
+            runner,
+            applied: None,
+        }
+    }
+
+    /// Brings the table to what `state` asks for. `full` rewrites it even
+    /// when nothing changed (someone may have flushed the ruleset). Returns
+    /// whether `nft` ran.
+    pub fn sync(&mut self, state: &NodeState, full: bool) -> Result<bool, FirewallError> {
+        let want = Ruleset::of(state);
+        if !full && self.applied.as_ref() == Some(&want) {
+            return Ok(false);
+        }
+        // Nothing to filter and no nft: there can be no table of ours.
+        let missing_ok = want.is_empty();
+        self.applied = None;
+        match self.apply(&want.script()) {
+            Err(FirewallError::Spawn(e)) if missing_ok && e.kind() == io::ErrorKind::NotFound => {}
+            r => r?,
+        }
+        self.applied = Some(want);
+        Ok(true)
+    }
+
+    /// Removes the table (`--cleanup`); no table is no error.
+    pub fn cleanup(&mut self) -> Result<(), FirewallError> {
+        self.applied = None;
+        match self.apply(&Ruleset::default().script()) {
+            Err(FirewallError::Spawn(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    fn apply(&mut self, script: &str) -> Result<(), FirewallError> {
+        let out = self
+            .runner
+            .run("nft", &["-f", "-"], Some(script))
+            .map_err(FirewallError::Spawn)?;
+        if out.status != 0 {
+            return Err(FirewallError::Nft {
+                status: out.status,
+                stderr: out.stderr.trim().to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{ServiceName, ServiceState, SourceRanges, VirtualServer};
+    use crate::ipvsmode::Output;
+    use ipvs_netlink::Service;
+
+    #[derive(Default)]
+    struct Fake {
+        scripts: Vec<String>,
+        fail: Option<io::ErrorKind>,
+        status: i32,
+    }
+
+    impl Runner for Fake {
+        fn run(&mut self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output> {
+            assert_eq!((program, args), ("nft", &["-f", "-"][..]));
+            if let Some(kind) = self.fail {
+                return Err(io::Error::from(kind));
+            }
+            self.scripts.push(stdin.unwrap_or_default().to_string());
+            Ok(Output {
+                status: self.status,
+                stderr: "Error: no such thing".into(),
+                ..Output::default()
+            })
+        }
+    }
+
+    fn lb(addr: &str, port: u16, ranges: &[&str]) -> VirtualServer {
+        VirtualServer {
+            service: Service::new(ServiceKey::tcp(addr.parse().unwrap(), port), "rr"),
+            destinations: vec![],
+            kind: VsKind::LoadBalancer,
+            masquerade: true,
+            local_only: false,
+            source_ranges: (!ranges.is_empty()).then(|| SourceRanges {
+                ranges: ranges.iter().map(|r| r.parse().unwrap()).collect(),
+                allow_from_node: false,
+            }),
+        }
+    }
+
+    fn state(vss: Vec<VirtualServer>) -> NodeState {
+        let mut st = NodeState::default();
+        st.services.insert(
+            ServiceName::new("ns", "lb"),
+            ServiceState {
+                virtual_servers: vss,
+                health_check: None,
+            },
+        );
+        st
+    }
+
+    #[test]
+    fn script_filters_guarded_addresses_only() {
+        let st = state(vec![
+            lb("203.0.113.5", 443, &["198.51.100.0/24", "192.0.2.9/32"]),
+            lb("203.0.113.6", 443, &[]),
+            lb("2001:db8::7", 80, &["2001:db8:1::/48"]),
+        ]);
+        let script = Ruleset::of(&st).script();
+        let want = "\
+table inet ipvsbpf-proxy
+delete table inet ipvsbpf-proxy
+table inet ipvsbpf-proxy {
+\tset guarded4 {
+\t\ttype ipv4_addr . inet_proto . inet_service
+\t\telements = { 203.0.113.5 . tcp . 443 }
+\t}
+\tset allowed4 {
+\t\ttype ipv4_addr . inet_proto . inet_service . ipv4_addr
+\t\tflags interval
+\t\telements = { 203.0.113.5 . tcp . 443 . 192.0.2.9/32, 203.0.113.5 . tcp . 443 . 198.51.100.0/24 }
+\t}
+\tset guarded6 {
+\t\ttype ipv6_addr . inet_proto . inet_service
+\t\telements = { 2001:db8::7 . tcp . 80 }
+\t}
+\tset allowed6 {
+\t\ttype ipv6_addr . inet_proto . inet_service . ipv6_addr
+\t\tflags interval
+\t\telements = { 2001:db8::7 . tcp . 80 . 2001:db8:1::/48 }
+\t}
+\tchain prerouting {
+\t\ttype filter hook prerouting priority -450; policy accept;
+\t\tip daddr . meta l4proto . th dport @guarded4 ip daddr . meta l4proto . th dport . ip saddr != @allowed4 counter drop
+\t\tip6 daddr . meta l4proto . th dport @guarded6 ip6 daddr . meta l4proto . th dport . ip6 saddr != @allowed6 counter drop
+\t}
+\tchain output {
+\t\ttype filter hook output priority -450; policy accept;
+\t\tip daddr . meta l4proto . th dport @guarded4 ip daddr . meta l4proto . th dport . ip saddr != @allowed4 counter drop
+\t\tip6 daddr . meta l4proto . th dport @guarded6 ip6 daddr . meta l4proto . th dport . ip6 saddr != @allowed6 counter drop
+\t}
+}
+";
+        assert_eq!(script, want);
+    }
+
+    #[test]
+    fn no_ranges_no_table() {
+        let st = state(vec![lb("203.0.113.6", 443, &[])]);
+        assert_eq!(
+            Ruleset::of(&st).script(),
+            "table inet ipvsbpf-proxy\ndelete table inet ipvsbpf-proxy\n"
+        );
+    }
+
+    #[test]
+    fn sync_writes_on_change_and_on_full_syncs() {
+        let mut fw = LbFirewall::new(Fake::default());
+        let st = state(vec![lb("203.0.113.5", 443, &["198.51.100.0/24"])]);
+        assert!(fw.sync(&st, false).unwrap(), "first sync writes");
+        assert!(!fw.sync(&st, false).unwrap(), "unchanged: nothing to do");
+        assert!(fw.sync(&st, true).unwrap(), "a full sync rewrites");
+        let st2 = state(vec![lb("203.0.113.5", 443, &["198.51.100.0/25"])]);
+        assert!(fw.sync(&st2, false).unwrap(), "a changed range writes");
+        assert_eq!(fw.runner.scripts.len(), 3);
+        assert!(fw.runner.scripts[2].contains("198.51.100.0/25"));
+    }
+
+    #[test]
+    fn a_failed_write_is_retried() {
+        let mut fw = LbFirewall::new(Fake {
+            status: 1,
+            ..Fake::default()
+        });
+        let st = state(vec![lb("203.0.113.5", 443, &["198.51.100.0/24"])]);
+        let err = fw.sync(&st, false).unwrap_err();
+        assert!(err.to_string().contains("no such thing"), "{err}");
+        fw.runner.status = 0;
+        assert!(fw.sync(&st, false).unwrap(), "retried although unchanged");
+    }
+
+    #[test]
+    fn without_nft_only_an_empty_rule_set_is_fine() {
+        let mut fw = LbFirewall::new(Fake {
+            fail: Some(io::ErrorKind::NotFound),
+            ..Fake::default()
+        });
+        assert!(fw.sync(&state(vec![]), true).is_ok());
+        assert!(fw.cleanup().is_ok());
+        let st = state(vec![lb("203.0.113.5", 443, &["198.51.100.0/24"])]);
+        let err = fw.sync(&st, false).unwrap_err();
+        assert!(err.to_string().contains("nftables"), "{err}");
+    }
+}
