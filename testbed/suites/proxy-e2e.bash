@@ -8,6 +8,8 @@
 #     a ClusterIP from off-cluster and from one of its own backends;
 #   - eTP=Local: only the local pod, which sees the real client address;
 #     the health-check node port answers with one local endpoint;
+#   - loadBalancerSourceRanges: the client is refused until its address
+#     is added to the Service's ranges;
 #   - ClientIP affinity sticks; an endpoint removed from its slice drains;
 #   - UDP DNS through a ClusterIP keeps answering while a backend goes;
 #   - kill -9 of the proxy during a bounded wrk run loses no request and
@@ -24,9 +26,9 @@ start_proxy
 topo_exec node ipvsadm -Ln | sed 's/^/      /'
 n=$(topo_exec node ipvsadm -Ln | grep -cE '^(TCP|UDP)')
 # web: 2 cluster IPs + NodePort on 192.0.2.1 and 2001:db8::1 + external +
-# LB = 6; web-local: cluster, NodePort, LB = 3; web-sticky 1; dns 1.
-# other-proxy belongs to someone else.
-[ "$n" = 11 ] || fail "IPVS has $n virtual servers, expected 11"
+# LB = 6; web-local: cluster, NodePort, LB = 3; web-fw: cluster, LB = 2;
+# web-sticky 1; dns 1. other-proxy belongs to someone else.
+[ "$n" = 13 ] || fail "IPVS has $n virtual servers, expected 13"
 topo_exec node ipvsadm -Ln | grep -q 198.19.0.99 && fail "programmed other-proxy's Service"
 
 ALL="pod1a pod1b pod2a pod2b"
@@ -62,6 +64,30 @@ echo "$ans" | grep -q "^pod2. $NODE\$" || fail "node2's pods never saw the node'
 if [ "$MODE" = ipvs ]; then
 	echo "$ans" | grep -q " $CLIENT\$" && fail "eTP=Cluster NodePort traffic was not source-NATed"
 fi
+
+step "loadBalancerSourceRanges: client refused, then allowed once listed"
+topo_exec node ipvsadm -Ln -t 198.19.200.13:80 >/dev/null || fail "web-fw's LB address not in IPVS"
+for i in 1 2; do
+	topo_exec client curl -s -m 2 http://198.19.200.13/ >/dev/null &&
+		fail "the client reached web-fw's LB address from outside its source ranges"
+done
+# the drops are the filter's, not a missing route
+if [ "$MODE" = ipvs-bpf ]; then
+	drops=$(topo_exec node nft list table inet ipvsbpf-proxy |
+		awk '/saddr != @allowed4/ { for (i = 1; i < NF; i++) if ($i == "packets") print $(i + 1) }')
+else
+	drops=$(topo_exec node iptables-save -c -t filter |
+		awk -F'[][:]' '/-A KUBE-SOURCE-RANGES-FIREWALL -j DROP/ { print $2 }')
+fi
+echo "      packets dropped by the source-range filter: ${drops:-none}"
+[ "${drops:-0}" -gt 0 ] || fail "the source-range filter dropped nothing"
+sed -i "s|loadBalancerSourceRanges: \[203.0.113.0/24\]|loadBalancerSourceRanges: [203.0.113.0/24, $CLIENT/32]|" \
+	"$MAN/services.yaml"
+grep -q "$CLIENT/32" "$MAN/services.yaml" || fail "editing web-fw's source ranges"
+poll topo_exec client curl -s -m 1 -o /dev/null http://198.19.200.13/ ||
+	fail "the client still cannot reach web-fw after its address was listed"
+reach client http://198.19.200.13/ pod1a pod2a
+reach pod1b http://198.19.0.13/ pod1a pod2a
 
 step "ClientIP affinity: 12 requests from pod1b stick to one pod"
 ans=$(hits pod1b http://198.19.0.12/ 12 | sort -u)
@@ -123,6 +149,7 @@ left=$(topo_exec node ipvsadm -Ln | grep -cE '^(TCP|UDP)' || true)
 [ "$left" = 0 ] || fail "$left virtual servers left"
 topo_exec node iptables-save | grep -q 'KUBE-' && fail "KUBE- iptables rules left"
 topo_exec node ipset list -n 2>/dev/null | grep -q '^KUBE-' && fail "ipsets left"
+topo_exec node nft list tables | grep -q ipvsbpf-proxy && fail "nftables table left"
 topo_exec node ip link show kube-ipvs0 >/dev/null 2>&1 && fail "kube-ipvs0 left"
 topo_exec node tc filter show dev eth0 egress | grep -q . && fail "tc filters left"
 [ -e "$PIN" ] && fail "pins left under $PIN"
