@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use ipvs_netlink::{Ipvs, ServiceKey, Timeouts};
 use prometheus_client::registry::Registry;
 use tokio::time::sleep_until;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::bpfmode::{BpfMode, BpfModeConfig};
 use crate::cli::{self, Cidr, Config, NodePortAddresses, ProxyMode, SourceKind};
@@ -288,7 +288,9 @@ async fn sync_loop(
             }
         }
 
+        let applying = Instant::now();
         let report = tokio::task::block_in_place(|| syncer.apply(full, now));
+        let ipvs_ms = applying.elapsed().as_millis() as u64;
         ok &= report.failed.is_empty();
         for f in &report.failed {
             warn!(service = ?f.service, key = ?f.key, error = %f.error, "IPVS request failed; will retry");
@@ -298,9 +300,20 @@ async fn sync_loop(
         }
         if full || outcome.node_changed {
             if let Plumbing::Ipvs(m) = &mut plumbing {
-                if let Err(e) = tokio::task::block_in_place(|| m.sync(syncer.state())) {
-                    error!(error = %e, "ipvs mode rules");
-                    ok = false;
+                match tokio::task::block_in_place(|| m.sync(syncer.state())) {
+                    Ok(r) => debug!(
+                        addresses_added = r.addresses_added,
+                        addresses_removed = r.addresses_removed,
+                        addresses_ms = r.took.addresses.as_millis() as u64,
+                        ipsets_ms = r.took.ipsets.as_millis() as u64,
+                        iptables_ms = r.took.iptables.as_millis() as u64,
+                        jumps_ms = r.took.jumps.as_millis() as u64,
+                        "ipvs mode rules synced"
+                    ),
+                    Err(e) => {
+                        error!(error = %e, "ipvs mode rules");
+                        ok = false;
+                    }
                 }
             }
             for e in hc.sync(&syncer.health_checks()).await {
@@ -337,6 +350,7 @@ async fn sync_loop(
             full,
             recomputed = outcome.recomputed,
             requests = report.requests,
+            ipvs_ms,
             failed = report.failed.len(),
             draining = report.draining,
             model_errors = outcome.model_errors.len(),

@@ -159,7 +159,8 @@ run() {
 	local fsum fcount psum0 pcount0 psum pcount k added t1 seen lats=() lat_med lat_max
 	local full full_polled proxy_full partial t files
 	man=$WORK/man-$mode-$n
-	log=$WORK/proxy-$mode-$n.log
+	# kept with the run's results: the proxy's own account of its syncs
+	log=${IPVSBPF_RESULTS:-$WORK}/proxy-$mode-$n.log
 	step "$mode: $n Services x $E endpoints"
 	ns_up || fail "netns $NS with its uplink"
 	if [ "$mode" = ipvs-bpf ] && ! bench_net test -e /proc/sys/net/ipv4/vs/bpf_mode; then
@@ -176,7 +177,7 @@ run() {
 		--proxy-mode "$mode" --nodeport-addresses "$CIDR" \
 		--metrics-bind-address "$METRICS" --healthz-bind-address 127.0.0.1:10256 \
 		--bpf-pin-path "$PIN" --snat-port-range "$PORTS" \
-		--ipvs-min-sync-period 0s --ipvs-sync-period 1h >"$log" 2>&1 &
+		--ipvs-min-sync-period 0s --ipvs-sync-period 1h --v 2 >"$log" 2>&1 &
 	PID=$!
 
 	# (a) the first sync: its timestamp set, then IPVS holds N services

@@ -25,6 +25,7 @@ use std::io::{self, Write as _};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use ipvs_netlink::Family;
 
@@ -321,6 +322,18 @@ pub struct SyncReport {
     pub addresses_added: usize,
     pub addresses_removed: usize,
     pub members: BTreeMap<Family, MemberDiff>,
+    /// Time spent on the device's addresses, in `ipset restore`, in
+    /// `iptables-restore` and in the jump checks, over both families.
+    pub took: StepTimes,
+}
+
+/// Where an `ipvs` mode sync spends its time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepTimes {
+    pub addresses: Duration,
+    pub ipsets: Duration,
+    pub iptables: Duration,
+    pub jumps: Duration,
 }
 
 /// The `ipvs` mode's node state keeper. Caches what it last applied (the
@@ -474,6 +487,12 @@ impl<R: Runner, S: Sysctl, L: Links> IpvsMode<R, S, L> {
     /// before the rules stop pointing at it).
     pub fn sync(&mut self, state: &NodeState) -> Result<SyncReport, Error> {
         let mut report = SyncReport::default();
+        let mut t = Instant::now();
+        let mut lap = |d: &mut Duration| {
+            let now = Instant::now();
+            *d += now - t;
+            t = now;
+        };
         let families = self.cfg.families();
         let node = self
             .links
@@ -502,6 +521,7 @@ impl<R: Runner, S: Sysctl, L: Links> IpvsMode<R, S, L> {
             bound.insert(*a);
             report.addresses_added += 1;
         }
+        lap(&mut report.took.addresses);
 
         for family in families {
             let desired = ipset::desired_members(state, family, &want);
@@ -515,11 +535,14 @@ impl<R: Runner, S: Sysctl, L: Links> IpvsMode<R, S, L> {
             let (text, diff) = ipset::restore_text(family, &current, &desired);
             self.run_ok("ipset", &["restore", "-exist"], Some(&text))?;
             report.members.insert(family, diff);
+            lap(&mut report.took.ipsets);
             let rules = iptables::restore_text(family, &desired, &self.cfg);
             self.members.insert(family, desired);
             let (_, restore) = iptables::binaries(family);
             self.run_ok(restore, &["-w", "--noflush"], Some(&rules))?;
+            lap(&mut report.took.iptables);
             self.ensure_jumps(family)?;
+            lap(&mut report.took.jumps);
         }
 
         // Only what this mode put there: addresses of a disabled family are
@@ -536,6 +559,7 @@ impl<R: Runner, S: Sysctl, L: Links> IpvsMode<R, S, L> {
             bound.remove(&a);
             report.addresses_removed += 1;
         }
+        lap(&mut report.took.addresses);
         self.bound = Some(bound);
         Ok(report)
     }
