@@ -78,7 +78,9 @@ if [ "$MODE" = ipvs-bpf ]; then
 			END { print s + 0 }')
 else
 	drops=$(topo_exec node iptables-save -c -t filter |
-		awk -F'[][:]' '/-A KUBE-SOURCE-RANGES-FIREWALL -j DROP/ { s += $2 } END { print s + 0 }')
+		awk '/-A KUBE-SOURCE-RANGES-FIREWALL -j DROP/ {
+			c = $1; gsub(/[^0-9:]/, "", c); split(c, n, ":"); s += n[1] }
+			END { print s + 0 }')
 fi
 echo "      packets dropped by the source-range filter: ${drops:-none}"
 [ "${drops:-0}" -gt 0 ] || fail "the source-range filter dropped nothing"
