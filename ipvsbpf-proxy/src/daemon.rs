@@ -35,6 +35,9 @@ const DUMMY: &str = "kube-ipvs0";
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How often the file source looks for changed manifests.
 const FILE_POLL: Duration = Duration::from_millis(250);
+/// Trigger times kept for the network programming latency while syncs
+/// fail; beyond this the oldest go unmeasured.
+const MAX_PENDING_TRIGGERS: usize = 10_000;
 /// First retry after a failed sync; doubles up to the sync period.
 const RETRY_MIN: Duration = Duration::from_millis(500);
 
@@ -209,6 +212,8 @@ async fn sync_loop(
     let mut skipped_seen = [0u64; 3];
     let mut waited_for_sync = false;
     let mut synced_once = false;
+    // EndpointSlice trigger times not yet programmed
+    let mut triggers: Vec<SystemTime> = Vec::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -219,7 +224,11 @@ async fn sync_loop(
             Instant::now() + cfg.sync_period
         };
         tokio::select! {
-            _ = inv.changed.notified() => health.queued(SystemTime::now()),
+            _ = inv.changed.notified() => {
+                health.queued(SystemTime::now());
+                let (services, slices) = inv.lock().pending();
+                metrics.set_pending(services, slices);
+            }
             _ = sleep_until(wake.into()) => {}
             _ = &mut shutdown => {
                 info!("shutting down; IPVS, the BPF datapath and the rules stay for the next run");
@@ -267,16 +276,28 @@ async fn sync_loop(
             SyncKind::Partial
         };
         let mut timer = metrics.sync_timer(kind);
-        let (outcome, dirty_n) = {
+        let (outcome, dirty_n, slice_changes) = {
             let mut guard = inv.lock();
             let mut dirty = guard.take_dirty();
             if full || config_changed {
                 dirty.all = true;
             }
+            triggers.extend(
+                std::mem::take(&mut dirty.trigger_times)
+                    .into_values()
+                    .flatten(),
+            );
             let n = dirty.services.len();
-            (syncer.recompute(&guard, dirty), n)
+            let slices = dirty.slice_changes;
+            (syncer.recompute(&guard, dirty), n, slices)
         };
         metrics.service_changes.inc_by(dirty_n as u64);
+        metrics.endpoint_changes.inc_by(slice_changes);
+        metrics.set_pending(0, 0);
+        // Kept across failed syncs, not without bound
+        if triggers.len() > MAX_PENDING_TRIGGERS {
+            triggers.drain(..triggers.len() - MAX_PENDING_TRIGGERS);
+        }
 
         // The source-range filter goes in before IPVS opens a new load
         // balancer address, not after.
@@ -362,6 +383,7 @@ async fn sync_loop(
             next_full = now + cfg.sync_period;
         }
         if ok {
+            metrics.network_programmed(triggers.drain(..), SystemTime::now());
             timer.succeeded();
             health.updated(SystemTime::now());
             retry = None;

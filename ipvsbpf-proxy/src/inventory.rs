@@ -10,8 +10,9 @@
 //! only what actually differs, so a 410-Gone relist of an unchanged cluster
 //! costs no IPVS work.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -22,6 +23,11 @@ use crate::desired::ServiceName;
 /// The label an EndpointSlice's owning Service is named by (set by the
 /// EndpointSlice controller; kube-proxy uses the same label).
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// When the change an EndpointSlice carries was triggered (a Pod or
+/// Service update), set by the EndpointSlice controller; kube-proxy's
+/// network programming latency is measured from it.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// Why an object was refused by the inventory.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,11 +58,47 @@ pub struct Dirty {
     /// Services whose object or slices changed, including deleted ones
     /// (the syncer removes their state).
     pub services: BTreeSet<ServiceName>,
+    /// EndpointSlice additions, updates and deletions that changed
+    /// something (kubeproxy_sync_proxy_rules_endpoint_changes_total).
+    pub slice_changes: u64,
+    /// Trigger times of the slice updates, per Service, for
+    /// kubeproxy_network_programming_duration_seconds: only times after
+    /// the inventory began (older ones describe changes an earlier proxy
+    /// programmed), none for a Service whose slice was deleted since (a
+    /// deleted slice's time is that of its last update, as kube-proxy
+    /// notes).
+    pub trigger_times: BTreeMap<ServiceName, Vec<SystemTime>>,
 }
 
 impl Dirty {
     pub fn is_empty(&self) -> bool {
         !self.all && self.services.is_empty()
+    }
+}
+
+/// When an inventory began tracking (kube-proxy's trackerStartTime).
+#[derive(Clone, Copy, Debug)]
+struct Since(SystemTime);
+
+impl Default for Since {
+    fn default() -> Self {
+        Since(SystemTime::now())
+    }
+}
+
+/// The slice's trigger time, if it has a readable one.
+fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+    let value = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(TRIGGER_TIME_ANNOTATION)?;
+    match value.parse::<k8s_openapi::jiff::Timestamp>() {
+        Ok(t) => Some(SystemTime::from(t)),
+        Err(e) => {
+            tracing::debug!(%value, error = %e, "unreadable {TRIGGER_TIME_ANNOTATION}");
+            None
+        }
     }
 }
 
@@ -75,6 +117,7 @@ pub struct Inventory {
     synced_slices: bool,
     synced_node: bool,
     dirty: Dirty,
+    since: Since,
 }
 
 fn key_of(kind: &'static str, meta: &ObjectMeta) -> Result<(String, String), InventoryError> {
@@ -188,6 +231,16 @@ impl Inventory {
                 .insert(key.1.clone());
         }
         if changed {
+            self.dirty.slice_changes += 1;
+            if let (Some(owner), Some(t)) = (&new_owner, trigger_time(&slice)) {
+                if t > self.since.0 {
+                    self.dirty
+                        .trigger_times
+                        .entry(owner.clone())
+                        .or_default()
+                        .push(t);
+                }
+            }
             self.dirty.services.extend(old_owner);
             self.dirty.services.extend(new_owner);
         }
@@ -198,8 +251,10 @@ impl Inventory {
     pub fn delete_slice(&mut self, namespace: &str, name: &str) {
         let key = (namespace.to_string(), name.to_string());
         if let Some(old) = self.slices.remove(&key) {
+            self.dirty.slice_changes += 1;
             if let Some(owner) = owner_of(&old) {
                 self.unindex(&owner, name);
+                self.dirty.trigger_times.remove(&owner);
                 self.dirty.services.insert(owner);
             }
         }
@@ -287,6 +342,11 @@ impl Inventory {
     /// sync would delete every Service not yet seen.
     pub fn synced(&self) -> bool {
         self.synced_services && self.synced_slices && self.synced_node
+    }
+
+    /// (Services, EndpointSlice changes) waiting for the next sync.
+    pub fn pending(&self) -> (usize, u64) {
+        (self.dirty.services.len(), self.dirty.slice_changes)
     }
 
     /// What changed since the last call; resets the record.
@@ -563,6 +623,65 @@ mod tests {
         assert_eq!(names(&inv.take_dirty()), ["other/b"]);
         assert!(inv.slices(&sn("ns", "b")).is_empty());
         assert_eq!(inv.counts(), (0, 2));
+    }
+
+    /// A slice of ns/a with endpoint `ip` and, if given, a trigger time.
+    fn triggered(name: &str, ip: &str, trigger: Option<&str>) -> EndpointSlice {
+        let mut s = slice("ns", name, Some("a"), "1", ip);
+        if let Some(t) = trigger {
+            s.metadata.annotations =
+                Some([(TRIGGER_TIME_ANNOTATION.to_string(), t.to_string())].into());
+        }
+        s
+    }
+
+    fn rfc3339(t: SystemTime) -> String {
+        k8s_openapi::jiff::Timestamp::try_from(t)
+            .expect("a time jiff can hold")
+            .to_string()
+    }
+
+    #[test]
+    fn slice_changes_and_trigger_times() {
+        let mut inv = Inventory::new();
+        let before = rfc3339(inv.since.0 - std::time::Duration::from_secs(60));
+        let after = SystemTime::now() + std::time::Duration::from_secs(1);
+
+        // A trigger time from before the inventory began is an earlier
+        // proxy's business; one after it is ours; none, or an unreadable
+        // one, is no time.
+        inv.apply_slice(triggered("s1", "10.1.0.1", Some(&before)))
+            .expect("apply");
+        inv.apply_slice(triggered("s2", "10.1.0.2", Some(&rfc3339(after))))
+            .expect("apply");
+        inv.apply_slice(triggered("s3", "10.1.0.3", None))
+            .expect("apply");
+        inv.apply_slice(triggered("s4", "10.1.0.4", Some("yesterday")))
+            .expect("apply");
+        assert_eq!(inv.pending(), (1, 4));
+        let d = inv.take_dirty();
+        assert_eq!(d.slice_changes, 4);
+        let times = d.trigger_times.get(&sn("ns", "a")).expect("ns/a's times");
+        assert_eq!(times.len(), 1);
+        let got = times[0]
+            .duration_since(after)
+            .unwrap_or_else(|e| e.duration());
+        assert!(got < std::time::Duration::from_millis(1), "{got:?}");
+        assert_eq!(inv.pending(), (0, 0));
+
+        // Unchanged: neither a change nor a time.
+        inv.apply_slice(triggered("s3", "10.1.0.3", None))
+            .expect("apply");
+        assert_eq!(inv.take_dirty().slice_changes, 0);
+
+        // A deletion counts as a change and drops the Service's pending
+        // times: a deleted slice's time is that of its last update.
+        inv.apply_slice(triggered("s3", "10.1.0.9", Some(&rfc3339(after))))
+            .expect("apply");
+        inv.delete_slice("ns", "s4");
+        let d = inv.take_dirty();
+        assert_eq!(d.slice_changes, 2);
+        assert!(d.trigger_times.is_empty(), "{:?}", d.trigger_times);
     }
 
     #[test]

@@ -271,6 +271,24 @@ impl Metrics {
         m
     }
 
+    /// Records, once IPVS holds them, how long the changes triggered at
+    /// `times` (EndpointSlice trigger times) took to be programmed. A time
+    /// ahead of `now` (clock skew with the controller) counts as 0.
+    pub fn network_programmed(&self, times: impl IntoIterator<Item = SystemTime>, now: SystemTime) {
+        for t in times {
+            let d = now.duration_since(t).unwrap_or_default();
+            self.network_programming_duration.observe(d.as_secs_f64());
+        }
+    }
+
+    /// The changes waiting for the next sync.
+    pub fn set_pending(&self, services: usize, slice_changes: u64) {
+        self.service_changes_pending
+            .set(i64::try_from(services).unwrap_or(i64::MAX));
+        self.endpoint_changes_pending
+            .set(i64::try_from(slice_changes).unwrap_or(i64::MAX));
+    }
+
     /// Installs the datapath source read on each scrape (ipvs-bpf mode).
     pub fn set_datapath_stats(&self, stats: Arc<dyn DatapathStats>) {
         if let Ok(mut slot) = self.datapath.source.write() {
@@ -572,6 +590,52 @@ mod tests {
         assert!(text.contains("# TYPE kubeproxy_sync_proxy_rules_no_local_endpoints_total gauge"));
         assert!(text.contains("# TYPE kubeproxy_network_programming_duration_seconds histogram"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn network_programming_and_pending() {
+        let mut r = Registry::default();
+        let m = Metrics::new(&mut r);
+        let now = SystemTime::now();
+        m.network_programmed(
+            [
+                now - Duration::from_millis(1500),
+                now - Duration::from_secs(90),
+                now + Duration::from_secs(3), // skew: 0, not a panic
+            ],
+            now,
+        );
+        m.set_pending(7, 12);
+        let text = encoded(&r);
+        let want: &[(&str, Option<f64>)] = &[
+            (
+                "kubeproxy_network_programming_duration_seconds_count",
+                Some(3.0),
+            ),
+            (
+                "kubeproxy_network_programming_duration_seconds_sum",
+                Some(91.5),
+            ),
+            (
+                "kubeproxy_network_programming_duration_seconds_bucket{le=\"0.0\"}",
+                Some(1.0),
+            ),
+            (
+                "kubeproxy_network_programming_duration_seconds_bucket{le=\"2.0\"}",
+                Some(2.0),
+            ),
+            (
+                "kubeproxy_sync_proxy_rules_service_changes_pending",
+                Some(7.0),
+            ),
+            (
+                "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+                Some(12.0),
+            ),
+        ];
+        for (series, v) in want {
+            assert_eq!(sample(&text, series), *v, "{series} in\n{text}");
+        }
     }
 
     #[test]

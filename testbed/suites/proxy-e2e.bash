@@ -115,6 +115,9 @@ poll sh -c "! ip netns exec node ipvsadm -Ln -t 198.19.0.10:80 | grep -q '198.18
 ans=$(hits client "http://$NODE:30080/" 24)
 echo "$ans" | grep -qx pod2b && fail "pod2b still got new connections"
 echo "$ans" | grep -qx '<error>' && fail "a request failed while pod2b drained"
+n=$(metric kubeproxy_network_programming_duration_seconds_count)
+echo "      network programming latency samples (slice trigger times): $n"
+[ "${n:-0}" -ge 2 ] || fail "the two slice changes were not measured"
 
 step "kill -9 during a bounded wrk run (8 s, 4 connections) on the NodePort"
 topo_exec client wrk -t 1 -c 4 -d 8s --timeout 3s "http://$NODE:30080/" >"$MAN/wrk" 2>&1 &

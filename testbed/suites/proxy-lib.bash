@@ -85,12 +85,19 @@ poll() {
 # drop_endpoint FILE ADDR: remove ADDR's endpoint entry from an
 # EndpointSlice manifest (the "  - addresses: [ADDR]" item and its
 # indented lines), written to a temporary file and renamed, as a
-# ConfigMap update or kubectl would replace it.
+# ConfigMap update or kubectl would replace it. Like the EndpointSlice
+# controller, it stamps the change's trigger time on the slice.
 drop_endpoint() {
-	awk -v a="  - addresses: [$2]" '
+	local now
+	now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+	awk -v a="  - addresses: [$2]" -v t="$now" '
 		$0 == a { skip = 1; next }
 		skip && /^    / { next }
-		{ skip = 0; print }' "$1" >"$1.tmp" && mv "$1.tmp" "$1"
+		/^  annotations: / { next }
+		{ skip = 0; print }
+		$0 == "metadata:" {
+			print "  annotations: {endpoints.kubernetes.io/last-change-trigger-time: \"" t "\"}"
+		}' "$1" >"$1.tmp" && mv "$1.tmp" "$1"
 	grep -q "$2" "$1" && fail "drop_endpoint: $2 still in $1"
 	return 0
 }
