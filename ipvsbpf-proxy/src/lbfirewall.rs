@@ -29,9 +29,10 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io;
 
-use ipvs_netlink::{Protocol, ServiceKey};
+use ipvs_netlink::ServiceKey;
 
 use crate::desired::{Cidr, NodeState, VsKind};
+use crate::ipvsmode::ipset::proto_name;
 use crate::ipvsmode::Runner;
 
 /// The nftables table (family `inet`) this module owns.
@@ -63,15 +64,6 @@ pub struct Ruleset {
     /// (family is IPv4, address, protocol, port)
     guarded: BTreeSet<(bool, String, &'static str, u16)>,
     allowed: BTreeSet<(bool, Allow)>,
-}
-
-fn proto_name(p: Protocol) -> Option<&'static str> {
-    match p {
-        Protocol::Tcp => Some("tcp"),
-        Protocol::Udp => Some("udp"),
-        Protocol::Sctp => Some("sctp"),
-        Protocol::Other(_) => None,
-    }
 }
 
 impl Ruleset {

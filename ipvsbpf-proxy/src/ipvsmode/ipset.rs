@@ -188,7 +188,9 @@ pub fn empty_members() -> Members {
     SETS.iter().map(|s| (s.name, BTreeSet::new())).collect()
 }
 
-fn proto_name(p: Protocol) -> Option<&'static str> {
+/// A protocol as ipset, iptables and nft name it; `None` for those with
+/// no ports to match.
+pub fn proto_name(p: Protocol) -> Option<&'static str> {
     match p {
         Protocol::Tcp => Some("tcp"),
         Protocol::Udp => Some("udp"),
