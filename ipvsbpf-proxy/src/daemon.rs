@@ -214,6 +214,8 @@ async fn sync_loop(
     let mut synced_once = false;
     // EndpointSlice trigger times not yet programmed
     let mut triggers: Vec<SystemTime> = Vec::new();
+    // The last sync's filter or mode rules failed to apply
+    let mut rules_failed = false;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -299,12 +301,17 @@ async fn sync_loop(
             triggers.drain(..triggers.len() - MAX_PENDING_TRIGGERS);
         }
 
+        // The node-wide rules follow any change, and are redone after a
+        // failed write rather than left until the next change or full sync.
+        let rules_due = full || outcome.node_changed || rules_failed;
+        rules_failed = false;
         // The source-range filter goes in before IPVS opens a new load
         // balancer address, not after.
         let mut ok = true;
-        if let (true, Plumbing::Bpf(_, fw)) = (full || outcome.node_changed, &mut plumbing) {
+        if let (true, Plumbing::Bpf(_, fw)) = (rules_due, &mut plumbing) {
             if let Err(e) = tokio::task::block_in_place(|| fw.sync(syncer.state(), full)) {
                 error!(error = %e, "loadBalancerSourceRanges filter");
+                rules_failed = true;
                 ok = false;
             }
         }
@@ -319,7 +326,7 @@ async fn sync_loop(
         for (&(op, ok), &n) in &report.by_op {
             metrics.ipvs_requests(op, ok, n);
         }
-        if full || outcome.node_changed {
+        if rules_due {
             if let Plumbing::Ipvs(m) = &mut plumbing {
                 match tokio::task::block_in_place(|| m.sync(syncer.state())) {
                     Ok(r) => debug!(
@@ -333,6 +340,7 @@ async fn sync_loop(
                     ),
                     Err(e) => {
                         error!(error = %e, "ipvs mode rules");
+                        rules_failed = true;
                         ok = false;
                     }
                 }
