@@ -26,24 +26,55 @@ for line in sys.stdin:
 log() { printf '[testbed] %s\n' "$*" >&2; }
 die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
 
-# The installed Debian 6.12 kernel release (e.g. 6.12.57+deb12-amd64),
-# derived from the linux-image-amd64 metapackage's dependency, never
-# hard-coded: Debian moves it with every point release.
+# The Debian kernel the testbed uses is pinned in testbed/kernel.pin
+# (suite, package version, ABI); see there for why and how to move it.
+# shellcheck source=testbed/kernel.pin
+. "$TESTBED_DIR/kernel.pin"
+
+# The packages that make up the pinned kernel: the image the guest boots,
+# the headers the patched modules build against, the source the series
+# applies to.
+kernel_pin_packages() {
+	echo "linux-image-$KERNEL_ABI linux-headers-$KERNEL_ABI linux-source-6.12"
+}
+
+# kernel_pin_problems: one line per pinned package that is missing or at
+# another version; nothing when the machine has exactly the pinned kernel.
+kernel_pin_problems() {
+	local p v
+	for p in $(kernel_pin_packages); do
+		v=$(dpkg-query -W -f='${Status} ${Version}' "$p" 2>/dev/null) || v=
+		case "$v" in
+		# "hold ok installed": testbed/setup holds linux-source-6.12
+		*" ok installed $KERNEL_DEB_VERSION") ;;
+		*" ok installed "*) echo "$p is at ${v##* }, testbed/kernel.pin wants $KERNEL_DEB_VERSION" ;;
+		*) echo "$p is not installed (testbed/kernel.pin wants $KERNEL_DEB_VERSION from $KERNEL_SUITE)" ;;
+		esac
+	done
+}
+
+# The pinned Debian 6.12 kernel release (e.g. 6.12.118+deb12-amd64), after
+# checking that exactly the pinned packages are installed: a build against
+# anything else fails here, naming the step that fixes it.
 debian_kernel_version() {
-	local dep
-	dep=$(dpkg-query -W -f='${Depends}' linux-image-amd64 2>/dev/null |
-		tr ',' '\n' | sed -n 's/^ *linux-image-\([^ ]*\).*/\1/p' | head -n1)
-	dep=${dep%-unsigned}
-	[ -n "$dep" ] && echo "$dep"
+	local problems
+	problems=$(kernel_pin_problems)
+	if [ -n "$problems" ]; then
+		printf '[testbed] %s\n' "$problems" >&2
+		printf '[testbed] run testbed/setup to install the kernel in testbed/kernel.pin\n' >&2
+		return 1
+	fi
+	echo "$KERNEL_ABI"
 }
 
 debian_kernel_image() {
-	echo "/boot/vmlinuz-$(debian_kernel_version)"
+	echo "/boot/vmlinuz-$KERNEL_ABI"
 }
 
-# The linux-source-6.12 tarball shipped by Debian.
+# The linux-source-6.12 tarball shipped by Debian, at the pinned version.
 debian_source_tarball() {
 	local t
+	debian_kernel_version >/dev/null || return 1
 	for t in /usr/src/linux-source-6.12.tar.xz /usr/src/linux-source-6.12.tar.bz2; do
 		[ -f "$t" ] && { echo "$t"; return 0; }
 	done
@@ -59,7 +90,7 @@ debian_objtree() {
 	local obj=$1 src=$2 kver headers
 	kver=$(debian_kernel_version) || die "no Debian 6.12 kernel installed; run testbed/setup"
 	headers=/usr/src/linux-headers-$kver
-	[ -f "$headers/Makefile" ] || die "$headers missing; install linux-headers-amd64 from bookworm-backports"
+	[ -f "$headers/Makefile" ] || die "$headers missing; run testbed/setup (testbed/kernel.pin)"
 	if [ ! -f "$obj/.ipvsbpf-objtree" ] ||
 		[ "$(readlink "$obj/Module.symvers")" != "$headers/Module.symvers" ]; then
 		rm -rf "$obj"
