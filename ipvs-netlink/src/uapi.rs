@@ -32,10 +32,6 @@ pub const IP_VS_SVC_F_SCHED3: u32 = 0x0020;
 pub const IP_VS_SVC_F_SCHED_SH_FALLBACK: u32 = IP_VS_SVC_F_SCHED1;
 pub const IP_VS_SVC_F_SCHED_SH_PORT: u32 = IP_VS_SVC_F_SCHED2;
 
-// Destination flags.
-pub const IP_VS_DEST_F_AVAILABLE: u32 = 0x0001;
-pub const IP_VS_DEST_F_OVERLOAD: u32 = 0x0002;
-
 // Sync daemon states.
 pub const IP_VS_STATE_NONE: u32 = 0x0000;
 pub const IP_VS_STATE_MASTER: u32 = 0x0001;

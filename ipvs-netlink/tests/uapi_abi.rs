@@ -67,8 +67,6 @@ fn rust_mirror_matches_the_uapi_header() {
         IP_VS_SVC_F_SCHED3,
         IP_VS_SVC_F_SCHED_SH_FALLBACK,
         IP_VS_SVC_F_SCHED_SH_PORT,
-        IP_VS_DEST_F_AVAILABLE,
-        IP_VS_DEST_F_OVERLOAD,
         IP_VS_STATE_NONE,
         IP_VS_STATE_MASTER,
         IP_VS_STATE_BACKUP,
