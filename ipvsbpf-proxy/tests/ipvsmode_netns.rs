@@ -4,9 +4,11 @@
 //! it spawns inherit it), so the host's rules, sets and devices are never
 //! touched.
 //!
-//! Nothing here needs IPVS. A test prints `SKIP:` and passes when the
-//! host cannot run it at all (no `CAP_SYS_ADMIN` for unshare, a tool
-//! missing); everything else that goes wrong fails it. Where the kernel has
+//! Nothing here needs IPVS. A host that cannot run a test at all (no
+//! `CAP_SYS_ADMIN` for unshare, a tool missing) fails it in a strict run
+//! (`make test`, CI) and skips it otherwise, with a `SKIP:` line naming
+//! what is missing ([`netns::require`]); everything else that goes wrong
+//! fails it. Where the kernel has
 //! no dummy device driver (`CONFIG_DUMMY` off), `kube-ipvs0` is made a
 //! bridge beforehand, so the address handling still runs on a real device;
 //! the test says so.
@@ -22,30 +24,13 @@ use ipvsbpf_proxy::desired::{
 use ipvsbpf_proxy::ipvsmode::{
     Error, ExecRunner, IpvsMode, IpvsModeConfig, LinkError, Links, ProcSysctl, Rtnl, DUMMY_DEVICE,
 };
-use netns::{run, try_in_netns};
+use netns::{have, in_netns_or_skip as in_netns, missing_tools, require, run};
 
 mod netns;
 
-/// Runs `f` in a network namespace of its own with `lo` up; `None`
-/// (after printing why) when this host cannot make one.
-fn in_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
-    try_in_netns(f)
-        .map_err(|e| eprintln!("SKIP: unshare(CLONE_NEWNET): {e} (needs root)"))
-        .ok()
-}
-
-fn have(tool: &str) -> bool {
-    // iproute2's `ip` knows only -V.
-    let flag = if tool == "ip" { "-V" } else { "--version" };
-    Command::new(tool)
-        .arg(flag)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
+/// Whether the tools the mode runs are here; see [`require`].
 fn tools_or_skip() -> bool {
-    let missing: Vec<&str> = [
+    let missing = missing_tools(&[
         "ip",
         "ipset",
         "iptables",
@@ -54,15 +39,12 @@ fn tools_or_skip() -> bool {
         "ip6tables",
         "ip6tables-save",
         "ip6tables-restore",
-    ]
-    .into_iter()
-    .filter(|t| !have(t))
-    .collect();
-    if !missing.is_empty() {
-        eprintln!("SKIP: missing tools {missing:?} (Debian packages iptables, ipset, iproute2)");
-        return false;
-    }
-    true
+    ]);
+    require(
+        missing.is_empty(),
+        &format!("tools that do not run here: {missing:?}"),
+        "run testbed/setup (Debian packages iptables, ipset, iproute2)",
+    )
 }
 
 /// Makes sure `kube-ipvs0` can exist: if the kernel has no dummy driver,
@@ -99,8 +81,11 @@ fn ip_addrs() -> BTreeSet<IpAddr> {
 
 #[test]
 fn rtnl_device_and_addresses() {
-    if !have("ip") {
-        eprintln!("SKIP: no `ip` to check against");
+    if !require(
+        have("ip"),
+        "ip is not installed (the test checks against it)",
+        "run testbed/setup (Debian package iproute2)",
+    ) {
         return;
     }
     let Some(()) = in_netns(|| {
@@ -287,7 +272,8 @@ fn ipvs_mode_sync_and_cleanup_on_real_tools() {
             .expect("ipset runs");
         if !probe.status.success() {
             panic!(
-                "ipset cannot talk to the kernel (ip_set module missing?): {}",
+                "ipset cannot talk to the kernel (ip_set missing? modprobe ip_set, \
+                 or a kernel with CONFIG_IP_SET): {}",
                 String::from_utf8_lossy(&probe.stderr)
             );
         }

@@ -5,12 +5,12 @@
 //!
 //! Everything happens on `lo`: the load balancer address and the client
 //! addresses are local, so each connection's SYN crosses the output hook,
-//! which carries the same rule as prerouting. Nothing here needs IPVS; a
-//! test prints `SKIP:` and passes only when the host cannot make a
-//! namespace or has no `nft`.
+//! which carries the same rule as prerouting. Nothing here needs IPVS.
+//! A host that cannot make a namespace (not root) or has no `nft` fails
+//! the test in a strict run (`make test`, CI) and skips it otherwise, with
+//! a `SKIP:` line naming what is missing ([`netns::require`]).
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::process::Command;
 use std::time::Duration;
 
 use ipvs_netlink::{Service, ServiceKey};
@@ -19,7 +19,7 @@ use ipvsbpf_proxy::desired::{
 };
 use ipvsbpf_proxy::ipvsmode::ExecRunner;
 use ipvsbpf_proxy::lbfirewall::{LbFirewall, TABLE};
-use netns::{run, try_in_netns};
+use netns::{have, in_netns_or_skip, require, run};
 
 mod netns;
 
@@ -97,16 +97,14 @@ fn nft_table_exists() -> bool {
 
 #[test]
 fn source_ranges_drop_and_pass_on_the_real_kernel() {
-    let have_nft = Command::new("nft")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !have_nft {
-        eprintln!("SKIP: no nft (the nftables package)");
+    if !require(
+        have("nft"),
+        "nft is not installed",
+        "run testbed/setup (Debian package nftables)",
+    ) {
         return;
     }
-    let res = try_in_netns(|| {
+    in_netns_or_skip(|| {
         for a in [
             "203.0.113.5/32",
             "198.51.100.1/32",
@@ -168,7 +166,4 @@ fn source_ranges_drop_and_pass_on_the_real_kernel() {
         assert!(!nft_table_exists());
         fw.cleanup().expect("cleanup of a clean node");
     });
-    if let Err(e) = res {
-        eprintln!("SKIP: unshare(CLONE_NEWNET): {e} (needs root)");
-    }
 }

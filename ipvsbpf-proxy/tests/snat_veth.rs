@@ -28,9 +28,10 @@
 //! - `plain`: no offload and no GRO; the programs update full checksums.
 //!
 //! Needs root, `ip`, `ethtool`, `ss` and Debian's python3; without them it
-//! fails.
+//! fails, naming the missing tools and the set-up step.
 
 mod common;
+mod netns;
 
 use std::fs::File;
 use std::mem::MaybeUninit;
@@ -90,6 +91,12 @@ fn sh(cmd: &str) -> Output {
 
 impl Topology {
     fn new(tag: &str, mode: Mode) -> Topology {
+        let missing = netns::missing_tools(&["ip", "ethtool", "ss", "timeout", "/usr/bin/python3"]);
+        assert!(
+            missing.is_empty(),
+            "tools that do not run here: {missing:?}: run testbed/setup \
+             (Debian packages iproute2, ethtool, coreutils, python3)"
+        );
         let id = format!("{}-{tag}", std::process::id());
         let dir = std::env::temp_dir().join(format!("ipvsbpf-veth-{id}"));
         std::fs::create_dir_all(&dir).expect("temp dir");

@@ -32,7 +32,7 @@
 . "$(dirname "$0")/lib.sh"
 export LC_ALL=C # a '.' in $EPOCHREALTIME and in awk's numbers
 need ipvsadm curl ip nsenter iptables ipset awk sort
-[ -x /usr/bin/python3 ] || skip "/usr/bin/python3 is not installed"
+[ -x /usr/bin/python3 ] || skip "/usr/bin/python3 is not installed: run testbed/setup (Debian package python3)"
 
 proxy=$TOP/build/proxy/ipvsbpf-proxy
 gen=$TOP/testbed/proxy-bench-manifests.py
