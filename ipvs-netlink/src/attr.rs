@@ -150,6 +150,8 @@ pub enum BpfStatsAttr {
     Conflict = uapi::IPVS_BPF_STATS_ATTR_CONFLICT,
     SnatExhausted = uapi::IPVS_BPF_STATS_ATTR_SNAT_EXHAUSTED,
     Twins = uapi::IPVS_BPF_STATS_ATTR_TWINS,
+    SnatReused = uapi::IPVS_BPF_STATS_ATTR_SNAT_REUSED,
+    SnatReusedUnsafe = uapi::IPVS_BPF_STATS_ATTR_SNAT_REUSED_UNSAFE,
     Pad = uapi::IPVS_BPF_STATS_ATTR_PAD,
 }
 impl neli::consts::genl::NlAttrType for BpfStatsAttr {}

@@ -850,6 +850,8 @@ fn decode_bpf_stats(bytes: &[u8]) -> Result<BpfStats, DecodeError> {
             BpfStatsAttr::Conflict => &mut s.conflict,
             BpfStatsAttr::SnatExhausted => &mut s.snat_exhausted,
             BpfStatsAttr::Twins => &mut s.twins,
+            BpfStatsAttr::SnatReused => &mut s.snat_reused,
+            BpfStatsAttr::SnatReusedUnsafe => &mut s.snat_reused_unsafe,
             _ => continue,
         };
         *slot = field(ctx, "counter", &p).counter()?;

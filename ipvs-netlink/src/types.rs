@@ -526,6 +526,13 @@ pub struct BpfStats {
     pub snat_exhausted: u64,
     /// Post-DNAT twins that IPVS translated itself.
     pub twins: u64,
+    /// SNAT ports taken over from sessions that were over (TCP TIME_WAIT
+    /// or CLOSE, SCTP CLOSED, idle UDP), whose real server takes the new
+    /// connection.
+    pub snat_reused: u64,
+    /// ... as a last resort, where the real server's TIME_WAIT socket
+    /// may refuse the first SYN (the client then retransmits it).
+    pub snat_reused_unsafe: u64,
 }
 
 /// What `IPVS_CMD_GET_BPF` reports about an attached session map.

@@ -560,6 +560,8 @@ enum {
 	IPVS_BPF_STATS_ATTR_CONFLICT,	/* key already taken by a live session */
 	IPVS_BPF_STATS_ATTR_SNAT_EXHAUSTED, /* no free SNAT port: dropped */
 	IPVS_BPF_STATS_ATTR_TWINS,	/* post-DNAT twins translated by IPVS */
+	IPVS_BPF_STATS_ATTR_SNAT_REUSED, /* SNAT ports taken from closed sessions */
+	IPVS_BPF_STATS_ATTR_SNAT_REUSED_UNSAFE, /* ... the real server may refuse */
 	IPVS_BPF_STATS_ATTR_PAD,
 	__IPVS_BPF_STATS_ATTR_MAX,
 };
