@@ -471,7 +471,7 @@ impl Collector for DatapathCollector {
             snap.session_capacity,
         )?;
         if let Some(k) = snap.kernel {
-            let kernel: [(&str, &str, u64); 6] = [
+            let kernel: [(&str, &str, u64); 8] = [
                 (
                     "ipvsbpf_bpf_sessions_inserted",
                     "Sessions IPVS mirrored into the BPF map",
@@ -501,6 +501,16 @@ impl Collector for DatapathCollector {
                     "ipvsbpf_bpf_twins",
                     "Post-DNAT twin packets IPVS translated itself",
                     k.twins,
+                ),
+                (
+                    "ipvsbpf_snat_reused",
+                    "SNAT ports IPVS reclaimed from sessions that were over",
+                    k.snat_reused,
+                ),
+                (
+                    "ipvsbpf_snat_reused_unsafe",
+                    "SNAT ports reclaimed although the real server might refuse the first SYN",
+                    k.snat_reused_unsafe,
                 ),
             ];
             for (name, help, v) in kernel {
@@ -774,6 +784,8 @@ mod tests {
                 conflict: 2,
                 snat_exhausted: 3,
                 twins: 4,
+                snat_reused: 5,
+                snat_reused_unsafe: 6,
             }),
             counters: vec![
                 (
@@ -805,6 +817,8 @@ mod tests {
             ("ipvsbpf_bpf_session_conflicts_total", 2.0),
             ("ipvsbpf_snat_exhausted_total", 3.0),
             ("ipvsbpf_bpf_twins_total", 4.0),
+            ("ipvsbpf_snat_reused_total", 5.0),
+            ("ipvsbpf_snat_reused_unsafe_total", 6.0),
             (
                 "ipvsbpf_bpf_packets_total{direction=\"egress\",reason=\"xlated\"}",
                 10.0,
