@@ -19,12 +19,17 @@ PID=
 NODE=$(topo_ip node 4)
 CLIENT=$(topo_ip client 4)
 
-proxy_args=(--proxy-mode "$MODE" --source file --manifests "$MAN"
-	--hostname-override node --cluster-cidr 198.18.0.0/16,2001:db8:1::/48
-	--nodeport-addresses 192.0.2.0/24,2001:db8::/64
-	--healthz-bind-address "$NODE:10256" --metrics-bind-address 127.0.0.1:10249
-	--bpf-pin-path "$PIN" --snat-port-range "$PORTS"
-	--ipvs-min-sync-period 200ms --ipvs-sync-period 30s)
+# proxy_set_mode MODE: the flags start_proxy runs the proxy with, in MODE.
+proxy_set_mode() {
+	MODE=$1
+	proxy_args=(--proxy-mode "$MODE" --source file --manifests "$MAN"
+		--hostname-override node --cluster-cidr 198.18.0.0/16,2001:db8:1::/48
+		--nodeport-addresses 192.0.2.0/24,2001:db8::/64
+		--healthz-bind-address "$NODE:10256" --metrics-bind-address 127.0.0.1:10249
+		--bpf-pin-path "$PIN" --snat-port-range "$PORTS"
+		--ipvs-min-sync-period 200ms --ipvs-sync-period 30s)
+}
+proxy_set_mode "$MODE"
 
 cleanup() {
 	local rc=$?
@@ -36,15 +41,25 @@ cleanup() {
 		topo_exec node ip -6 route show table local | grep -v fe80 | sed 's/^/      /'
 		topo_exec node ip6tables-save 2>/dev/null | grep -c KUBE | sed 's/^/      ip6tables KUBE lines: /'
 	fi
-	[ -n "$PID" ] && kill -9 "$PID" 2>/dev/null
-	topo_exec node "$proxy" --cleanup --bpf-pin-path "$PIN" --snat-port-range "$PORTS" \
-		>/dev/null 2>&1
+	stop_proxy
 	topo_kill_ns
 	topo_down
 	rm -rf "$MAN"
 	umount "$BPFFS" 2>/dev/null && rmdir "$BPFFS"
 }
 trap cleanup EXIT
+
+# stop_proxy: kill the proxy, if running, and undo what it programmed
+# (--cleanup); its exit status is --cleanup's.
+stop_proxy() {
+	if [ -n "$PID" ]; then
+		kill -9 "$PID" 2>/dev/null
+		wait "$PID" 2>/dev/null
+		PID=
+	fi
+	topo_exec node "$proxy" --cleanup --bpf-pin-path "$PIN" --snat-port-range "$PORTS" \
+		>>"$LOG" 2>&1
+}
 
 start_proxy() {
 	# ip netns exec execs the proxy in place: $! is the proxy itself
