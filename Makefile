@@ -5,7 +5,8 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all demo test setup build lint kernel-tree kernel-modules kernel-full \
-	kernel-debug kernel-check datapath netlink proxy bench bench-netlink bench-proxy vm-full vm-debug \
+	kernel-debug kernel-check datapath netlink proxy bench bench-quick bench-snat bench-netlink \
+	bench-proxy vm-full vm-debug \
 	clean distclean
 
 all: build
@@ -54,8 +55,17 @@ netlink:
 proxy:
 	testbed/build-proxy
 
-## bench: the SNAT programs' micro-benchmark (root; ns/packet by path, program size)
-bench:
+## bench: the data-plane comparison in the guest: direct, ipvs, ipvs-bpf on NodePort and
+## ClusterIP, short/keep-alive/iperf3, 5 interleaved rounds -> build/bench/latest
+bench: setup kernel-modules proxy
+	testbed/bench
+
+## bench-quick: the same harness, one round of short connections (what make test checks)
+bench-quick: setup kernel-modules proxy
+	testbed/bench --quick
+
+## bench-snat: the SNAT programs' micro-benchmark (root; ns/packet by path, program size)
+bench-snat:
 	cargo bench --locked -p ipvsbpf-proxy --bench snat
 
 ## bench-netlink: ipvs-netlink against ipvsadm -R at 1,000 and 10,000 services, in the guest

@@ -1,0 +1,167 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: GPL-2.0
+"""testbed/lib/bench_parse.py: one benchmark cell's raw output (ab, wrk or
+iperf3) and counters -> one JSON line on stdout. Used by the guest suite
+bench.sh; unit-tested in testbed/tests/test_bench_parse.py.
+
+A cell's "problems" are what makes its figures untrustworthy: the tool
+failed, ran no request, or lost connections or requests. bench.sh fails
+the run when any cell has one.
+"""
+
+import argparse
+import json
+import re
+import sys
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def wrk_time_ms(text):
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError(f"wrk time {text!r}")
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def num(pattern, text, default=None, cast=float):
+    m = re.search(pattern, text, re.M)
+    return cast(m.group(1)) if m else default
+
+
+def parse_ab(text):
+    """ApacheBench: one request per connection; its times are whole
+    connections (connect + request + response), in whole ms."""
+    r = {
+        "requests": num(r"^Complete requests:\s+(\d+)", text, 0, int),
+        "rps": num(r"^Requests per second:\s+([0-9.]+)", text, 0.0),
+        "errors": {
+            "failed": num(r"^Failed requests:\s+(\d+)", text, 0, int),
+            "non2xx": num(r"^Non-2xx responses:\s+(\d+)", text, 0, int),
+        },
+    }
+    m = re.search(r"^\s+\(Connect: (\d+), Receive: (\d+), Length: (\d+), Exceptions: (\d+)\)", text, re.M)
+    if m:
+        for k, v in zip(("connect", "receive", "length", "exceptions"), m.groups()):
+            r["errors"][k] = int(v)
+    pct = {int(p): float(v) for p, v in re.findall(r"^\s+(\d+)%\s+(\d+)", text, re.M)}
+    r["lat_p50_ms"] = pct.get(50)
+    r["lat_p99_ms"] = pct.get(99)
+    r["lat_max_ms"] = pct.get(100)
+    m = re.search(r"^Connect:\s+(\d+)\s+(\d+)\s+([0-9.]+)\s+(\d+)\s+(\d+)", text, re.M)
+    if m:
+        r["connect_mean_ms"] = float(m.group(2))
+        r["connect_max_ms"] = float(m.group(5))
+    r["latency"] = "whole connection"
+    return r
+
+
+def parse_wrk(text):
+    """wrk: keep-alive; its latency starts when a request is written."""
+    r = {
+        "requests": num(r"^\s+(\d+) requests in", text, 0, int),
+        "rps": num(r"^Requests/sec:\s+([0-9.]+)", text, 0.0),
+        "errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0, "non2xx": 0},
+    }
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        for k, v in zip(("connect", "read", "write", "timeout"), m.groups()):
+            r["errors"][k] = int(v)
+    r["errors"]["non2xx"] = num(r"Non-2xx or 3xx responses: (\d+)", text, 0, int)
+    dist = dict(re.findall(r"^\s+(\d+)%\s+([0-9.]+(?:us|ms|s|m))$", text, re.M))
+    r["lat_p50_ms"] = wrk_time_ms(dist["50"]) if "50" in dist else None
+    r["lat_p99_ms"] = wrk_time_ms(dist["99"]) if "99" in dist else None
+    m = re.search(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)", text, re.M)
+    r["lat_max_ms"] = wrk_time_ms(m.group(1)) if m else None
+    r["latency"] = "from request write"
+    return r
+
+
+def parse_iperf(text):
+    r = {"errors": {}}
+    try:
+        j = json.loads(text)
+    except json.JSONDecodeError:
+        r["errors"]["output"] = 1
+        return r
+    if j.get("error"):
+        r["errors"]["iperf3"] = 1
+        r["error_text"] = j["error"]
+    end = j.get("end", {})
+    recv = end.get("sum_received", {})
+    r["gbps"] = recv.get("bits_per_second", 0.0) / 1e9
+    r["bytes"] = recv.get("bytes", 0)
+    r["retransmits"] = end.get("sum_sent", {}).get("retransmits")
+    return r
+
+
+PARSERS = {"short": parse_ab, "ka": parse_wrk, "iperf": parse_iperf}
+
+
+def counter_delta(before, after):
+    b, a = json.loads(before or "{}"), json.loads(after or "{}")
+    return {k: a[k] - b.get(k, 0.0) for k in a if a[k] != b.get(k, 0.0)}
+
+
+def cell(args, text):
+    c = {}
+    for kv in args.meta:
+        k, _, v = kv.partition("=")
+        c[k] = int(v) if v.isdigit() else v
+    c["workload"] = args.workload
+    c["rc"] = args.rc
+    c.update(PARSERS[args.workload](text))
+    c0, c1 = [list(map(int, s.split())) for s in args.cpu]
+    c["cpu_busy_s"] = (c1[0] - c0[0]) / args.hz
+    c["cpu_softirq_s"] = (c1[1] - c0[1]) / args.hz
+    c["syn_retrans"] = int(args.syn_retrans[1]) - int(args.syn_retrans[0])
+    c["counters"] = counter_delta(*args.counters)
+    units = c.get("requests") or 0
+    if units:
+        c["cpu_us_per_req"] = c["cpu_busy_s"] * 1e6 / units
+        c["softirq_us_per_req"] = c["cpu_softirq_s"] * 1e6 / units
+    elif args.workload == "iperf" and c.get("bytes"):
+        c["cpu_s_per_gb"] = c["cpu_busy_s"] * 1e9 / c["bytes"]
+
+    problems = []
+    if args.rc != 0:
+        problems.append(f"the tool exited {args.rc}")
+    if args.workload == "iperf":
+        if not c.get("gbps"):
+            problems.append("no data moved")
+    elif not units:
+        problems.append("no request completed")
+    lost = {k: v for k, v in c["errors"].items() if v}
+    if lost:
+        problems.append("lost: " + ", ".join(f"{k} {v}" for k, v in sorted(lost.items())))
+    c["problems"] = problems
+
+    if args.workload == "iperf":
+        c["summary"] = f"{c.get('gbps', 0):.2f} Gbit/s, retransmits {c.get('retransmits')}"
+    else:
+        c["summary"] = (f"{c['rps']:.0f} req/s, p50 {c['lat_p50_ms']} ms, p99 {c['lat_p99_ms']} ms "
+                        f"({c['latency']}), cpu {c.get('cpu_us_per_req', 0):.0f} us/req")
+    c["summary"] += f", SYN retransmissions {c['syn_retrans']}"
+    return c
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workload", choices=sorted(PARSERS), required=True)
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--rc", type=int, required=True)
+    ap.add_argument("--meta", nargs="*", default=[])
+    ap.add_argument("--cpu", nargs=2, required=True, metavar=("BEFORE", "AFTER"),
+                    help='"busy softirq" jiffies before and after')
+    ap.add_argument("--hz", type=int, default=100)
+    ap.add_argument("--syn-retrans", nargs=2, default=["0", "0"])
+    ap.add_argument("--counters", nargs=2, default=["{}", "{}"])
+    args = ap.parse_args(argv)
+    with open(args.output, errors="replace") as f:
+        text = f.read()
+    print(json.dumps(cell(args, text), sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# Suite bench: the data-plane comparison (`make bench`; a short version in
+# `make test`). One guest boot, one topology; only the Service
+# implementation changes between cells, and the modes are interleaved over
+# rounds, rotated each round, so that a drifting machine hits all alike.
+#
+# Paths (testbed/manifests/bench: Service `bench`, one endpoint, pod2a):
+#   nodeport   client -> 192.0.2.1:30090 (node, SNAT) -> pod2a on node2
+#   clusterip  pod1a -> 198.19.0.20:80 (node, no SNAT) -> pod2a on node2
+#   (mode `direct` addresses pod2a itself: the floor, no Service at all)
+# Workloads:
+#   short  ab, one request per connection: requests/s and the latency of
+#          the whole connection (connect + request + response), so that a
+#          SYN that waited for a retransmission shows
+#   ka     wrk, keep-alive: requests/s and wrk's latency
+#   iperf  iperf3, one TCP flow: Gbit/s
+# For every cell: the client's SYN retransmissions (nstat), connection
+# errors, the guest's CPU time (/proc/stat) per request, and in ipvs-bpf
+# mode the kernel's and the tc programs' counters.
+#
+# Environment: BENCH_MODES (direct ipvs ipvs-bpf), BENCH_ROUNDS (5),
+# BENCH_SECONDS (6), BENCH_PATHS (nodeport clusterip), BENCH_WORKLOADS
+# (short ka iperf), BENCH_CONC (8). Raw figures: $IPVSBPF_RESULTS/bench.jsonl,
+# one JSON object per cell, read by testbed/bench-report.
+#
+# The run fails (after measuring everything) when a cell lost connections
+# or requests, when a mode did not serve a path before its cells, or when
+# a mode left the node unclean after its own cleanup.
+. "$(dirname "$0")/lib.sh"
+need ab wrk iperf3 nginx ipvsadm nstat tc iptables-save nft python3
+MODE=ipvs-bpf
+. "$(dirname "$0")/proxy-lib.bash"
+
+MODES=${BENCH_MODES:-direct ipvs ipvs-bpf}
+ROUNDS=${BENCH_ROUNDS:-5}
+SECS=${BENCH_SECONDS:-6}
+PATHS=${BENCH_PATHS:-nodeport clusterip}
+WORKLOADS=${BENCH_WORKLOADS:-short ka iperf}
+CONC=${BENCH_CONC:-8}
+# The proxy's own default SNAT range: what an operator gets.
+PORTS=61000-65000
+RAW=${IPVSBPF_RESULTS:-/tmp}/bench.jsonl
+OUT=$(mktemp -d /tmp/ipvsbpf-bench.XXXXXX)
+POD=$(topo_ip pod2a 4)
+problems=()
+
+# target PATH MODE WORKLOAD: "from addr port" for a cell.
+target() {
+	local port=80
+	[ "$3" = iperf ] && port=5201
+	case "$1:$2" in
+	nodeport:direct) echo "client $POD $port" ;;
+	nodeport:*) [ "$3" = iperf ] && port=30091 || port=30090
+		echo "client $NODE $port" ;;
+	clusterip:direct) echo "pod1a $POD $port" ;;
+	clusterip:*) echo "pod1a 198.19.0.20 $port" ;;
+	esac
+}
+
+# cpu_jiffies: "busy softirq" over all CPUs, in USER_HZ ticks.
+cpu_jiffies() {
+	awk '$1 == "cpu" { print $2 + $3 + $4 + $6 + $7 + $8 + $9, $8 }' /proc/stat
+}
+
+syn_retrans() {
+	topo_exec "$1" nstat -az TcpExtTCPSynRetrans | awk '$1 == "TcpExtTCPSynRetrans" { print $2 }'
+}
+
+# bpf_counters: the session map attachment's counters and the tc
+# programs' drop reasons, as a JSON object ({} outside ipvs-bpf mode).
+bpf_counters() {
+	[ "$MODE" = ipvs-bpf ] || { echo '{}'; return; }
+	topo_exec node curl -s -m 2 http://127.0.0.1:10249/metrics | python3 -c '
+import json, re, sys
+out = {}
+for line in sys.stdin:
+    m = re.match(r"(ipvsbpf_[a-z_]+)(\{[^}]*\})? ([0-9.e+]+)$", line.strip())
+    if m and ("bpf" in m.group(1) or "snat" in m.group(1) or "tc_" in m.group(1)):
+        out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+print(json.dumps(out))'
+}
+
+# run_cell ROUND PATH WORKLOAD: one measurement; appends a JSON line.
+run_cell() {
+	local round=$1 path=$2 wl=$3 from addr port c0 c1 s0 s1 b0 b1 rc out
+	read -r from addr port <<<"$(target "$path" "$MODE" "$wl")"
+	out=$OUT/$round-$MODE-$path-$wl.txt
+	s0=$(syn_retrans "$from")
+	b0=$(bpf_counters)
+	c0=$(cpu_jiffies)
+	case $wl in
+	short)
+		# -r: go on after a receive error (counted); -s: a connection
+		# that waits 5 s fails. -n bounds -t's run and sizes ab's
+		# per-request table (~32 bytes each).
+		topo_exec "$from" timeout $((SECS + 20)) ab -q -r -s 5 -c "$CONC" -t "$SECS" \
+			-n 500000 "http://$addr:$port/" >"$out" 2>&1 ;;
+	ka)
+		topo_exec "$from" timeout $((SECS + 20)) wrk -t 1 -c "$CONC" -d "${SECS}s" \
+			--timeout 5s --latency "http://$addr:$port/" >"$out" 2>&1 ;;
+	iperf)
+		topo_exec "$from" timeout $((SECS + 20)) iperf3 -c "$addr" -p "$port" -t "$SECS" \
+			-J >"$out" 2>&1 ;;
+	esac
+	rc=$?
+	c1=$(cpu_jiffies)
+	b1=$(bpf_counters)
+	s1=$(syn_retrans "$from")
+	python3 "$TOP/testbed/lib/bench_parse.py" --workload "$wl" --output "$out" --rc "$rc" \
+		--meta "round=$round" "mode=$MODE" "path=$path" "seconds=$SECS" "conc=$CONC" \
+		--cpu "$c0" "$c1" --hz "$(getconf CLK_TCK)" --syn-retrans "$s0" "$s1" \
+		--counters "$b0" "$b1" >>"$RAW" || problems+=("$MODE $path $wl: unparsable output")
+	tail -n 1 "$RAW" | python3 -c '
+import json, sys
+c = json.loads(sys.stdin.read())
+print("      %-9s %-9s %-5s %s" % (c["mode"], c["path"], c["workload"], c["summary"]))
+for p in c["problems"]:
+    print("      PROBLEM: " + p)
+sys.exit(1 if c["problems"] else 0)' || problems+=("$MODE $path $wl (round $round): see above")
+}
+
+mode_up() {
+	case $1 in
+	direct) MODE=direct ;;
+	ipvs | ipvs-bpf)
+		proxy_set_mode "$1"
+		start_proxy ;;
+	*) fail "unknown benchmark mode $1" ;;
+	esac
+}
+
+mode_down() {
+	case $MODE in
+	ipvs | ipvs-bpf) stop_proxy || problems+=("$MODE: --cleanup failed") ;;
+	esac
+}
+
+# serves PATH: one request through PATH in the current mode succeeds.
+serves() {
+	local from addr port
+	read -r from addr port <<<"$(target "$1" "$MODE" short)"
+	[ "$(topo_exec "$from" curl -s -m 3 "http://$addr:$port/" 2>/dev/null)" = pod2a ]
+}
+
+# node_clean: what a mode's own cleanup must leave; prints what is left.
+node_clean() {
+	local left=() f
+	[ -z "$(topo_exec node ipvsadm -Sn 2>/dev/null)" ] || left+=("IPVS services")
+	for f in iptables-save ip6tables-save; do
+		topo_exec node "$f" 2>/dev/null | grep -q 'KUBE-' && left+=("KUBE chains ($f)")
+	done
+	topo_exec node ipset list -n 2>/dev/null | grep -q '^KUBE-' && left+=("KUBE ipsets")
+	topo_exec node nft list tables 2>/dev/null | grep -qE 'ipvsbpf|kube-proxy' && left+=("nft tables")
+	topo_exec node ip link show kube-ipvs0 >/dev/null 2>&1 && left+=("kube-ipvs0")
+	for f in ingress egress; do
+		[ -z "$(topo_exec node tc filter show dev eth0 "$f" 2>/dev/null)" ] ||
+			left+=("tc $f filters on eth0")
+	done
+	[ "$(topo_exec node sysctl -n net.ipv4.vs.bpf_mode 2>/dev/null || echo 0)" = 0 ] ||
+		left+=("bpf_mode 1")
+	[ "${#left[@]}" = 0 ] || echo "${left[*]}"
+}
+
+proxy_cluster_up
+rm -f "$MAN"/*.yaml
+cp "$TOP"/testbed/manifests/bench/*.yaml "$MAN/"
+topo_exec pod2a iperf3 -s -D -p 5201 --pidfile /tmp/ipvsbpf-bench-iperf3.pid ||
+	fail "iperf3 server in pod2a"
+# direct mode: client reaches pods through node, as it would over a
+# routed pod network
+topo_exec client ip route add "$TOPO_CLUSTER4_CIDR" via "$NODE"
+: >"$RAW"
+{
+	echo "kernel=$(uname -r)"
+	echo "tree=$(cut -c1-12 "$IPVSBPF_RESULTS/../../modules/$(uname -r)/.tree-head" 2>/dev/null)"
+	echo "rounds=$ROUNDS seconds=$SECS conc=$CONC modes=$MODES paths=$PATHS workloads=$WORKLOADS"
+	echo "snat_port_range=$PORTS cpus=$(nproc)"
+} >"${RAW%.jsonl}.meta"
+
+left=$(node_clean)
+[ -z "$left" ] || fail "node not clean before the benchmark: $left"
+read -r -a modes <<<"$MODES"
+for round in $(seq 1 "$ROUNDS"); do
+	# rotate the order each round
+	k=$(( (round - 1) % ${#modes[@]} ))
+	order=("${modes[@]:k}" "${modes[@]:0:k}")
+	step "round $round/$ROUNDS: ${order[*]}"
+	for m in "${order[@]}"; do
+		mode_up "$m"
+		ok=1
+		for path in $PATHS; do
+			poll serves "$path" || { problems+=("$m does not serve $path"); ok=0; }
+		done
+		if [ "$ok" = 1 ]; then
+			for path in $PATHS; do
+				for wl in $WORKLOADS; do
+					run_cell "$round" "$path" "$wl"
+				done
+			done
+		fi
+		mode_down
+		left=$(node_clean)
+		if [ -n "$left" ]; then
+			problems+=("$m left the node unclean: $left")
+			fail "$m left the node unclean after its cleanup: $left"
+		fi
+	done
+done
+
+step "raw figures: $RAW ($(wc -l <"$RAW") cells)"
+if [ "${#problems[@]}" -gt 0 ]; then
+	printf '  problem: %s\n' "${problems[@]}"
+	fail "${#problems[@]} problem(s); the figures above are not a clean run"
+fi
+exit 0

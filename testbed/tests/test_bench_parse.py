@@ -1,0 +1,167 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Unit tests for the benchmark's cell parser (testbed/lib/bench_parse.py)
+and report (testbed/bench-report), on real ab, wrk and iperf3 output."""
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTBED = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(TESTBED, "lib"))
+import bench_parse  # noqa: E402
+
+
+def load_report():
+    path = os.path.join(TESTBED, "bench-report")
+    loader = importlib.machinery.SourceFileLoader("bench_report", path)
+    spec = importlib.util.spec_from_loader("bench_report", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+def data(name):
+    return os.path.join(HERE, "data", name)
+
+
+def parse(workload, path, rc=0, **kw):
+    argv = ["--workload", workload, "--output", path, "--rc", str(rc),
+            "--meta", "round=1", "mode=ipvs-bpf", "path=nodeport",
+            "--cpu", "1000 100", "1300 160", "--hz", "100"]
+    if "syn" in kw:
+        argv += ["--syn-retrans", "5", str(5 + kw["syn"])]
+    # main() prints the cell: capture it
+    out = tempfile.TemporaryFile(mode="w+")
+    old = sys.stdout
+    sys.stdout = out
+    try:
+        bench_parse.main(argv)
+    finally:
+        sys.stdout = old
+    out.seek(0)
+    return json.loads(out.read())
+
+
+class ParseTest(unittest.TestCase):
+    def test_ab_whole_connection_figures(self):
+        c = parse("short", data("bench-ab.txt"), syn=2)
+        self.assertEqual(c["requests"], 479)
+        self.assertAlmostEqual(c["rps"], 475.88)
+        self.assertEqual((c["lat_p50_ms"], c["lat_p99_ms"], c["lat_max_ms"]), (2.0, 20.0, 79.0))
+        self.assertEqual(c["latency"], "whole connection")
+        self.assertEqual(c["connect_max_ms"], 5.0)
+        self.assertEqual(c["syn_retrans"], 2)
+        self.assertAlmostEqual(c["cpu_busy_s"], 3.0)
+        self.assertAlmostEqual(c["cpu_softirq_s"], 0.6)
+        self.assertAlmostEqual(c["cpu_us_per_req"], 3.0e6 / 479)
+        self.assertEqual(c["problems"], [])
+        self.assertEqual((c["round"], c["mode"], c["path"]), (1, "ipvs-bpf", "nodeport"))
+
+    def test_wrk_units_and_no_errors(self):
+        c = parse("ka", data("bench-wrk.txt"))
+        self.assertEqual(c["requests"], 306)
+        self.assertAlmostEqual(c["lat_p50_ms"], 4.68)
+        self.assertAlmostEqual(c["lat_p99_ms"], 265.23)
+        self.assertAlmostEqual(c["lat_max_ms"], 279.68)
+        self.assertEqual(c["problems"], [])
+
+    def test_wrk_socket_errors_are_a_problem(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+            text = open(data("bench-wrk.txt")).read().replace(
+                "Requests/sec:", "  Socket errors: connect 0, read 3, write 0, timeout 2\n"
+                "  Non-2xx or 3xx responses: 4\nRequests/sec:")
+            f.write(text)
+            f.flush()
+            c = parse("ka", f.name)
+        self.assertEqual(c["errors"], {"connect": 0, "read": 3, "write": 0, "timeout": 2,
+                                       "non2xx": 4})
+        self.assertEqual(c["problems"], ["lost: non2xx 4, read 3, timeout 2"])
+
+    def test_ab_failures_and_exit_status_are_problems(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+            f.write(open(data("bench-ab.txt")).read().replace(
+                "Failed requests:        0", "Failed requests:        7\n"
+                "   (Connect: 0, Receive: 7, Length: 0, Exceptions: 0)"))
+            f.flush()
+            c = parse("short", f.name, rc=1)
+        self.assertIn("the tool exited 1", c["problems"])
+        self.assertIn("lost: failed 7, receive 7", c["problems"])
+
+    def test_iperf3(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump({"end": {"sum_received": {"bits_per_second": 1.5e9, "bytes": 1125000000},
+                               "sum_sent": {"retransmits": 12}}}, f)
+            f.flush()
+            c = parse("iperf", f.name)
+        self.assertAlmostEqual(c["gbps"], 1.5)
+        self.assertEqual(c["retransmits"], 12)
+        self.assertAlmostEqual(c["cpu_s_per_gb"], 3.0 * 1e9 / 1125000000)
+        self.assertEqual(c["problems"], [])
+
+    def test_no_output_is_a_problem(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+            f.write("connect: Connection refused\n")
+            f.flush()
+            c = parse("short", f.name, rc=1)
+        self.assertIn("no request completed", c["problems"])
+
+
+class ReportTest(unittest.TestCase):
+    def cells(self):
+        out = []
+        for r in (1, 2, 3):
+            for mode, rps, p99, cpu in (("direct", 1200, 4, 900), ("ipvs", 700, 12, 1600),
+                                        ("ipvs-bpf", 1100 + r, 6, 1000)):
+                out.append({"round": r, "mode": mode, "path": "nodeport", "workload": "short",
+                            "rps": rps, "lat_p99_ms": p99, "cpu_us_per_req": cpu,
+                            "syn_retrans": 0, "problems": []})
+        return out
+
+    def test_medians_ratios_and_targets(self):
+        rep = load_report()
+        summary = rep.summarize(self.cells())
+        s = summary[("nodeport", "short", "ipvs-bpf")]["rps"]
+        self.assertEqual((s["median"], s["min"], s["max"], s["n"]), (1102, 1101, 1103, 3))
+        self.assertEqual(rep.baseline_mode(["direct", "ipvs", "ipvs-bpf"]), "ipvs")
+        self.assertEqual(rep.baseline_mode(["kube-proxy-ipvs", "ipvs", "ipvs-bpf"]),
+                         "kube-proxy-ipvs")
+        self.assertAlmostEqual(rep.ratio(summary, "nodeport", "short", "ipvs-bpf", "ipvs", "rps"),
+                               1102 / 700)
+        t = {(x["metric"]): x for x in rep.targets(summary, "ipvs")}
+        self.assertFalse(t["rps"]["met"])          # 1.57 < 1.70
+        self.assertTrue(t["lat_p99_ms"]["met"])    # 0.5 <= 0.5
+        share = (1 / 1102 - 1 / 1200) / (1 / 700 - 1 / 1200)
+        self.assertAlmostEqual(t["overhead over direct"]["ratio"], share)
+
+    def test_writes_table_json_and_chart(self):
+        rep = load_report()
+        with tempfile.TemporaryDirectory() as d:
+            raw = os.path.join(d, "bench.jsonl")
+            with open(raw, "w") as f:
+                for c in self.cells():
+                    f.write(json.dumps(c) + "\n")
+            out = os.path.join(d, "out")
+            old = sys.stdout
+            sys.stdout = open(os.devnull, "w")
+            try:
+                rep.main([raw, "--out", out])
+            finally:
+                sys.stdout.close()
+                sys.stdout = old
+            table = open(os.path.join(out, "table.md")).read()
+            self.assertIn("| short connections, req/s | 1200 | 700 | 1102 (1101–1103) | 1.57 |",
+                          table)
+            res = json.load(open(os.path.join(out, "results.json")))
+            self.assertEqual(res["baseline"], "ipvs")
+            self.assertEqual(len(res["cells"]), 9)
+            with open(os.path.join(out, "chart.png"), "rb") as f:
+                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+
+
+if __name__ == "__main__":
+    unittest.main()
