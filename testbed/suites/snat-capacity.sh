@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# Suite snat-capacity: new connections through the SNAT path for a minute,
+# as fast as the guest goes, against one backend, with the proxy's default
+# SNAT range: many more connections than the range has ports. ipvsbpf-proxy
+# in ipvs-bpf mode (tc programs on node's uplink), ab from client to the
+# NodePort of Service `bench` (testbed/manifests/bench), whose only
+# endpoint is pod2a on node2; nginx closes first (HTTP/1.0), so every port
+# comes back with the backend's socket in TIME_WAIT on it.
+#
+# Passes only with no failed request, no SYN retransmitted by the client
+# (a SYN IPVS refused, or one the backend's TIME_WAIT socket turned away,
+# costs a 1 s retransmission that ab's rate would hide), no connection
+# refused by IPVS (snat_exhausted) and the ports reclaimed only where the
+# backend takes the new SYN (snat_reused, never snat_reused_unsafe).
+. "$(dirname "$0")/lib.sh"
+need ab nstat curl
+MODE=ipvs-bpf
+. "$(dirname "$0")/proxy-lib.bash"
+
+SECS=${SNAT_CAPACITY_SECONDS:-60}
+# the proxy's default range (cli.rs DEFAULT_SNAT_PORT_RANGE)
+PORTS=61000-65000
+RANGE=4001
+proxy_set_mode ipvs-bpf
+
+proxy_cluster_up
+rm -f "$MAN"/*.yaml
+cp "$TOP"/testbed/manifests/bench/*.yaml "$MAN/"
+step "ipvsbpf-proxy --proxy-mode ipvs-bpf --snat-port-range $PORTS"
+start_proxy
+url="http://$NODE:30090/"
+poll sh -c "[ \"\$(ip netns exec client curl -s -m 3 $url)\" = pod2a ]" ||
+	fail "the NodePort does not reach pod2a"
+
+syn() {
+	topo_exec client nstat -az TcpExtTCPSynRetrans | awk '$1 == "TcpExtTCPSynRetrans" { print $2 }'
+}
+s0=$(syn)
+e0=$(metric ipvsbpf_snat_exhausted_total)
+r0=$(metric ipvsbpf_snat_reused_total)
+u0=$(metric ipvsbpf_snat_reused_unsafe_total)
+step "ab -c 8 -t $SECS against $url (short connections, one backend)"
+out=$(topo_exec client timeout $((SECS + 30)) ab -q -r -s 5 -c 8 -t "$SECS" -n 500000 "$url" 2>&1)
+rc=$?
+grep -E '^(Complete|Failed) requests|^Requests per second|^Non-2xx|^  (50|99|100)%' <<<"$out" |
+	sed 's/^/      /'
+[ "$rc" = 0 ] || fail "ab exited $rc: $(tail -3 <<<"$out")"
+done=$(awk '/^Complete requests:/ { print $3 }' <<<"$out")
+failed=$(awk '/^Failed requests:/ { print $3 }' <<<"$out")
+syns=$(( $(syn) - s0 ))
+exhausted=$(( $(metric ipvsbpf_snat_exhausted_total) - e0 ))
+reused=$(( $(metric ipvsbpf_snat_reused_total) - r0 ))
+unsafe=$(( $(metric ipvsbpf_snat_reused_unsafe_total) - u0 ))
+echo "      connections $done, SYN retransmissions $syns, snat_exhausted +$exhausted," \
+	"snat_reused +$reused, snat_reused_unsafe +$unsafe"
+[ "${failed:-1}" = 0 ] || fail "$failed requests failed"
+grep -q '^Non-2xx' <<<"$out" && fail "non-2xx answers"
+[ "${done:-0}" -gt $((RANGE + RANGE / 2)) ] ||
+	fail "only $done connections in ${SECS}s: too few to use the $RANGE ports over"
+[ "$exhausted" = 0 ] || fail "IPVS refused $exhausted connections (snat_exhausted)"
+[ "$syns" = 0 ] || fail "$syns SYN retransmissions at the client"
+[ "$reused" -gt 0 ] || fail "no SNAT port was reclaimed"
+[ "$unsafe" = 0 ] || fail "$unsafe ports reclaimed where the backend might refuse the SYN"
+exit 0
