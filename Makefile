@@ -7,12 +7,21 @@ export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 .PHONY: all demo test setup build lint kernel-tree kernel-modules kernel-full \
 	kernel-debug kernel-check datapath netlink proxy bench bench-netlink bench-proxy vm-full vm-debug \
 	clean distclean
+.PHONY: demo-k8s k8s
 
 all: build
 
 ## demo: boot Debian's 6.12 with the patched IPVS in QEMU; ipvsbpf-proxy (ipvs-bpf mode) serves Services
 demo: setup kernel-modules proxy
 	testbed/demo
+
+## demo-k8s: the same proxy driven by kubectl apply through a real kube-apiserver (DIR=... applies your manifests)
+demo-k8s: setup kernel-modules proxy k8s
+	testbed/demo-k8s $(DIR)
+
+## k8s: etcd, kube-apiserver, kube-controller-manager, kube-proxy, kubectl from their Go modules (cached in ~/.cache/ipvs-bpf/k8s)
+k8s:
+	testbed/k8s/build
 
 ## test: cargo checks and tests, testbed unit tests, guest suites; ends with a summary
 test:
