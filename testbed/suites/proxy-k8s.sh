@@ -60,7 +60,7 @@ step "RBAC: deploy/base/rbac.yaml; the proxy's token may list and watch, nothing
 kc apply -f - <"$TOP/deploy/base/rbac.yaml" | sed 's/^/      /'
 perms=$(kc auth can-i --list --as "$SA" 2>/dev/null)
 for r in services endpointslices.discovery.k8s.io nodes; do
-	echo "$perms" | grep -qE "^$r +\[\] +\[\] +\[list watch\]\$" ||
+	echo "$perms" | grep -qE "^$r +\[\] +\[\] +\[list watch\] *\$" ||
 		fail "the proxy may not exactly list and watch $r: $(echo "$perms" | grep "^$r ")"
 done
 echo "$perms" | grep -qE '^(secrets|pods|configmaps|\*\.\*) ' && fail "the proxy may do more: $perms"
@@ -131,13 +131,14 @@ topo_exec pod1b curl -sf -m 5 --cacert "$K8S/pki/ca.crt" https://198.19.0.1/vers
 	grep -q '"gitVersion"' || fail "no /version through 198.19.0.1"
 
 step "objects as the server writes them (managedFields, defaults): none skipped"
-kc get svc web -o json | python3 -c '
+kc get svc web -o json --show-managed-fields | python3 -c '
 import json, sys
 s = json.load(sys.stdin)
 m = [f["manager"] for f in s["metadata"]["managedFields"]]
 sp = s["spec"]
 print("      managedFields by", m, "; internalTrafficPolicy", sp["internalTrafficPolicy"],
-      "; externalTrafficPolicy", sp["externalTrafficPolicy"], "; sessionAffinity", sp["sessionAffinity"])'
+      "; externalTrafficPolicy", sp["externalTrafficPolicy"], "; sessionAffinity", sp["sessionAffinity"])
+sys.exit(0 if m else 1)' || fail "web as the server wrote it has no managedFields"
 [ "$(metric ipvsbpf_source_objects_skipped_total)" = 0 ] || fail "the proxy skipped objects"
 grep -qi 'object skipped' "$LOG" && fail "the proxy logged a skipped object"
 
