@@ -5,15 +5,29 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all demo test setup build lint kernel-tree kernel-modules kernel-full \
-	kernel-debug kernel-check datapath netlink proxy bench bench-quick bench-snat bench-netlink \
+	kernel-debug kernel-check datapath netlink proxy bench bench-quick bench-profile bench-snat bench-netlink \
 	bench-proxy vm-full vm-debug \
 	clean distclean
+.PHONY: demo-k8s k8s test-k8s
 
 all: build
 
 ## demo: boot Debian's 6.12 with the patched IPVS in QEMU; ipvsbpf-proxy (ipvs-bpf mode) serves Services
 demo: setup kernel-modules proxy
 	testbed/demo
+
+## demo-k8s: the same proxy driven by kubectl apply through a real kube-apiserver (DIR=... applies your manifests)
+demo-k8s: setup kernel-modules proxy k8s
+	testbed/demo-k8s $(DIR)
+
+## test-k8s: the proxy against the real kube-apiserver in the guest, and the real kube-proxy's
+## three modes beside it (suite proxy-k8s; 15-30 min under TCG, not yet part of make test)
+test-k8s: setup kernel-modules proxy k8s
+	testbed/vm-run --timeout 3000 --memory 4G --suite-timeout 2700 proxy-k8s
+
+## k8s: etcd, kube-apiserver, kube-controller-manager, kube-proxy, kubectl from their Go modules (cached in ~/.cache/ipvs-bpf/k8s)
+k8s:
+	testbed/k8s/build
 
 ## test: cargo checks and tests, testbed unit tests, guest suites; ends with a summary
 test:
@@ -63,6 +77,11 @@ bench: setup kernel-modules proxy
 ## bench-quick: the same harness, one round of short connections (what make test checks)
 bench-quick: setup kernel-modules proxy
 	testbed/bench --quick
+
+## bench-profile: where the guest's CPU goes on the benchmark's paths, ipvs against ipvs-bpf
+## (perf, cpu-clock sampling, call graphs) -> build/vm/<run>/profile-*.txt
+bench-profile: setup kernel-modules proxy
+	testbed/vm-run --timeout 1200 bench-profile
 
 ## bench-snat: the SNAT programs' micro-benchmark (root; ns/packet by path, program size)
 bench-snat:

@@ -4,13 +4,13 @@
 #
 #                       lan (bridge br0, one L2 segment: the node network)
 #        +----------------------+------------------------+
-#        | eth0                 | eth0                   | eth0
-#   +----------+          +------------+           +------------+
-#   |  client  |          |    node    |           |   node2    |
-#   +----------+          | (runs IPVS)|           |            |
-#   192.0.2.100           | 192.0.2.1  |           | 192.0.2.2  |
-#   2001:db8::100         | 2001:db8::1|           | 2001:db8::2|
-#                         +------------+           +------------+
+#        | eth0                 | eth0                   | eth0           | eth0
+#   +----------+          +------------+           +------------+   +-------------+
+#   |  client  |          |    node    |           |   node2    |   |   control   |
+#   +----------+          | (runs IPVS)|           |            |   |(API server) |
+#   192.0.2.100           | 192.0.2.1  |           | 192.0.2.2  |   | 192.0.2.10  |
+#   2001:db8::100         | 2001:db8::1|           | 2001:db8::2|   | 2001:db8::10|
+#                         +------------+           +------------+   +-------------+
 #                          |veth-pod1a |veth-pod1b   |veth-pod2a |veth-pod2b
 #                        pod1a       pod1b         pod2a       pod2b
 #                   198.18.1.2   198.18.1.3    198.18.2.2   198.18.2.3
@@ -25,14 +25,17 @@
 #   `node`, as an external load balancer or a static route would.
 # - Addresses come from the documentation (192.0.2.0/24, 2001:db8::/32)
 #   and benchmarking (198.18.0.0/15) ranges; nothing leaves the guest.
+# - `control` is the control-plane host: the k8s suites run etcd,
+#   kube-apiserver (192.0.2.10:6443) and kube-controller-manager there
+#   (testbed/k8s/cluster); other suites leave it empty.
 #
 # Names are fixed (one topology per guest boot): lan client node node2
-# pod1a pod1b pod2a pod2b. topo_up builds it, topo_down removes it.
+# pod1a pod1b pod2a pod2b control. topo_up builds it, topo_down removes it.
 
 TOPO_NODES="node node2"
 TOPO_PODS_node="pod1a pod1b"
 TOPO_PODS_node2="pod2a pod2b"
-TOPO_NS="lan client node node2 pod1a pod1b pod2a pod2b"
+TOPO_NS="lan client node node2 pod1a pod1b pod2a pod2b control"
 
 TOPO_LAN4=192.0.2
 TOPO_LAN6=2001:db8:
@@ -42,7 +45,7 @@ TOPO_CLUSTER4_CIDR=198.18.0.0/16
 TOPO_CLUSTER6_CIDR=2001:db8:1::/48
 
 # Host part of each machine on the LAN.
-declare -A TOPO_LAN_HOST=([client]=100 [node]=1 [node2]=2)
+declare -A TOPO_LAN_HOST=([client]=100 [node]=1 [node2]=2 [control]=10)
 # Node index: pod CIDR 198.18.<idx>.0/24, 2001:db8:1:<idx>::/64.
 declare -A TOPO_NODE_IDX=([node]=1 [node2]=2)
 
@@ -105,7 +108,7 @@ topo_up() {
 	topo_exec lan ip link add br0 type bridge
 	topo_exec lan ip link set br0 up
 
-	for ns in client $TOPO_NODES; do
+	for ns in client $TOPO_NODES control; do
 		topo_lan_port "$ns"
 	done
 	topo_exec client ip route add "$TOPO_SVC4_CIDR" via "$(topo_ip node 4)"

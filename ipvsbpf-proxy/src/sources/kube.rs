@@ -311,7 +311,18 @@ async fn watch_kind<K: Watched>(
     let mut listed_bad: Vec<ObjectMeta> = Vec::new();
     while let Some(event) = stream.next().await {
         match event {
-            Err(e) => tracing::warn!(kind = kind.as_str(), error = %e, "watch failed, retrying"),
+            Err(e) => match refused(&e) {
+                Some(status) => tracing::error!(
+                    kind = kind.as_str(),
+                    code = status.code,
+                    server = %status.message,
+                    "the API server refuses this proxy ({}); it needs list and watch on \
+                     services, endpointslices.discovery.k8s.io and nodes (the ClusterRole in \
+                     deploy/base/rbac.yaml); retrying",
+                    status.reason
+                ),
+                None => tracing::warn!(kind = kind.as_str(), error = %e, "watch failed, retrying"),
+            },
             Ok(Event::Init) => {
                 listed.clear();
                 listed_bad.clear();
@@ -345,6 +356,21 @@ async fn watch_kind<K: Watched>(
     Err(SourceError::WatchEnded {
         kind: kind.as_str(),
     })
+}
+
+/// The server's answer when it refused the request itself: 401 (the
+/// credentials are not accepted) or 403 (RBAC does not grant the verb).
+/// Retrying cannot help until an operator acts, so these are reported as
+/// errors naming what is missing rather than as a transient watch failure.
+fn refused(e: &watcher::Error) -> Option<&kube::core::Status> {
+    let status = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s,
+        watcher::Error::WatchError(s) => s,
+        _ => return None,
+    };
+    matches!(status.code, 401 | 403).then_some(&**status)
 }
 
 #[cfg(test)]
@@ -394,6 +420,32 @@ mod tests {
             .map(|i| matches!(i, Lenient::Ok(_)))
             .collect();
         assert_eq!(kinds, [true, false]);
+    }
+
+    #[test]
+    fn refusals_are_told_apart_from_transient_failures() {
+        let status = |code: u16, reason: &str| {
+            Box::new(
+                serde_json::from_value::<kube::core::Status>(json!({
+                    "status": "Failure", "code": code, "reason": reason,
+                    "message": format!("{reason} message"),
+                }))
+                .expect("status"),
+            )
+        };
+        let forbidden =
+            watcher::Error::WatchStartFailed(kube::Error::Api(status(403, "Forbidden")));
+        let got = refused(&forbidden).expect("403 is a refusal");
+        assert_eq!((got.code, got.reason.as_str()), (403, "Forbidden"));
+        let list = watcher::Error::InitialListFailed(kube::Error::Api(status(401, "Unauthorized")));
+        assert_eq!(refused(&list).map(|s| s.code), Some(401));
+        // 410 Gone (relist) and server errors are transient.
+        let gone = watcher::Error::WatchError(status(410, "Expired"));
+        assert!(refused(&gone).is_none());
+        let unavailable =
+            watcher::Error::WatchFailed(kube::Error::Api(status(503, "ServiceUnavailable")));
+        assert!(refused(&unavailable).is_none());
+        assert!(refused(&watcher::Error::NoResourceVersion).is_none());
     }
 
     #[test]
