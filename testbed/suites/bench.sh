@@ -174,8 +174,14 @@ topo_exec client ip route add "$TOPO_CLUSTER4_CIDR" via "$NODE"
 {
 	echo "kernel=$(uname -r)"
 	echo "tree=$(cut -c1-12 "$IPVSBPF_RESULTS/../../modules/$(uname -r)/.tree-head" 2>/dev/null)"
-	echo "rounds=$ROUNDS seconds=$SECS conc=$CONC modes=$MODES paths=$PATHS workloads=$WORKLOADS"
-	echo "snat_port_range=$PORTS cpus=$(nproc)"
+	echo "rounds=$ROUNDS"
+	echo "seconds=$SECS"
+	echo "conc=$CONC"
+	echo "modes=$MODES"
+	echo "paths=$PATHS"
+	echo "workloads=$WORKLOADS"
+	echo "snat_port_range=$PORTS"
+	echo "cpus=$(nproc)"
 } >"${RAW%.jsonl}.meta"
 
 left=$(node_clean)
