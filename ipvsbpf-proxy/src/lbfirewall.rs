@@ -11,9 +11,9 @@
 //! prerouting for traffic from elsewhere and on output for the node's own
 //! (which meets IPVS at LOCAL_OUT).
 //!
-//! One rule per family and hook: a packet whose (destination, protocol,
-//! port) is a filtered load balancer address is dropped unless (destination,
-//! protocol, port, source) falls in an allowed range. Only the first
+//! One rule per family, protocol and hook: a packet whose (destination,
+//! protocol, port) is a filtered load balancer address is dropped unless
+//! (destination, protocol, port, source) falls in an allowed range. Only the first
 //! fragment carries the ports; a later fragment matches nothing here and is
 //! left to defragmentation, which cannot complete without the dropped first
 //! one.
@@ -40,6 +40,13 @@ pub const TABLE: &str = "ipvsbpf-proxy";
 
 /// Ahead of IPVS's bpf_mode PREROUTING hook (-399) and of defragmentation.
 pub const PRIORITY: i32 = -450;
+
+/// One pair of sets per family and protocol, with the protocol matched by
+/// the rule rather than kept in the sets: nft 1.0.x (Debian bookworm)
+/// loads an `inet_proto` field of an interval concatenation through a
+/// one-byte `byteorder` expression, which kernels since the 6.12.y stable
+/// updates that dropped multi-register byteorder refuse with EOPNOTSUPP.
+const PROTOCOLS: [&str; 3] = ["tcp", "udp", "sctp"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -124,40 +131,44 @@ impl Ruleset {
         let _ = writeln!(out, "table inet {TABLE} {{");
         let mut rules = Vec::new();
         for (v4, ip, addr_type) in [(true, "ip", "ipv4_addr"), (false, "ip6", "ipv6_addr")] {
-            let guarded: Vec<String> = self
-                .guarded
-                .iter()
-                .filter(|g| g.0 == v4)
-                .map(|(_, lb, proto, port)| format!("{lb} . {proto} . {port}"))
-                .collect();
-            if guarded.is_empty() {
-                continue;
-            }
-            let allowed: Vec<String> = self
-                .allowed
-                .iter()
-                .filter(|a| a.0 == v4)
-                .map(|(_, a)| format!("{} . {} . {} . {}", a.lb, a.proto, a.port, a.range))
-                .collect();
             let fam = if v4 { "4" } else { "6" };
-            let _ = writeln!(
-                out,
-                "\tset guarded{fam} {{\n\t\ttype {addr_type} . inet_proto . inet_service\n\t\t\
-                 elements = {{ {} }}\n\t}}",
-                guarded.join(", ")
-            );
-            // Every guarded address has at least one range of its family
-            // (the model gives none otherwise), so this set is never empty.
-            let _ = writeln!(
-                out,
-                "\tset allowed{fam} {{\n\t\ttype {addr_type} . inet_proto . inet_service . \
-                 {addr_type}\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}",
-                allowed.join(", ")
-            );
-            rules.push(format!(
-                "{ip} daddr . meta l4proto . th dport @guarded{fam} \
-                 {ip} daddr . meta l4proto . th dport . {ip} saddr != @allowed{fam} counter drop"
-            ));
+            for proto in PROTOCOLS {
+                let guarded: Vec<String> = self
+                    .guarded
+                    .iter()
+                    .filter(|g| g.0 == v4 && g.2 == proto)
+                    .map(|(_, lb, _, port)| format!("{lb} . {port}"))
+                    .collect();
+                if guarded.is_empty() {
+                    continue;
+                }
+                let allowed: Vec<String> = self
+                    .allowed
+                    .iter()
+                    .filter(|a| a.0 == v4 && a.1.proto == proto)
+                    .map(|(_, a)| format!("{} . {} . {}", a.lb, a.port, a.range))
+                    .collect();
+                let set = format!("{fam}_{proto}");
+                let _ = writeln!(
+                    out,
+                    "\tset guarded{set} {{\n\t\ttype {addr_type} . inet_service\n\t\t\
+                     elements = {{ {} }}\n\t}}",
+                    guarded.join(", ")
+                );
+                // Every guarded address has at least one range of its
+                // family (the model gives none otherwise), so this set is
+                // never empty.
+                let _ = writeln!(
+                    out,
+                    "\tset allowed{set} {{\n\t\ttype {addr_type} . inet_service . {addr_type}\n\t\t\
+                     flags interval\n\t\telements = {{ {} }}\n\t}}",
+                    allowed.join(", ")
+                );
+                rules.push(format!(
+                    "meta l4proto {proto} {ip} daddr . th dport @guarded{set} \
+                     {ip} daddr . th dport . {ip} saddr != @allowed{set} counter drop"
+                ));
+            }
         }
         for hook in ["prerouting", "output"] {
             let _ = writeln!(
@@ -294,39 +305,54 @@ mod tests {
             lb("203.0.113.5", 443, &["198.51.100.0/24", "192.0.2.9/32"]),
             lb("203.0.113.6", 443, &[]),
             lb("2001:db8::7", 80, &["2001:db8:1::/48"]),
+            VirtualServer {
+                service: Service::new(ServiceKey::udp("203.0.113.5".parse().unwrap(), 53), "rr"),
+                ..lb("203.0.113.5", 53, &["10.0.0.0/8", "2001:db8:2::/48"])
+            },
         ]);
         let script = Ruleset::of(&st).script();
         let want = "\
 table inet ipvsbpf-proxy
 delete table inet ipvsbpf-proxy
 table inet ipvsbpf-proxy {
-\tset guarded4 {
-\t\ttype ipv4_addr . inet_proto . inet_service
-\t\telements = { 203.0.113.5 . tcp . 443 }
+\tset guarded4_tcp {
+\t\ttype ipv4_addr . inet_service
+\t\telements = { 203.0.113.5 . 443 }
 \t}
-\tset allowed4 {
-\t\ttype ipv4_addr . inet_proto . inet_service . ipv4_addr
+\tset allowed4_tcp {
+\t\ttype ipv4_addr . inet_service . ipv4_addr
 \t\tflags interval
-\t\telements = { 203.0.113.5 . tcp . 443 . 192.0.2.9/32, 203.0.113.5 . tcp . 443 . 198.51.100.0/24 }
+\t\telements = { 203.0.113.5 . 443 . 192.0.2.9/32, 203.0.113.5 . 443 . 198.51.100.0/24 }
 \t}
-\tset guarded6 {
-\t\ttype ipv6_addr . inet_proto . inet_service
-\t\telements = { 2001:db8::7 . tcp . 80 }
+\tset guarded4_udp {
+\t\ttype ipv4_addr . inet_service
+\t\telements = { 203.0.113.5 . 53 }
 \t}
-\tset allowed6 {
-\t\ttype ipv6_addr . inet_proto . inet_service . ipv6_addr
+\tset allowed4_udp {
+\t\ttype ipv4_addr . inet_service . ipv4_addr
 \t\tflags interval
-\t\telements = { 2001:db8::7 . tcp . 80 . 2001:db8:1::/48 }
+\t\telements = { 203.0.113.5 . 53 . 10.0.0.0/8 }
+\t}
+\tset guarded6_tcp {
+\t\ttype ipv6_addr . inet_service
+\t\telements = { 2001:db8::7 . 80 }
+\t}
+\tset allowed6_tcp {
+\t\ttype ipv6_addr . inet_service . ipv6_addr
+\t\tflags interval
+\t\telements = { 2001:db8::7 . 80 . 2001:db8:1::/48 }
 \t}
 \tchain prerouting {
 \t\ttype filter hook prerouting priority -450; policy accept;
-\t\tip daddr . meta l4proto . th dport @guarded4 ip daddr . meta l4proto . th dport . ip saddr != @allowed4 counter drop
-\t\tip6 daddr . meta l4proto . th dport @guarded6 ip6 daddr . meta l4proto . th dport . ip6 saddr != @allowed6 counter drop
+\t\tmeta l4proto tcp ip daddr . th dport @guarded4_tcp ip daddr . th dport . ip saddr != @allowed4_tcp counter drop
+\t\tmeta l4proto udp ip daddr . th dport @guarded4_udp ip daddr . th dport . ip saddr != @allowed4_udp counter drop
+\t\tmeta l4proto tcp ip6 daddr . th dport @guarded6_tcp ip6 daddr . th dport . ip6 saddr != @allowed6_tcp counter drop
 \t}
 \tchain output {
 \t\ttype filter hook output priority -450; policy accept;
-\t\tip daddr . meta l4proto . th dport @guarded4 ip daddr . meta l4proto . th dport . ip saddr != @allowed4 counter drop
-\t\tip6 daddr . meta l4proto . th dport @guarded6 ip6 daddr . meta l4proto . th dport . ip6 saddr != @allowed6 counter drop
+\t\tmeta l4proto tcp ip daddr . th dport @guarded4_tcp ip daddr . th dport . ip saddr != @allowed4_tcp counter drop
+\t\tmeta l4proto udp ip daddr . th dport @guarded4_udp ip daddr . th dport . ip saddr != @allowed4_udp counter drop
+\t\tmeta l4proto tcp ip6 daddr . th dport @guarded6_tcp ip6 daddr . th dport . ip6 saddr != @allowed6_tcp counter drop
 \t}
 }
 ";
