@@ -9,6 +9,11 @@ BUILD_DIR=${IPVSBPF_BUILD_DIR:-$TOP_DIR/build}
 # The compiler cache is shared by every clone on the machine (a fresh CI
 # clone then rebuilds kernels from cache); it only ever saves time.
 CCACHE_DIR=${CCACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ipvs-bpf/ccache}
+# Paths under the clone are hashed relative to it, and the working
+# directory not at all, so another clone's objects are hits. (Debug info
+# then names the clone that compiled first; nothing here debugs with it.)
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$TOP_DIR}
+export CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-true}
 
 # list_executables KIND: name and path of each KIND target ("test",
 # "bench") that cargo built, from its --message-format=json on stdin.

@@ -17,11 +17,11 @@ need ipvsadm curl nginx conntrack ethtool python3 ss
 
 list=$TOP/build/datapath/tests.list
 tool=$TOP/build/linux-6.12/tools/testing/selftests/net/netfilter/ipvs_bpf_tool
-dpt=$TOP/target/debug/ipvsbpf-datapath
+dpt=$(cat "$TOP/build/datapath/tool" 2>/dev/null || true)
 peer=$TOP/ipvsbpf-proxy/tests/veth_peer.py
 [ -f "$list" ] || fail "no $list (run testbed/build-datapath)"
 [ -x "$tool" ] || fail "no $tool (run testbed/build-selftests)"
-[ -x "$dpt" ] || fail "no $dpt (run testbed/build-datapath)"
+[ -n "$dpt" ] && [ -x "$dpt" ] || fail "no ipvsbpf-datapath in build/datapath/tool (run testbed/build-datapath)"
 
 VIP4=198.19.0.20
 VIP6=2001:db8:2::20
