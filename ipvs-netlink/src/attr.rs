@@ -152,6 +152,7 @@ pub enum BpfStatsAttr {
     Twins = uapi::IPVS_BPF_STATS_ATTR_TWINS,
     SnatReused = uapi::IPVS_BPF_STATS_ATTR_SNAT_REUSED,
     SnatReusedUnsafe = uapi::IPVS_BPF_STATS_ATTR_SNAT_REUSED_UNSAFE,
+    SnatUnmapped = uapi::IPVS_BPF_STATS_ATTR_SNAT_UNMAPPED,
     Pad = uapi::IPVS_BPF_STATS_ATTR_PAD,
 }
 impl neli::consts::genl::NlAttrType for BpfStatsAttr {}

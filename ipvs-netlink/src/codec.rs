@@ -852,6 +852,7 @@ fn decode_bpf_stats(bytes: &[u8]) -> Result<BpfStats, DecodeError> {
             BpfStatsAttr::Twins => &mut s.twins,
             BpfStatsAttr::SnatReused => &mut s.snat_reused,
             BpfStatsAttr::SnatReusedUnsafe => &mut s.snat_reused_unsafe,
+            BpfStatsAttr::SnatUnmapped => &mut s.snat_unmapped,
             _ => continue,
         };
         *slot = field(ctx, "counter", &p).counter()?;

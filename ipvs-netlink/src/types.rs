@@ -533,6 +533,10 @@ pub struct BpfStats {
     /// ... as a last resort, where the real server's TIME_WAIT socket
     /// may refuse the first SYN (the client then retransmits it).
     pub snat_reused_unsafe: u64,
+    /// Connections that needed SNAT while no map was attached (or the
+    /// attachment was going away): refused. A total for the network
+    /// namespace, counted before this attachment too.
+    pub snat_unmapped: u64,
 }
 
 /// What `IPVS_CMD_GET_BPF` reports about an attached session map.

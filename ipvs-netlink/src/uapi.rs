@@ -180,7 +180,8 @@ pub const IPVS_BPF_STATS_ATTR_SNAT_EXHAUSTED: u16 = 6;
 pub const IPVS_BPF_STATS_ATTR_TWINS: u16 = 7;
 pub const IPVS_BPF_STATS_ATTR_SNAT_REUSED: u16 = 8;
 pub const IPVS_BPF_STATS_ATTR_SNAT_REUSED_UNSAFE: u16 = 9;
-pub const IPVS_BPF_STATS_ATTR_PAD: u16 = 10;
+pub const IPVS_BPF_STATS_ATTR_SNAT_UNMAPPED: u16 = 10;
+pub const IPVS_BPF_STATS_ATTR_PAD: u16 = 11;
 
 /// Session map entry direction: the request after DNAT, as it leaves.
 pub const IP_VS_BPF_DIR_ORIG: u8 = 0;

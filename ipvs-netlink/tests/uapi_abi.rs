@@ -178,6 +178,7 @@ fn rust_mirror_matches_the_uapi_header() {
         IPVS_BPF_STATS_ATTR_TWINS,
         IPVS_BPF_STATS_ATTR_SNAT_REUSED,
         IPVS_BPF_STATS_ATTR_SNAT_REUSED_UNSAFE,
+        IPVS_BPF_STATS_ATTR_SNAT_UNMAPPED,
         IPVS_BPF_STATS_ATTR_PAD,
         IP_VS_BPF_DIR_ORIG,
         IP_VS_BPF_DIR_REPLY,

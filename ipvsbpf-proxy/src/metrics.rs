@@ -471,7 +471,7 @@ impl Collector for DatapathCollector {
             snap.session_capacity,
         )?;
         if let Some(k) = snap.kernel {
-            let kernel: [(&str, &str, u64); 8] = [
+            let kernel: [(&str, &str, u64); 9] = [
                 (
                     "ipvsbpf_bpf_sessions_inserted",
                     "Sessions IPVS mirrored into the BPF map",
@@ -511,6 +511,11 @@ impl Collector for DatapathCollector {
                     "ipvsbpf_snat_reused_unsafe",
                     "SNAT ports reclaimed although the real server might refuse the first SYN",
                     k.snat_reused_unsafe,
+                ),
+                (
+                    "ipvsbpf_snat_unmapped",
+                    "Connections refused because they needed SNAT while no session map was attached",
+                    k.snat_unmapped,
                 ),
             ];
             for (name, help, v) in kernel {
@@ -786,6 +791,7 @@ mod tests {
                 twins: 4,
                 snat_reused: 5,
                 snat_reused_unsafe: 6,
+                snat_unmapped: 7,
             }),
             counters: vec![
                 (
@@ -819,6 +825,7 @@ mod tests {
             ("ipvsbpf_bpf_twins_total", 4.0),
             ("ipvsbpf_snat_reused_total", 5.0),
             ("ipvsbpf_snat_reused_unsafe_total", 6.0),
+            ("ipvsbpf_snat_unmapped_total", 7.0),
             (
                 "ipvsbpf_bpf_packets_total{direction=\"egress\",reason=\"xlated\"}",
                 10.0,

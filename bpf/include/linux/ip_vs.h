@@ -562,6 +562,7 @@ enum {
 	IPVS_BPF_STATS_ATTR_TWINS,	/* post-DNAT twins translated by IPVS */
 	IPVS_BPF_STATS_ATTR_SNAT_REUSED, /* SNAT ports taken from closed sessions */
 	IPVS_BPF_STATS_ATTR_SNAT_REUSED_UNSAFE, /* ... the real server may refuse */
+	IPVS_BPF_STATS_ATTR_SNAT_UNMAPPED, /* SNAT but no map attached: dropped */
 	IPVS_BPF_STATS_ATTR_PAD,
 	__IPVS_BPF_STATS_ATTR_MAX,
 };
