@@ -66,6 +66,27 @@ done
 echo "$perms" | grep -qE '^(secrets|pods|configmaps|\*\.\*) ' && fail "the proxy may do more: $perms"
 k8s_token_kubeconfig ipvsbpf-proxy "$K8S/ipvsbpf-proxy.conf"
 
+# manual_slice "ADDR NODE"...: EndpointSlice manual-1 of Service manual,
+# one ready endpoint per argument
+manual_slice() {
+	cat <<'YAML'
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: manual-1
+  namespace: default
+  labels: {kubernetes.io/service-name: manual, endpointslice.kubernetes.io/managed-by: testbed}
+addressType: IPv4
+ports: [{name: http, port: 80, protocol: TCP}]
+endpoints:
+YAML
+	local e addr node
+	for e in "$@"; do
+		read -r addr node <<<"$e"
+		echo "- {addresses: [$addr], nodeName: $node, conditions: {ready: true}}"
+	done
+}
+
 step "workload: Pods pod1a, pod2a (app=web) made Ready; Service web (NodePort, RequireDualStack);"
 echo "      Service manual with a hand-written EndpointSlice (pod1b, pod2b)"
 k8s_pod pod1a app=web
@@ -87,19 +108,9 @@ metadata: {name: manual, namespace: default}
 spec:
   clusterIP: 198.19.0.20
   ports: [{name: http, port: 80}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: manual-1
-  namespace: default
-  labels: {kubernetes.io/service-name: manual, endpointslice.kubernetes.io/managed-by: testbed}
-addressType: IPv4
-ports: [{name: http, port: 80, protocol: TCP}]
-endpoints:
-- {addresses: [198.18.1.3], nodeName: node, conditions: {ready: true}}
-- {addresses: [198.18.2.3], nodeName: node2, conditions: {ready: true}}
 YAML
+manual_slice "198.18.1.3 node" "198.18.2.3 node2" | kc apply -f - >/dev/null ||
+	fail "applying the manual EndpointSlice"
 WEB6=$(k8s_api GET /api/v1/namespaces/default/services/web |
 	python3 -c 'import json, sys; s = json.load(sys.stdin)["spec"]; print(s["clusterIPs"][-1])
 print("      web: clusterIPs", s["clusterIPs"], "ipFamilies", s["ipFamilies"], file=sys.stderr)')
@@ -159,18 +170,7 @@ k8s_ready pod2a True
 wait_for 30 has "-a -t 198.19.0.10:80 -r 198.18.2.2:80 -m -w 1" || fail "pod2a did not come back"
 
 step "edit: pod2b removed from the manual slice (kubectl apply); delete Service manual"
-kc apply -f - >/dev/null <<'YAML' || fail "applying manual-1"
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: manual-1
-  namespace: default
-  labels: {kubernetes.io/service-name: manual, endpointslice.kubernetes.io/managed-by: testbed}
-addressType: IPv4
-ports: [{name: http, port: 80, protocol: TCP}]
-endpoints:
-- {addresses: [198.18.1.3], nodeName: node, conditions: {ready: true}}
-YAML
+manual_slice "198.18.1.3 node" | kc apply -f - >/dev/null || fail "applying manual-1"
 wait_for 30 eval '! ipvs | grep -qF -- "-r 198.18.2.3:80 -m -w 1"' || fail "pod2b still in manual"
 reach pod1a http://198.19.0.20/ pod1b
 kc delete svc manual >/dev/null || fail "delete manual"
