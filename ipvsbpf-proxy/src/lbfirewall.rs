@@ -41,13 +41,6 @@ pub const TABLE: &str = "ipvsbpf-proxy";
 /// Ahead of IPVS's bpf_mode PREROUTING hook (-399) and of defragmentation.
 pub const PRIORITY: i32 = -450;
 
-/// One pair of sets per family and protocol, with the protocol matched by
-/// the rule rather than kept in the sets: nft 1.0.x (Debian bookworm)
-/// loads an `inet_proto` field of an interval concatenation through a
-/// one-byte `byteorder` expression, which kernels since the 6.12.y stable
-/// updates that dropped multi-register byteorder refuse with EOPNOTSUPP.
-const PROTOCOLS: [&str; 3] = ["tcp", "udp", "sctp"];
-
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
     #[error("cannot run nft (the nftables package) for loadBalancerSourceRanges: {0}")]
@@ -132,16 +125,25 @@ impl Ruleset {
         let mut rules = Vec::new();
         for (v4, ip, addr_type) in [(true, "ip", "ipv4_addr"), (false, "ip6", "ipv6_addr")] {
             let fam = if v4 { "4" } else { "6" };
-            for proto in PROTOCOLS {
+            // One pair of sets per family and protocol present, with the
+            // protocol matched by the rule rather than kept in the sets:
+            // nft 1.0.x (Debian bookworm) loads an `inet_proto` field of an
+            // interval concatenation through a one-byte `byteorder`
+            // expression, which 6.12.y stable kernels refuse with
+            // EOPNOTSUPP since they dropped multi-register byteorder.
+            let protos: BTreeSet<&str> = self
+                .guarded
+                .iter()
+                .filter(|g| g.0 == v4)
+                .map(|g| g.2)
+                .collect();
+            for proto in protos {
                 let guarded: Vec<String> = self
                     .guarded
                     .iter()
                     .filter(|g| g.0 == v4 && g.2 == proto)
                     .map(|(_, lb, _, port)| format!("{lb} . {port}"))
                     .collect();
-                if guarded.is_empty() {
-                    continue;
-                }
                 let allowed: Vec<String> = self
                     .allowed
                     .iter()
