@@ -63,10 +63,6 @@ cpu_jiffies() {
 	awk '$1 == "cpu" { print $2 + $3 + $4 + $6 + $7 + $8 + $9, $8 }' /proc/stat
 }
 
-syn_retrans() {
-	topo_exec "$1" nstat -az TcpExtTCPSynRetrans | awk '$1 == "TcpExtTCPSynRetrans" { print $2 }'
-}
-
 # bpf_counters: the session map attachment's counters and the tc
 # programs' drop reasons, as a JSON object ({} outside ipvs-bpf mode).
 bpf_counters() {

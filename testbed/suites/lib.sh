@@ -84,3 +84,10 @@ run_test_list() {
 		fi
 	done <"$list"
 }
+
+# syn_retrans NS: the SYNs NS has retransmitted since boot (nstat): each
+# one is a connection that waited at least a second
+syn_retrans() {
+	topo_exec "$1" nstat -az TcpExtTCPSynRetrans |
+		awk '$1 == "TcpExtTCPSynRetrans" { print $2 }'
+}

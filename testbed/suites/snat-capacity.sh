@@ -33,10 +33,7 @@ url="http://$NODE:30090/"
 poll sh -c "[ \"\$(ip netns exec client curl -s -m 3 $url)\" = pod2a ]" ||
 	fail "the NodePort does not reach pod2a"
 
-syn() {
-	topo_exec client nstat -az TcpExtTCPSynRetrans | awk '$1 == "TcpExtTCPSynRetrans" { print $2 }'
-}
-s0=$(syn)
+s0=$(syn_retrans client)
 e0=$(metric ipvsbpf_snat_exhausted_total)
 r0=$(metric ipvsbpf_snat_reused_total)
 u0=$(metric ipvsbpf_snat_reused_unsafe_total)
@@ -48,7 +45,7 @@ grep -E '^(Complete|Failed) requests|^Requests per second|^Non-2xx|^  (50|99|100
 [ "$rc" = 0 ] || fail "ab exited $rc: $(tail -3 <<<"$out")"
 done=$(awk '/^Complete requests:/ { print $3 }' <<<"$out")
 failed=$(awk '/^Failed requests:/ { print $3 }' <<<"$out")
-syns=$(( $(syn) - s0 ))
+syns=$(( $(syn_retrans client) - s0 ))
 exhausted=$(( $(metric ipvsbpf_snat_exhausted_total) - e0 ))
 reused=$(( $(metric ipvsbpf_snat_reused_total) - r0 ))
 unsafe=$(( $(metric ipvsbpf_snat_reused_unsafe_total) - u0 ))
