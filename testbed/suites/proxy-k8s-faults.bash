@@ -1,0 +1,108 @@
+# SPDX-License-Identifier: GPL-2.0
+# The fault cases of suite proxy-k8s (sourced by it, with its helpers and
+# the proxy running as $PID): 505 EndpointSlices listed in pages by a
+# restarted proxy that adopts IPVS; etcd restarted under the live
+# watches; changes missed while stopped, etcd compacted past them and
+# kube-apiserver restarted: 410 Gone, relist, IPVS not rewritten; the
+# ClusterRole without watch on EndpointSlices, then fixed.
+
+step "505 EndpointSlices of one Service (created under the live watch)"
+t0=$(date +%s)
+python3 - >"$K8S/many.json" <<'PY'
+import json
+items = [{"apiVersion": "v1", "kind": "Service",
+          "metadata": {"name": "many", "namespace": "default"},
+          "spec": {"clusterIP": "198.19.0.30", "ports": [{"name": "http", "port": 80}]}}]
+for i in range(505):
+    items.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                  "metadata": {"name": "many-%03d" % i, "namespace": "default",
+                               "labels": {"kubernetes.io/service-name": "many",
+                                          "endpointslice.kubernetes.io/managed-by": "testbed"}},
+                  "addressType": "IPv4", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+                  "endpoints": [{"addresses": ["198.18.%d.%d" % (100 + i // 250, 1 + i % 250)],
+                                 "conditions": {"ready": True}}]})
+print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+PY
+kc create --validate=false -f - <"$K8S/many.json" >/dev/null || fail "creating 505 slices"
+echo "      created in $(( $(date +%s) - t0 ))s"
+many() { ipvs | grep -c -- '^-a -t 198.19.0.30:80 ' || true; }
+wait_for 120 eval '[ "$(many)" = 505 ]' || fail "IPVS has $(many) real servers for many, expected 505"
+echo "      IPVS: 505 real servers behind 198.19.0.30:80 after $(( $(date +%s) - t0 ))s"
+step "restart the proxy: it lists the slices in pages and adopts IPVS"
+pages0=$(k8s_audit_count "$SA" list endpointslices 'continue=')
+kill "$PID"
+wait "$PID" 2>/dev/null
+PID=
+start_proxy
+pages=$(( $(k8s_audit_count "$SA" list endpointslices 'continue=') - pages0 ))
+echo "      follow-up pages (continue=) in the proxy's slice list: $pages; IPVS requests: $(requests)"
+[ "$pages" -ge 1 ] || fail "the proxy's list of 508 slices came in one page"
+[ "$(many)" = 505 ] || fail "after the restart IPVS has $(many) real servers for many"
+[ "$(requests)" = 0 ] || fail "the restarted proxy rewrote IPVS ($(requests) requests)"
+
+step "etcd restarted under the live watches; a change still arrives"
+r0=$(requests)
+k8s_cluster stop etcd 2>&1 | sed -u 's/^/      /'
+sleep 2
+k8s_cluster start etcd 2>&1 | sed -u 's/^/      /'
+k8s_ready pod2a False
+wait_for 120 eval '! ipvs | grep -qF -- "-a -t 198.19.0.10:80 -r 198.18.2.2:80 -m -w 1"' ||
+	fail "a change after the etcd restart never reached IPVS"
+k8s_ready pod2a True
+wait_for 60 has "-a -t 198.19.0.10:80 -r 198.18.2.2:80 -m -w 1" || fail "pod2a did not come back"
+
+step "410 Gone: changes the proxy misses (SIGSTOP), etcd compacted past them,"
+echo "      kube-apiserver restarted while the proxy runs again"
+lists0=$(k8s_audit_count "$SA" list services)
+gone0=$(grep -c 'too old resource version' "$LOG")
+kill -STOP "$PID"
+kc delete svc many >/dev/null || fail "delete many"
+kc apply -f - >/dev/null <<'YAML' || fail "apply late"
+apiVersion: v1
+kind: Service
+metadata: {name: late, namespace: default}
+spec:
+  clusterIP: 198.19.0.40
+  selector: {app: web}
+  ports: [{port: 80}]
+YAML
+wait_for 120 eval 'k8s_slices late | grep -q .' || fail "no slice for late"
+rev=$(etcd_compact) || fail "etcd compaction"
+echo "      etcd compacted at revision $rev"
+k8s_cluster stop kube-apiserver 2>&1 | sed -u 's/^/      /'
+kill -CONT "$PID"
+k8s_cluster start kube-apiserver 2>&1 | sed -u 's/^/      /'
+wait_for 120 eval 'hasnt 198.19.0.30:80 && has "-a -t 198.19.0.40:80 -r 198.18.2.2:80 -m -w 1"' ||
+	fail "IPVS did not follow the changes made while the proxy was stopped"
+lists=$(( $(k8s_audit_count "$SA" list services) - lists0 ))
+gone=$(( $(grep -c 'too old resource version' "$LOG") - gone0 ))
+r=$(( $(requests) - r0 ))
+echo "      410 Gone (too old resource version) answers: $gone; Service lists since: $lists;"
+echo "      IPVS requests since the etcd restart: $r (the two changes and the two deletions)"
+grep 'too old resource version' "$LOG" | tail -n 1 | cut -c1-300 | sed 's/^/        /'
+[ "$gone" -ge 1 ] || fail "the proxy's watches never got 410 Gone"
+[ "$lists" -ge 1 ] || fail "the proxy never relisted Services"
+# the changes cost a few requests each; a rewrite would be > 500
+[ "$r" -le 30 ] || fail "IPVS was rewritten ($r requests)"
+reach pod1b http://198.19.0.40/ pod1a pod2a
+reach pod1b http://198.19.0.10/ pod1a pod2a
+
+step "RBAC: the ClusterRole without watch on EndpointSlices"
+kc patch clusterrole ipvsbpf-proxy --type=json \
+	-p '[{"op": "replace", "path": "/rules/1/verbs", "value": ["list"]}]' >/dev/null || fail "patch role"
+kill "$PID"
+wait "$PID" 2>/dev/null
+PID=
+ip netns exec node "$proxy" "${proxy_args[@]}" >>"$LOG" 2>&1 &
+PID=$!
+lacks() {
+	grep -F 'refuses this proxy' "$LOG" | grep -F 'cannot watch resource' | grep -F endpointslices |
+		grep -q discovery.k8s.io
+}
+wait_for 60 lacks || fail "the proxy never said it may not watch endpointslices"
+grep -F 'refuses this proxy' "$LOG" | tail -n 1 | cut -c1-600 | fold -w 100 | sed 's/^/      /'
+kc apply -f - <"$TOP/deploy/base/rbac.yaml" >/dev/null || fail "restoring the role"
+k8s_ready pod2a False
+wait_for 90 eval '! ipvs | grep -qF -- "-a -t 198.19.0.10:80 -r 198.18.2.2:80 -m -w 1"' ||
+	fail "with the role fixed, slice changes still do not arrive"
+echo "      role restored: slice changes reach IPVS again"
