@@ -193,6 +193,11 @@ pub struct LbFirewall<R: Runner> {
     /// What the kernel has, as far as we know; `None` at start and after a
     /// failure, so the next sync writes the table whatever it holds.
     applied: Option<Ruleset>,
+    /// The table as `nft -s list` showed it right after it was written
+    /// (stateless: without the counters' values). A full sync that finds
+    /// it so leaves the table alone: a rewrite would restart the drop
+    /// counters an operator reads.
+    listed: Option<String>,
 }
 
 impl<R: Runner> LbFirewall<R> {
@@ -200,26 +205,49 @@ impl<R: Runner> LbFirewall<R> {
         LbFirewall {
             runner,
             applied: None,
+            listed: None,
         }
     }
 
-    /// Brings the table to what `state` asks for. `full` rewrites it even
-    /// when nothing changed (someone may have flushed the ruleset). Returns
-    /// whether `nft` ran.
+    /// Brings the table to what `state` asks for. `full` also checks, when
+    /// nothing changed, that the kernel still has the table as written
+    /// (someone may have flushed the ruleset or edited a set), and
+    /// rewrites it if not. Returns whether the table was written.
     pub fn sync(&mut self, state: &NodeState, full: bool) -> Result<bool, FirewallError> {
         let want = Ruleset::of(state);
-        if !full && self.applied.as_ref() == Some(&want) {
-            return Ok(false);
+        if self.applied.as_ref() == Some(&want) {
+            if !full {
+                return Ok(false);
+            }
+            if self.listed.is_some() && self.list() == self.listed {
+                return Ok(false);
+            }
         }
         // Nothing to filter and no nft: there can be no table of ours.
         let missing_ok = want.is_empty();
         self.applied = None;
+        self.listed = None;
         match self.apply(&want.script()) {
             Err(FirewallError::Spawn(e)) if missing_ok && e.kind() == io::ErrorKind::NotFound => {}
             r => r?,
         }
+        // Not listed (no table, or nft failed to list it): the next full
+        // sync rewrites it, as before this check existed.
+        if !want.is_empty() {
+            self.listed = self.list();
+        }
         self.applied = Some(want);
         Ok(true)
+    }
+
+    /// Our table as the kernel has it, without the counters' values;
+    /// `None` when it cannot be listed.
+    fn list(&mut self) -> Option<String> {
+        let out = self
+            .runner
+            .run("nft", &["-s", "list", "table", "inet", TABLE], None)
+            .ok()?;
+        (out.status == 0).then_some(out.stdout)
     }
 
     /// Removes the table (`--cleanup`); no table is no error.
@@ -258,15 +286,37 @@ mod tests {
         scripts: Vec<String>,
         fail: Option<io::ErrorKind>,
         status: i32,
+        /// the table the fake kernel holds, as `nft -s list` shows it
+        table: Option<String>,
+        lists: usize,
     }
 
     impl Runner for Fake {
         fn run(&mut self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output> {
-            assert_eq!((program, args), ("nft", &["-f", "-"][..]));
+            assert_eq!(program, "nft");
             if let Some(kind) = self.fail {
                 return Err(io::Error::from(kind));
             }
-            self.scripts.push(stdin.unwrap_or_default().to_string());
+            if args == ["-s", "list", "table", "inet", TABLE] {
+                self.lists += 1;
+                return Ok(match &self.table {
+                    Some(t) => Output {
+                        stdout: t.clone(),
+                        ..Output::default()
+                    },
+                    None => Output {
+                        status: 1,
+                        ..Output::default()
+                    },
+                });
+            }
+            assert_eq!(args, ["-f", "-"]);
+            let script = stdin.unwrap_or_default().to_string();
+            if self.status == 0 {
+                // what the kernel would list: the script stands in for it
+                self.table = script.contains('{').then(|| script.clone());
+            }
+            self.scripts.push(script);
             Ok(Output {
                 status: self.status,
                 stderr: "Error: no such thing".into(),
@@ -371,16 +421,45 @@ table inet ipvsbpf-proxy {
     }
 
     #[test]
-    fn sync_writes_on_change_and_on_full_syncs() {
+    fn sync_writes_on_change_and_full_syncs_only_repair() {
         let mut fw = LbFirewall::new(Fake::default());
         let st = state(vec![lb("203.0.113.5", 443, &["198.51.100.0/24"])]);
         assert!(fw.sync(&st, false).unwrap(), "first sync writes");
         assert!(!fw.sync(&st, false).unwrap(), "unchanged: nothing to do");
-        assert!(fw.sync(&st, true).unwrap(), "a full sync rewrites");
+        assert_eq!(fw.runner.lists, 1, "listed once, after the write");
+        assert!(
+            !fw.sync(&st, true).unwrap(),
+            "a full sync leaves an intact table (and its counters) alone"
+        );
+        assert_eq!(fw.runner.lists, 2, "a full sync looks at the table");
+        assert_eq!(fw.runner.scripts.len(), 1);
+
+        // someone ran `nft flush ruleset`, then edited a set
+        fw.runner.table = None;
+        assert!(
+            fw.sync(&st, true).unwrap(),
+            "a full sync restores a lost table"
+        );
+        fw.runner.table = Some("table inet ipvsbpf-proxy { edited }".into());
+        assert!(fw.sync(&st, true).unwrap(), "a full sync undoes an edit");
+        assert_eq!(fw.runner.scripts.len(), 3);
+        assert_eq!(fw.runner.scripts[1], fw.runner.scripts[0]);
+
         let st2 = state(vec![lb("203.0.113.5", 443, &["198.51.100.0/25"])]);
         assert!(fw.sync(&st2, false).unwrap(), "a changed range writes");
-        assert_eq!(fw.runner.scripts.len(), 3);
-        assert!(fw.runner.scripts[2].contains("198.51.100.0/25"));
+        assert_eq!(fw.runner.scripts.len(), 4);
+        assert!(fw.runner.scripts[3].contains("198.51.100.0/25"));
+    }
+
+    #[test]
+    fn an_empty_rule_set_is_rewritten_on_full_syncs() {
+        // nothing to filter: no table to list, so a full sync deletes
+        // whatever table of ours someone might have left
+        let mut fw = LbFirewall::new(Fake::default());
+        assert!(fw.sync(&state(vec![]), false).unwrap());
+        assert!(fw.sync(&state(vec![]), true).unwrap());
+        assert_eq!(fw.runner.lists, 0);
+        assert_eq!(fw.runner.scripts.len(), 2);
     }
 
     #[test]

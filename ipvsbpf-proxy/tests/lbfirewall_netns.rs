@@ -144,6 +144,21 @@ fn source_ranges_drop_and_pass_on_the_real_kernel() {
             "v6 drops counted:\n{listed}"
         );
 
+        // A full sync finds the table as written and leaves it, with the
+        // counters an operator reads; after a flush it writes it again.
+        let both = state(&["198.51.100.0/24"], &["2001:db8:1::/48"]);
+        assert!(!fw.sync(&both, true).expect("full sync"), "intact: kept");
+        let again = run("nft", &["list", "table", "inet", TABLE]);
+        assert_eq!(
+            drops(&again, "@allowed4"),
+            drops(&listed, "@allowed4"),
+            "the counters survive a full sync:\n{again}"
+        );
+        run("nft", &["flush", "table", "inet", TABLE]);
+        assert!(connects("192.0.2.50", LB4), "open once flushed");
+        assert!(fw.sync(&both, true).expect("repair"), "flushed: rewritten");
+        assert!(!connects("192.0.2.50", LB4), "filtered again");
+
         // A change replaces the table: the v4 range moves, the v6 one goes.
         assert!(fw
             .sync(&state(&["192.0.2.0/24"], &[]), false)
