@@ -59,6 +59,12 @@ ipvs() { topo_exec node ipvsadm -S -n; }
 has() { ipvs | grep -qxF -- "$1"; }
 hasnt() { ! ipvs | grep -qF -- "$1"; }
 requests() { metric ipvsbpf_ipvs_requests_total; }
+# ipvs_op OP: the proxy's IPVS requests of kind OP (add_service...)
+ipvs_op() {
+	topo_exec node curl -s -m 2 http://127.0.0.1:10249/metrics |
+		awk -v op="op=\"$1\"" 'index($1, "ipvsbpf_ipvs_requests_total{") == 1 && index($1, op) { s += $2 }
+			END { printf "%g\n", s }'
+}
 show() { ipvs | grep -F -- "$1" | sed 's/^/      /'; }
 
 proxy_cluster_up
