@@ -19,8 +19,10 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use common::*;
-use ipvsbpf_proxy::datapath::{session_key, session_value, Datapath, Direction, Options, Reason};
-use ipvsbpf_proxy::pktcount;
+use ipvsbpf_proxy::backends::datapath::{
+    session_key, session_value, Datapath, Direction, Options, Reason,
+};
+use ipvsbpf_proxy::backends::pktcount;
 use std::os::fd::AsFd;
 
 use libbpf_rs::query::{ProgInfoIter, ProgInfoQueryOptions};

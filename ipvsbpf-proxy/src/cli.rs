@@ -20,7 +20,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde_json::Value;
 
-pub use crate::desired::Cidr;
+pub use crate::model::desired::Cidr;
 
 /// kube-proxy's health server port (`ports.ProxyHealthzPort`).
 pub const HEALTHZ_PORT: u16 = 10256;

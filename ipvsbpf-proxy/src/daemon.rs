@@ -15,19 +15,19 @@ use prometheus_client::registry::Registry;
 use tokio::time::sleep_until;
 use tracing::{debug, error, info, warn};
 
-use crate::bpfmode::{BpfMode, BpfModeConfig};
+use crate::backends::bpfmode::{BpfMode, BpfModeConfig};
+use crate::backends::datapath::{self, Options};
+use crate::backends::hostinfo;
+use crate::backends::ipvsmode::{self, ExecRunner, IpvsMode, IpvsModeConfig, ProcSysctl};
+use crate::backends::lbfirewall::LbFirewall;
 use crate::cli::{self, Cidr, Config, NodePortAddresses, ProxyMode, SourceKind};
-use crate::datapath::{self, Options};
-use crate::hostinfo;
-use crate::http::{self, HealthCheckServers, ProxyHealth};
-use crate::inventory::{Shared, SharedInventory};
-use crate::ipvsmode::{self, ExecRunner, IpvsMode, IpvsModeConfig, ProcSysctl};
-use crate::lbfirewall::LbFirewall;
-use crate::metrics::{DatapathSnapshot, DatapathStats, Metrics, SyncKind};
+use crate::model::inventory::{Shared, SharedInventory};
 use crate::model::ModelConfig;
+use crate::reconcile::syncer::Syncer;
 use crate::reconcile::{ReconcileOptions, Reconciler};
+use crate::serving::http::{self, HealthCheckServers, ProxyHealth};
+use crate::serving::metrics::{DatapathSnapshot, DatapathStats, Metrics, SyncKind};
 use crate::sources::{self, ObjectKind, SourceStats};
-use crate::syncer::Syncer;
 
 /// The dummy device of `ipvs` mode; its addresses are not NodePort ones.
 const DUMMY: &str = "kube-ipvs0";
@@ -67,7 +67,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             warn!("this kernel lacks net.ipv4.vs.bpf_mode (the ipvs-bpf series); falling back to --proxy-mode=ipvs as --fallback-to-ipvs asks");
             mode = ProxyMode::Ipvs;
         } else {
-            bail!(crate::bpfmode::BpfModeError::Unsupported);
+            bail!(crate::backends::bpfmode::BpfModeError::Unsupported);
         }
     }
     let plumbing = match mode {

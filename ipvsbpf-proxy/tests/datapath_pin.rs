@@ -8,7 +8,7 @@
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 
-use ipvsbpf_proxy::datapath::{
+use ipvsbpf_proxy::backends::datapath::{
     self, session_key, session_value, Datapath, Direction, Options, Protocol, MAP_SESSIONS,
     PINNED_MAPS,
 };

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipvsbpf_proxy::desired::ServiceName;
-use ipvsbpf_proxy::inventory::{Shared, SharedInventory};
+use ipvsbpf_proxy::model::desired::ServiceName;
+use ipvsbpf_proxy::model::inventory::{Shared, SharedInventory};
 use ipvsbpf_proxy::sources::file::{load_once, run, FileError};
 use ipvsbpf_proxy::sources::SourceStats;
 use support::{converge, expect, wait_for};

@@ -10,11 +10,11 @@ use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ipvsbpf_proxy::desired::ServiceName;
-use ipvsbpf_proxy::http::{
+use ipvsbpf_proxy::model::desired::ServiceName;
+use ipvsbpf_proxy::serving::http::{
     bind, health_router, metrics_router, serve, HealthCheckServers, HttpError, ProxyHealth,
 };
-use ipvsbpf_proxy::metrics::{Metrics, SyncKind};
+use ipvsbpf_proxy::serving::metrics::{Metrics, SyncKind};
 use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 

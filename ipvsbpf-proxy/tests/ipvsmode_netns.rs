@@ -18,11 +18,11 @@ use std::net::IpAddr;
 use std::process::Command;
 
 use ipvs_netlink::{Destination, Protocol, Service, ServiceKey};
-use ipvsbpf_proxy::desired::{
-    HealthCheck, NodeState, ServiceName, ServiceState, SourceRanges, VirtualServer, VsKind,
-};
-use ipvsbpf_proxy::ipvsmode::{
+use ipvsbpf_proxy::backends::ipvsmode::{
     Error, ExecRunner, IpvsMode, IpvsModeConfig, LinkError, Links, ProcSysctl, Rtnl, DUMMY_DEVICE,
+};
+use ipvsbpf_proxy::model::desired::{
+    HealthCheck, NodeState, ServiceName, ServiceState, SourceRanges, VirtualServer, VsKind,
 };
 use netns::{have, in_netns_or_skip as in_netns, missing_tools, require, run};
 

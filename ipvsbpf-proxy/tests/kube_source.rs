@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipvsbpf_proxy::desired::ServiceName;
-use ipvsbpf_proxy::inventory::{Shared, SharedInventory};
+use ipvsbpf_proxy::model::desired::ServiceName;
+use ipvsbpf_proxy::model::inventory::{Shared, SharedInventory};
 use ipvsbpf_proxy::sources::kube::run;
 use ipvsbpf_proxy::sources::{ObjectKind, SourceStats};
 use serde_json::json;

@@ -14,11 +14,11 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::time::Duration;
 
 use ipvs_netlink::{Service, ServiceKey};
-use ipvsbpf_proxy::desired::{
+use ipvsbpf_proxy::backends::ipvsmode::ExecRunner;
+use ipvsbpf_proxy::backends::lbfirewall::{LbFirewall, TABLE};
+use ipvsbpf_proxy::model::desired::{
     NodeState, ServiceName, ServiceState, SourceRanges, VirtualServer, VsKind,
 };
-use ipvsbpf_proxy::ipvsmode::ExecRunner;
-use ipvsbpf_proxy::lbfirewall::{LbFirewall, TABLE};
 use netns::{have, in_netns_or_skip, require, run};
 
 mod netns;

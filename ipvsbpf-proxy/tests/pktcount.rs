@@ -5,7 +5,7 @@
 
 use std::mem::MaybeUninit;
 
-use ipvsbpf_proxy::pktcount::{self, Counters, Direction};
+use ipvsbpf_proxy::backends::pktcount::{self, Counters, Direction};
 use libbpf_rs::ProgramInput;
 
 const TC_ACT_OK: u32 = 0;

@@ -18,7 +18,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use ipvs_netlink::{Destination, ForwardMethod, Ipvs, Protocol, Service, ServiceFlags, ServiceKey};
-use ipvsbpf_proxy::desired::{ServiceName, ServiceState, VirtualServer, VsKind};
+use ipvsbpf_proxy::model::desired::{ServiceName, ServiceState, VirtualServer, VsKind};
 use ipvsbpf_proxy::reconcile::{ReconcileOptions, Reconciler, SyncReport};
 use netns::{run, try_in_netns};
 

@@ -11,7 +11,7 @@ use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use common::*;
-use ipvsbpf_proxy::datapath::{Direction, Options, Reason};
+use ipvsbpf_proxy::backends::datapath::{Direction, Options, Reason};
 
 /// 100 bytes of payload: with 32-byte pieces, a UDP datagram of 108 bytes
 /// becomes four fragments.

@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use common::*;
-use ipvsbpf_proxy::datapath::{Datapath, Direction, Reason};
+use ipvsbpf_proxy::backends::datapath::{Datapath, Direction, Reason};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 
 use common::*;
 use ipvs_netlink::uapi::{IpVsBpfKey, IpVsBpfValue};
-use ipvsbpf_proxy::datapath::{Direction, Reason};
+use ipvsbpf_proxy::backends::datapath::{Direction, Reason};
 
 use Direction::{Orig, Reply};
 

@@ -41,7 +41,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ipvsbpf_proxy::datapath::{Datapath, Direction, Reason};
+use ipvsbpf_proxy::backends::datapath::{Datapath, Direction, Reason};
 
 struct Topology {
     client: String,

@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use ipvsbpf_proxy::datapath::{self, Datapath, Options, MAP_SESSIONS, MAP_STATS};
-use ipvsbpf_proxy::hostinfo;
+use ipvsbpf_proxy::backends::datapath::{self, Datapath, Options, MAP_SESSIONS, MAP_STATS};
+use ipvsbpf_proxy::backends::hostinfo;
 
 #[derive(Parser)]
 #[command(

@@ -24,7 +24,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::Value;
 
 use super::{selected, SourceError, SourceStats};
-use crate::inventory::{Kind, Shared};
+use crate::model::inventory::{Kind, Shared};
 
 /// Why one file was not used.
 #[derive(Debug, thiserror::Error)]

@@ -28,8 +28,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 use super::{label_selector, ObjectKind, SourceError, SourceStats};
-use crate::desired::ServiceName;
-use crate::inventory::{Inventory, Kind, Shared};
+use crate::model::desired::ServiceName;
+use crate::model::inventory::{Inventory, Kind, Shared};
 
 /// An object as received, or the metadata of one that did not parse.
 ///

@@ -1,4 +1,4 @@
-//! The two sources of truth that fill the [`inventory`](crate::inventory):
+//! The two sources of truth that fill the [`inventory`](crate::model::inventory):
 //! [`kube`](mod@self::kube) (watches of the API server) and [`file`](mod@self::file) (a directory of
 //! manifests, for tests and clusters without a proxy-facing API).
 //!

@@ -13,7 +13,7 @@ use etherparse::{
     Ipv4Header, Ipv4Options, Ipv6FlowLabel, Ipv6Header, TcpHeader, UdpHeader,
 };
 use ipvs_netlink::uapi::{IpVsBpfKey, IpVsBpfValue};
-use ipvsbpf_proxy::datapath::{
+use ipvsbpf_proxy::backends::datapath::{
     session_key, session_value, Counter, Datapath, Direction, Options, Protocol, Reason,
 };
 use libbpf_rs::{OpenObject, ProgramInput};

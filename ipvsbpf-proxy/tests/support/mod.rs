@@ -7,7 +7,7 @@ pub mod apiserver;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ipvsbpf_proxy::inventory::{Inventory, Shared};
+use ipvsbpf_proxy::model::inventory::{Inventory, Shared};
 use serde_json::{json, Value};
 
 /// How long any convergence may take; generous for a loaded 2-core box,

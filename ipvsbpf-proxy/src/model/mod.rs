@@ -18,6 +18,12 @@
 //!   bad endpoint must not take the other endpoints of a Service down, and
 //!   slices can be written by anyone with the right RBAC, not only the
 //!   EndpointSlice controller.
+//!
+//! Beside it: the [`inventory`] of API objects the sources fill, and the
+//! [`desired`] node state the model computes.
+
+pub mod desired;
+pub mod inventory;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -29,7 +35,7 @@ use ipvs_netlink::{
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::desired::{
+use crate::model::desired::{
     Cidr, HealthCheck, ServiceName, ServiceState, SourceRanges, VirtualServer, VsKind,
 };
 

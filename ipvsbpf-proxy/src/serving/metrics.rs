@@ -26,7 +26,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets,
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::datapath::{Counter as BpfCounter, Direction, Reason};
+use crate::backends::datapath::{Counter as BpfCounter, Direction, Reason};
 
 /// Labels of `kubeproxy_sync_proxy_rules_no_local_endpoints_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

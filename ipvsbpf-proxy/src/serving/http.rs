@@ -25,8 +25,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::desired::ServiceName;
-use crate::metrics::Metrics;
+use crate::model::desired::ServiceName;
+use crate::serving::metrics::Metrics;
 
 /// The taint the Cluster Autoscaler puts on a node it is about to delete;
 /// load balancers should drain it, so `/healthz` fails.

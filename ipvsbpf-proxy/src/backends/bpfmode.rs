@@ -14,8 +14,8 @@ use ipvs_netlink::{BpfAttach, BpfStatus, Ipvs, Snat};
 use libbpf_rs::{MapCore, OpenObject};
 use tracing::{info, warn};
 
-use crate::datapath::{self, Datapath, Direction, Options, Reason};
-use crate::hostinfo::{self, HostError};
+use crate::backends::datapath::{self, Datapath, Direction, Options, Reason};
+use crate::backends::hostinfo::{self, HostError};
 
 /// The sysctl the kernel series adds; its presence is the feature test.
 pub const BPF_MODE_SYSCTL: &str = "net.ipv4.vs.bpf_mode";

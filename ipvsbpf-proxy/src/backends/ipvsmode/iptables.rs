@@ -630,7 +630,7 @@ pub fn delete_text() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipvsmode::ipset::{desired_members, empty_members};
+    use crate::backends::ipvsmode::ipset::{desired_members, empty_members};
     use std::net::IpAddr;
 
     fn cfg() -> IpvsModeConfig {
@@ -688,7 +688,7 @@ COMMIT
 
     #[test]
     fn sample_node_with_cluster_cidr() {
-        let st = crate::ipvsmode::ipset::tests::sample();
+        let st = crate::backends::ipvsmode::ipset::tests::sample();
         let m = desired_members(&st, Family::Inet, &st.addresses());
         let mut c = cfg();
         c.cluster_cidrs = vec![
@@ -760,7 +760,7 @@ COMMIT
 
     #[test]
     fn ipv6_uses_renamed_sets_v6_loopback_and_v6_cidr() {
-        let st = crate::ipvsmode::ipset::tests::sample();
+        let st = crate::backends::ipvsmode::ipset::tests::sample();
         let m = desired_members(&st, Family::Inet6, &st.addresses());
         let mut c = cfg();
         c.cluster_cidrs = vec![

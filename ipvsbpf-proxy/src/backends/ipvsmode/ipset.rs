@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use ipvs_netlink::{Family, Protocol, ServiceKey};
 
-use crate::desired::{Cidr, NodeState, VsKind};
+use crate::model::desired::{Cidr, NodeState, VsKind};
 
 /// The ipset types kube-proxy's IPVS mode uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -401,7 +401,9 @@ pub fn destroy_text(existing: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::desired::{HealthCheck, ServiceName, ServiceState, SourceRanges, VirtualServer};
+    use crate::model::desired::{
+        HealthCheck, ServiceName, ServiceState, SourceRanges, VirtualServer,
+    };
     use ipvs_netlink::{Destination, Service};
 
     fn vs(kind: VsKind, key: ServiceKey, dests: &[(&str, u16)], local_only: bool) -> VirtualServer {

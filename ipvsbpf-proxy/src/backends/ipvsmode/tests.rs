@@ -2,7 +2,7 @@
 //! and asks of the device, and what it caches between syncs.
 
 use super::*;
-use crate::desired::{ServiceName, ServiceState, VirtualServer, VsKind};
+use crate::model::desired::{ServiceName, ServiceState, VirtualServer, VsKind};
 use ipvs_netlink::{Destination, Service, ServiceKey};
 
 /// A tiny model of iptables and ipset: chains and jump rules that exist,

@@ -18,6 +18,11 @@
 //! The kernel sits behind [`IpvsApi`]: [`ipvs_netlink::Ipvs`] in the
 //! daemon, [`FakeIpvs`] (an in-memory IPVS with the kernel's errnos and
 //! fault injection) in tests, this module's and other modules'.
+//!
+//! The [`syncer`] runs the model for what changed and hands the result to
+//! the reconciler.
+
+pub mod syncer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -28,7 +33,7 @@ use ipvs_netlink::{
     Service, ServiceKey,
 };
 
-use crate::desired::{ServiceName, ServiceState, VirtualServer};
+use crate::model::desired::{ServiceName, ServiceState, VirtualServer};
 
 /// A destination's identity within its virtual server: address and port.
 type DestId = (IpAddr, u16);
@@ -1300,7 +1305,7 @@ impl IpvsApi for FakeIpvs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::VsKind;
+    use crate::model::desired::VsKind;
     use ipvs_netlink::ServiceFlags;
 
     const DRAIN: Duration = Duration::from_secs(60);

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use tracing::{debug, warn};
 
-use crate::desired::{NodeState, ServiceName, ServiceState};
-use crate::inventory::{Dirty, Inventory};
+use crate::model::desired::{NodeState, ServiceName, ServiceState};
+use crate::model::inventory::{Dirty, Inventory};
 use crate::model::{self, ModelConfig};
 use crate::reconcile::{IpvsApi, Reconciler, SyncReport};
 
@@ -142,7 +142,7 @@ impl<I: IpvsApi> Syncer<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::Inventory;
+    use crate::model::inventory::Inventory;
     use crate::reconcile::{FakeIpvs, ReconcileOptions};
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::desired::ServiceName;
+use crate::model::desired::ServiceName;
 
 /// The label an EndpointSlice's owning Service is named by (set by the
 /// EndpointSlice controller; kube-proxy uses the same label).

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use ipvs_netlink::Family;
 
-use crate::desired::NodeState;
+use crate::model::desired::NodeState;
 pub use ipset::{MemberDiff, Members};
 pub use link::{LinkError, Links, Rtnl};
 

@@ -31,9 +31,9 @@ use std::io;
 
 use ipvs_netlink::ServiceKey;
 
-use crate::desired::{Cidr, NodeState, VsKind};
-use crate::ipvsmode::ipset::proto_name;
-use crate::ipvsmode::Runner;
+use crate::backends::ipvsmode::ipset::proto_name;
+use crate::backends::ipvsmode::Runner;
+use crate::model::desired::{Cidr, NodeState, VsKind};
 
 /// The nftables table (family `inet`) this module owns.
 pub const TABLE: &str = "ipvsbpf-proxy";
@@ -277,8 +277,8 @@ impl<R: Runner> LbFirewall<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::{ServiceName, ServiceState, SourceRanges, VirtualServer};
-    use crate::ipvsmode::Output;
+    use crate::backends::ipvsmode::Output;
+    use crate::model::desired::{ServiceName, ServiceState, SourceRanges, VirtualServer};
     use ipvs_netlink::Service;
 
     #[derive(Default)]
