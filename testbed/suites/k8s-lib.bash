@@ -214,30 +214,41 @@ etcd_compact() {
 # until it is healthy and has synced; kube_proxy_stop stops it and runs
 # `kube-proxy --cleanup`, which removes what any of its modes left.
 KPID=
+KP_NODE=
 KP_LOG=$K8S_LOGS/kube-proxy.log
 kube_proxy_start() {
-	local node=$1 mode=$2 addr i
+	local node=$1 mode=$2 addr t0 end
+	KP_NODE=$node
 	addr=$(topo_ip "$node" 4)
 	echo "=== kube-proxy --proxy-mode $mode on $node" >>"$KP_LOG"
 	ip netns exec "$node" "$K8S_BIN/kube-proxy" --kubeconfig "$K8S/kube-proxy.conf" \
-		--proxy-mode "$mode" --hostname-override "$node" \
+		--proxy-mode "$mode" --hostname-override "$node" --v=2 \
 		--cluster-cidr 198.18.0.0/16,2001:db8:1::/48 \
 		--nodeport-addresses 192.0.2.0/24,2001:db8::/64 \
 		--healthz-bind-address "$addr:10256" --metrics-bind-address 127.0.0.1:10249 \
 		--conntrack-max-per-core 0 >>"$KP_LOG" 2>&1 &
 	KPID=$!
-	for i in $(seq 1 1500); do
-		if topo_exec client curl -s -m 1 -o /dev/null -w '%{http_code}' "http://$addr:10256/healthz" \
-			2>/dev/null | grep -qx 200 &&
-			topo_exec "$node" curl -s -m 2 http://127.0.0.1:10249/metrics |
-			grep -q '^kubeproxy_sync_proxy_rules_last_timestamp_seconds [1-9]'; then
-			return 0
-		fi
-		kill -0 "$KPID" 2>/dev/null || break
-		sleep 0.2
+	# Synced: the last-sync timestamp is set; then healthy, seen from
+	# the LAN. Polled once a second and bounded in time: under TCG its
+	# first sync takes 10-20 s of iptables/nft runs that a tighter loop
+	# of curls would only slow down.
+	t0=$(date +%s)
+	end=$((t0 + 300))
+	while ! topo_exec "$node" curl -s -m 5 http://127.0.0.1:10249/metrics 2>/dev/null |
+		grep -qE '^kubeproxy_sync_proxy_rules_last_timestamp_seconds(\{[^}]*\})? [1-9]'; do
+		kill -0 "$KPID" 2>/dev/null && [ "$(date +%s)" -lt "$end" ] || {
+			tail -n 20 "$KP_LOG" | sed 's/^/      log: /'
+			fail "kube-proxy ($mode) did not sync on $node in $(( $(date +%s) - t0 )) s"
+		}
+		sleep 1
 	done
-	tail -n 20 "$KP_LOG" | sed 's/^/      log: /'
-	fail "kube-proxy ($mode) did not become healthy on $node"
+	while [ "$(topo_exec client curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$addr:10256/healthz")" != 200 ]; do
+		kill -0 "$KPID" 2>/dev/null && [ "$(date +%s)" -lt "$end" ] || {
+			tail -n 20 "$KP_LOG" | sed 's/^/      log: /'
+			fail "kube-proxy ($mode) synced but is not healthy on $node"
+		}
+		sleep 1
+	done
 }
 
 kube_proxy_stop() {
@@ -245,4 +256,18 @@ kube_proxy_stop() {
 	[ -n "$KPID" ] && kill "$KPID" 2>/dev/null && wait "$KPID" 2>/dev/null
 	KPID=
 	topo_exec "$node" "$K8S_BIN/kube-proxy" --cleanup >>"$KP_LOG" 2>&1
+}
+
+# k8s_exit: the EXIT trap of a suite with a control plane: a stopped
+# proxy (SIGSTOP) let go, on failure kube-proxy's last lines, kube-proxy
+# stopped and cleaned up, the control plane down, then proxy-lib.bash's
+# cleanup. `trap k8s_exit EXIT` after sourcing this file.
+k8s_exit() {
+	local rc=$?
+	[ -n "$PID" ] && kill -CONT "$PID" 2>/dev/null
+	[ "$rc" != 0 ] && [ -f "$KP_LOG" ] && tail -n 20 "$KP_LOG" | sed 's/^/      kube-proxy log: /'
+	[ -n "$KPID" ] && kube_proxy_stop "$KP_NODE"
+	k8s_down
+	(exit "$rc")
+	cleanup
 }
