@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all demo test setup build lint kernel-tree kernel-modules kernel-full \
-	kernel-debug kernel-check datapath netlink proxy bench bench-quick bench-profile bench-snat bench-netlink \
+	kernel-debug kernel-check datapath netlink proxy bench bench-all bench-quick bench-profile bench-snat bench-netlink \
 	bench-proxy vm-full vm-debug \
 	clean distclean
 .PHONY: demo-k8s k8s test-k8s
@@ -20,8 +20,8 @@ demo: setup kernel-modules proxy
 demo-k8s: setup kernel-modules proxy k8s
 	testbed/demo-k8s $(DIR)
 
-## test-k8s: the proxy against the real kube-apiserver in the guest, and the real kube-proxy's
-## three modes beside it (suite proxy-k8s; 15-30 min under TCG, not yet part of make test)
+## test-k8s: suite proxy-k8s with its fault cases (restarts of etcd, kube-apiserver and the
+## proxy, 410 Gone, RBAC removal, 505 slices; ~20 min under TCG); make test runs the rest
 test-k8s: setup kernel-modules proxy k8s
 	testbed/vm-run --timeout 3000 --memory 4G --suite-timeout 2700 proxy-k8s
 
@@ -69,10 +69,15 @@ netlink:
 proxy:
 	testbed/build-proxy
 
-## bench: the data-plane comparison in the guest: direct, ipvs, ipvs-bpf on NodePort and
-## ClusterIP, short/keep-alive/iperf3, 5 interleaved rounds -> build/bench/latest
-bench: setup kernel-modules proxy
+## bench: the data-plane comparison in the guest: direct, the real kube-proxy's ipvs mode,
+## ipvsbpf-proxy's ipvs and ipvs-bpf modes on NodePort and ClusterIP, short/keep-alive/iperf3,
+## 5 interleaved rounds (~35 min) -> build/bench/latest
+bench: setup kernel-modules proxy k8s
 	testbed/bench
+
+## bench-all: the same with kube-proxy's iptables and nftables modes too (~55 min)
+bench-all: setup kernel-modules proxy k8s
+	testbed/bench --all-modes
 
 ## bench-quick: the same harness, one round of short connections (what make test checks)
 bench-quick: setup kernel-modules proxy
