@@ -9,6 +9,12 @@
 #   nodeport   client -> 192.0.2.1:30090 (node, SNAT) -> pod2a on node2
 #   clusterip  pod1a -> 198.19.0.20:80 (node, no SNAT) -> pod2a on node2
 #   (mode `direct` addresses pod2a itself: the floor, no Service at all)
+# Modes: direct; ipvs and ipvs-bpf (ipvsbpf-proxy from the manifests);
+# kube-proxy-iptables, kube-proxy-nftables and kube-proxy-ipvs, the real
+# kube-proxy (testbed/k8s) on node, fed by a control plane on `control`
+# (k8s-lib.bash, started once when such a mode is asked for) that holds
+# the same Service, with pod2a's Pod made Ready so that the real
+# EndpointSlice controller writes its slice.
 # Workloads:
 #   short  ab, one request per connection: requests/s and the latency of
 #          the whole connection (connect + request + response), so that a
@@ -33,6 +39,12 @@ MODE=ipvs-bpf
 . "$(dirname "$0")/proxy-lib.bash"
 
 MODES=${BENCH_MODES:-direct ipvs ipvs-bpf}
+K8S_MODES=$(tr ' ' '\n' <<<"$MODES" | grep '^kube-proxy-' | xargs)
+if [ -n "$K8S_MODES" ]; then
+	need openssl
+	. "$(dirname "$0")/k8s-lib.bash"
+	trap k8s_exit EXIT
+fi
 ROUNDS=${BENCH_ROUNDS:-5}
 SECS=${BENCH_SECONDS:-6}
 PATHS=${BENCH_PATHS:-nodeport clusterip}
@@ -122,6 +134,9 @@ mode_up() {
 	ipvs | ipvs-bpf)
 		proxy_set_mode "$1"
 		start_proxy ;;
+	kube-proxy-iptables | kube-proxy-nftables | kube-proxy-ipvs)
+		MODE=$1
+		kube_proxy_start node "${1#kube-proxy-}" ;;
 	*) fail "unknown benchmark mode $1" ;;
 	esac
 }
@@ -129,7 +144,70 @@ mode_up() {
 mode_down() {
 	case $MODE in
 	ipvs | ipvs-bpf) stop_proxy || problems+=("$MODE: --cleanup failed") ;;
+	kube-proxy-*) kube_proxy_stop node || problems+=("$MODE: kube-proxy --cleanup failed")
+		kube_proxy_residue ;;
 	esac
+	sysctl_restore
+}
+
+# kube_proxy_residue: kube-proxy's --cleanup (v1.36) removes its proxy
+# rules but leaves chains of its own behind (its iptables monitor's
+# KUBE-PROXY-CANARY, KUBE-FIREWALL with the jumps to it, and ipsets
+# when its ipvs mode's cleanup stopped half-way); the benchmark says
+# what was left and removes it, so that the next mode starts from a
+# clean node.
+kube_proxy_residue() {
+	local f t left rules
+	for f in iptables ip6tables; do
+		left=$(topo_exec node "$f-save" | grep -E '^:KUBE-|KUBE-' | grep -vE '^#')
+		[ -n "$left" ] || continue
+		echo "      kube-proxy --cleanup left in $f (removed by the benchmark):"
+		echo "$left" | sed 's/^/        /'
+		for t in raw mangle nat filter; do
+			rules=$(topo_exec node "$f-save" -t "$t" 2>/dev/null)
+			[ -n "$rules" ] || continue
+			{
+				echo "*$t"
+				grep -E '^-A [A-Z]+ .*-j KUBE-' <<<"$rules" | grep -vE '^-A KUBE-' | sed 's/^-A /-D /'
+				sed -n 's/^:\(KUBE-[^ ]*\) .*/-F \1/p' <<<"$rules"
+				sed -n 's/^:\(KUBE-[^ ]*\) .*/-X \1/p' <<<"$rules"
+				echo COMMIT
+			} | topo_exec node "$f-restore" --noflush ||
+				problems+=("could not remove kube-proxy's leftovers from $f $t")
+		done
+	done
+	left=$(topo_exec node ipset list -n 2>/dev/null | grep '^KUBE-' | xargs)
+	if [ -n "$left" ]; then
+		echo "      kube-proxy --cleanup left ipsets (removed by the benchmark): $left"
+		for t in $left; do
+			topo_exec node ipset destroy "$t" || problems+=("could not destroy ipset $t")
+		done
+	fi
+}
+
+# The node's IPVS and conntrack sysctls as the benchmark found them; each
+# implementation sets some of them (kube-proxy: vs.conntrack,
+# expire_nodest_conn, the TCP timeouts...), and the next must not
+# inherit them. sysctl_restore puts them back after each mode.
+SYSCTLS="net.ipv4.vs.conntrack net.ipv4.vs.conn_reuse_mode net.ipv4.vs.expire_nodest_conn
+	net.ipv4.vs.expire_quiescent_template net.netfilter.nf_conntrack_tcp_timeout_established
+	net.netfilter.nf_conntrack_tcp_timeout_close_wait net.netfilter.nf_conntrack_tcp_be_liberal"
+sysctl_save() {
+	local k v
+	modprobe ip_vs || fail "modprobe ip_vs"
+	modprobe nf_conntrack || fail "modprobe nf_conntrack"
+	: >"$OUT/sysctls"
+	for k in $SYSCTLS; do
+		v=$(topo_exec node sysctl -n "$k") || fail "reading $k on node"
+		echo "$k=$v" >>"$OUT/sysctls"
+	done
+}
+sysctl_restore() {
+	local kv
+	while read -r kv; do
+		topo_exec node sysctl -q -w "$kv" >/dev/null ||
+			problems+=("could not put back $kv on node")
+	done <"$OUT/sysctls"
 }
 
 # serves PATH: one request through PATH in the current mode succeeds.
@@ -166,6 +244,15 @@ topo_exec pod2a iperf3 -s -D -p 5201 --pidfile /tmp/ipvsbpf-bench-iperf3.pid ||
 # direct mode: client reaches pods through node, as it would over a
 # routed pod network
 topo_exec client ip route add "$TOPO_CLUSTER4_CIDR" via "$NODE"
+sysctl_save
+if [ -n "$K8S_MODES" ]; then
+	k8s_up
+	kc apply -f - <"$MAN/services.yaml" >/dev/null || fail "applying Service bench"
+	k8s_pod pod2a app=bench
+	wait_for 120 eval '[ "$(k8s_slices bench)" = "$POD" ]' ||
+		fail "the EndpointSlice controller wrote no slice with pod2a for bench"
+	echo "      Service bench and pod2a's slice in the API server for $K8S_MODES"
+fi
 : >"$RAW"
 {
 	echo "kernel=$(uname -r)"
@@ -178,6 +265,7 @@ topo_exec client ip route add "$TOPO_CLUSTER4_CIDR" via "$NODE"
 	echo "workloads=$WORKLOADS"
 	echo "snat_port_range=$PORTS"
 	echo "cpus=$(nproc)"
+	[ -n "$K8S_MODES" ] && echo "kubernetes=$(sed -n 's/^Client Version: //p' "$K8S_BIN/VERSIONS"), etcd $(sed -n 's/^etcd Version: //p' "$K8S_BIN/VERSIONS")"
 } >"${RAW%.jsonl}.meta"
 
 left=$(node_clean)

@@ -255,6 +255,12 @@ kube_proxy_stop() {
 	local node=$1
 	[ -n "$KPID" ] && kill "$KPID" 2>/dev/null && wait "$KPID" 2>/dev/null
 	KPID=
+	# kube-proxy 1.36's --cleanup after its ipvs mode can stop half-way
+	# on nf_tables iptables ("CHAIN_DEL failed (Device or resource
+	# busy)": a chain still referenced when it deletes it); a second run,
+	# with those references gone, finishes.
+	topo_exec "$node" "$K8S_BIN/kube-proxy" --cleanup >>"$KP_LOG" 2>&1 && return 0
+	echo "=== kube-proxy --cleanup failed on $node; once more" >>"$KP_LOG"
 	topo_exec "$node" "$K8S_BIN/kube-proxy" --cleanup >>"$KP_LOG" 2>&1
 }
 
