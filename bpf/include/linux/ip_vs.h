@@ -564,6 +564,7 @@ enum {
 	IPVS_BPF_STATS_ATTR_SNAT_REUSED_UNSAFE, /* ... the real server may refuse */
 	IPVS_BPF_STATS_ATTR_SNAT_UNMAPPED, /* SNAT but no map attached: dropped */
 	IPVS_BPF_STATS_ATTR_PAD,
+	IPVS_BPF_STATS_ATTR_DELETE_MISS, /* entry gone or not IPVS's: kept */
 	__IPVS_BPF_STATS_ATTR_MAX,
 };
 
