@@ -154,5 +154,6 @@ pub enum BpfStatsAttr {
     SnatReusedUnsafe = uapi::IPVS_BPF_STATS_ATTR_SNAT_REUSED_UNSAFE,
     SnatUnmapped = uapi::IPVS_BPF_STATS_ATTR_SNAT_UNMAPPED,
     Pad = uapi::IPVS_BPF_STATS_ATTR_PAD,
+    DeleteMiss = uapi::IPVS_BPF_STATS_ATTR_DELETE_MISS,
 }
 impl neli::consts::genl::NlAttrType for BpfStatsAttr {}

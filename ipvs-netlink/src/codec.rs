@@ -853,6 +853,7 @@ fn decode_bpf_stats(bytes: &[u8]) -> Result<BpfStats, DecodeError> {
             BpfStatsAttr::SnatReused => &mut s.snat_reused,
             BpfStatsAttr::SnatReusedUnsafe => &mut s.snat_reused_unsafe,
             BpfStatsAttr::SnatUnmapped => &mut s.snat_unmapped,
+            BpfStatsAttr::DeleteMiss => &mut s.delete_miss,
             _ => continue,
         };
         *slot = field(ctx, "counter", &p).counter()?;

@@ -537,6 +537,11 @@ pub struct BpfStats {
     /// attachment was going away): refused. A total for the network
     /// namespace, counted before this attachment too.
     pub snat_unmapped: u64,
+    /// Entries IPVS went to delete and found gone, or holding another
+    /// value: removed or replaced from userspace, maybe taken by a later
+    /// session since. Left alone. Nonzero means something other than
+    /// IPVS writes the map.
+    pub delete_miss: u64,
 }
 
 /// What `IPVS_CMD_GET_BPF` reports about an attached session map.

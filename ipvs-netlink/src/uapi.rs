@@ -182,6 +182,7 @@ pub const IPVS_BPF_STATS_ATTR_SNAT_REUSED: u16 = 8;
 pub const IPVS_BPF_STATS_ATTR_SNAT_REUSED_UNSAFE: u16 = 9;
 pub const IPVS_BPF_STATS_ATTR_SNAT_UNMAPPED: u16 = 10;
 pub const IPVS_BPF_STATS_ATTR_PAD: u16 = 11;
+pub const IPVS_BPF_STATS_ATTR_DELETE_MISS: u16 = 12;
 
 /// Session map entry direction: the request after DNAT, as it leaves.
 pub const IP_VS_BPF_DIR_ORIG: u8 = 0;

@@ -180,6 +180,7 @@ fn rust_mirror_matches_the_uapi_header() {
         IPVS_BPF_STATS_ATTR_SNAT_REUSED_UNSAFE,
         IPVS_BPF_STATS_ATTR_SNAT_UNMAPPED,
         IPVS_BPF_STATS_ATTR_PAD,
+        IPVS_BPF_STATS_ATTR_DELETE_MISS,
         IP_VS_BPF_DIR_ORIG,
         IP_VS_BPF_DIR_REPLY,
         IP_VS_BPF_F_SNAT,
@@ -189,7 +190,10 @@ fn rust_mirror_matches_the_uapi_header() {
     c("IPVS_CMD_MAX", IPVS_CMD_GET_BPF as u64);
     c("IPVS_CMD_ATTR_MAX", IPVS_CMD_ATTR_BPF as u64);
     c("IPVS_BPF_ATTR_MAX", IPVS_BPF_ATTR_PAD as u64);
-    c("IPVS_BPF_STATS_ATTR_MAX", IPVS_BPF_STATS_ATTR_PAD as u64);
+    c(
+        "IPVS_BPF_STATS_ATTR_MAX",
+        IPVS_BPF_STATS_ATTR_DELETE_MISS as u64,
+    );
     c("IPVS_SVC_ATTR_MAX", IPVS_SVC_ATTR_STATS64 as u64);
     c("IPVS_DEST_ATTR_MAX", IPVS_DEST_ATTR_TUN_FLAGS as u64);
     c("IPVS_DAEMON_ATTR_MAX", IPVS_DAEMON_ATTR_MCAST_TTL as u64);

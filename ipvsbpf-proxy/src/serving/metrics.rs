@@ -517,6 +517,11 @@ impl Collector for DatapathCollector {
                     "Connections refused because they needed SNAT while no session map was attached",
                     k.snat_unmapped,
                 ),
+                (
+                    "ipvsbpf_bpf_delete_miss",
+                    "Session map entries IPVS found gone or rewritten by someone else when deleting them",
+                    k.delete_miss,
+                ),
             ];
             for (name, help, v) in kernel {
                 const_counter(&mut enc, name, help, v)?;
@@ -792,6 +797,7 @@ mod tests {
                 snat_reused: 5,
                 snat_reused_unsafe: 6,
                 snat_unmapped: 7,
+                delete_miss: 8,
             }),
             counters: vec![
                 (
@@ -826,6 +832,7 @@ mod tests {
             ("ipvsbpf_snat_reused_total", 5.0),
             ("ipvsbpf_snat_reused_unsafe_total", 6.0),
             ("ipvsbpf_snat_unmapped_total", 7.0),
+            ("ipvsbpf_bpf_delete_miss_total", 8.0),
             (
                 "ipvsbpf_bpf_packets_total{direction=\"egress\",reason=\"xlated\"}",
                 10.0,
