@@ -471,7 +471,7 @@ impl Collector for DatapathCollector {
             snap.session_capacity,
         )?;
         if let Some(k) = snap.kernel {
-            let kernel: [(&str, &str, u64); 9] = [
+            let kernel: [(&str, &str, u64); 10] = [
                 (
                     "ipvsbpf_bpf_sessions_inserted",
                     "Sessions IPVS mirrored into the BPF map",
