@@ -62,9 +62,9 @@ pub async fn run(cfg: Config) -> Result<()> {
         Ipvs::connect().context("connecting to IPVS over generic netlink (is ip_vs loaded?)")?;
 
     let mut mode = cfg.mode;
-    if mode == ProxyMode::IpvsBpf && !BpfMode::kernel_supported() {
+    if mode == ProxyMode::IpvsBpf && !BpfMode::kernel_supported(&mut ipvs) {
         if cfg.fallback_to_ipvs {
-            warn!("this kernel lacks net.ipv4.vs.bpf_mode (the ipvs-bpf series); falling back to --proxy-mode=ipvs as --fallback-to-ipvs asks");
+            warn!("this kernel lacks the ipvs-bpf series (net.ipv4.vs.bpf_mode, IPVS_CMD_GET_BPF); falling back to --proxy-mode=ipvs as --fallback-to-ipvs asks");
             mode = ProxyMode::Ipvs;
         } else {
             bail!(crate::backends::bpfmode::BpfModeError::Unsupported);

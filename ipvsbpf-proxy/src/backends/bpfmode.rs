@@ -23,8 +23,8 @@ pub const BPF_MODE_SYSCTL: &str = "net.ipv4.vs.bpf_mode";
 #[derive(Debug, thiserror::Error)]
 pub enum BpfModeError {
     #[error(
-        "this kernel's IPVS has no {BPF_MODE_SYSCTL}: the ipvs-bpf kernel series \
-         (kernel-patches/) is not applied or ip_vs is not loaded; run with \
+        "this kernel's IPVS has no {BPF_MODE_SYSCTL} or no IPVS_CMD_GET_BPF: the ipvs-bpf \
+         kernel series (kernel-patches/) is not applied or ip_vs is not loaded; run with \
          --proxy-mode=ipvs or --fallback-to-ipvs"
     )]
     Unsupported,
@@ -68,15 +68,28 @@ pub struct BpfMode {
 
 impl BpfMode {
     /// Whether the running kernel has the series (IPVS must be loaded:
-    /// connecting the netlink client autoloads it).
-    pub fn kernel_supported() -> bool {
-        hostinfo::sysctl_exists(BPF_MODE_SYSCTL)
+    /// connecting the netlink client autoloads it): the sysctl exists and
+    /// IPVS answers `IPVS_CMD_GET_BPF`. IPVS accepts service flags it does
+    /// not know without a word, so the command, which comes with
+    /// `IP_VS_SVC_F_BPF_SNAT` in the same series, is what tells that the
+    /// SNAT flag will be honoured, not just stored.
+    pub fn kernel_supported(ipvs: &mut Ipvs) -> bool {
+        if !hostinfo::sysctl_exists(BPF_MODE_SYSCTL) {
+            return false;
+        }
+        match ipvs.bpf() {
+            Ok(_) => true,
+            Err(e) => {
+                warn!("{BPF_MODE_SYSCTL} exists but IPVS does not answer IPVS_CMD_GET_BPF: {e}");
+                false
+            }
+        }
     }
 
     /// Brings the mode up, adopting what a previous run left: the pinned
     /// maps, IPVS's attachment of the same map, our tc filters.
     pub fn setup(cfg: &BpfModeConfig, ipvs: &mut Ipvs) -> Result<BpfMode, BpfModeError> {
-        if !Self::kernel_supported() {
+        if !Self::kernel_supported(ipvs) {
             return Err(BpfModeError::Unsupported);
         }
         let names = if cfg.uplinks.is_empty() {
