@@ -533,7 +533,8 @@ struct ip_vs_bpf_value {
  *
  * Used inside nested attribute IPVS_CMD_ATTR_BPF. IPVS_CMD_NEW_BPF takes
  * MAP_FD and, to allocate SNAT, the addresses and the port range;
- * IPVS_CMD_GET_BPF answers with everything but MAP_FD.
+ * IPVS_CMD_GET_BPF answers with everything but MAP_FD. SCTP sessions keep
+ * the client's port, in the range or not: their checksum covers it.
  */
 enum {
 	IPVS_BPF_ATTR_UNSPEC = 0,
@@ -557,7 +558,9 @@ enum {
 	IPVS_BPF_STATS_ATTR_INSERTED,	/* connections mirrored in total */
 	IPVS_BPF_STATS_ATTR_DELETED,	/* connections unmirrored in total */
 	IPVS_BPF_STATS_ATTR_INSERT_FAIL, /* map full or busy: not mirrored */
-	IPVS_BPF_STATS_ATTR_CONFLICT,	/* key already taken by a live session */
+	IPVS_BPF_STATS_ATTR_CONFLICT,	/* key taken by a live session, or a
+					 * twin refused
+					 */
 	IPVS_BPF_STATS_ATTR_SNAT_EXHAUSTED, /* no free SNAT port: dropped */
 	IPVS_BPF_STATS_ATTR_TWINS,	/* post-DNAT twins translated by IPVS */
 	IPVS_BPF_STATS_ATTR_SNAT_REUSED, /* SNAT ports taken from closed sessions */
