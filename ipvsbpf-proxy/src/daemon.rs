@@ -210,6 +210,7 @@ async fn sync_loop(
     let mut next_full = Instant::now();
     let mut retry: Option<(Instant, Duration)> = None;
     let mut skipped_seen = [0u64; 3];
+    let mut relists_seen = [0u64; 3];
     let mut waited_for_sync = false;
     let mut synced_once = false;
     // EndpointSlice trigger times not yet programmed
@@ -361,18 +362,17 @@ async fn sync_loop(
         });
         metrics.virtual_servers.set(vs as i64);
         metrics.real_servers.set(rs as i64);
-        for (i, kind) in [
-            ObjectKind::Service,
-            ObjectKind::EndpointSlice,
-            ObjectKind::Node,
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        for kind in ObjectKind::ALL {
+            let i = kind.index();
             let n = stats.skipped(kind);
             if n > skipped_seen[i] {
                 metrics.source_objects_skipped(kind.as_str(), n - skipped_seen[i]);
                 skipped_seen[i] = n;
+            }
+            let n = stats.relisted(kind);
+            if n > relists_seen[i] {
+                metrics.source_relists(kind.as_str(), n - relists_seen[i]);
+                relists_seen[i] = n;
             }
         }
         info!(

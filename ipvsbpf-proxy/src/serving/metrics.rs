@@ -108,6 +108,7 @@ pub struct Metrics {
     pub sync_failures: Counter,
     pub ipvs_requests: Family<RequestLabels, Counter>,
     pub source_objects_skipped: Family<KindLabels, Counter>,
+    pub source_relists: Family<KindLabels, Counter>,
     pub virtual_servers: Gauge,
     pub real_servers: Gauge,
     datapath: DatapathCollector,
@@ -172,6 +173,7 @@ impl Metrics {
             sync_failures: Counter::default(),
             ipvs_requests: Family::default(),
             source_objects_skipped: Family::default(),
+            source_relists: Family::default(),
             virtual_servers: Gauge::default(),
             real_servers: Gauge::default(),
             datapath: DatapathCollector::default(),
@@ -258,6 +260,12 @@ impl Metrics {
             m.source_objects_skipped.clone(),
         );
         r.register(
+            "ipvsbpf_source_relists",
+            "Complete lists the source received and applied, by kind: one per kind at start, \
+             then one after each 410 Gone or lost watch the API server could not resume",
+            m.source_relists.clone(),
+        );
+        r.register(
             "ipvsbpf_virtual_servers",
             "IPVS virtual servers programmed by this proxy",
             m.virtual_servers.clone(),
@@ -332,6 +340,15 @@ impl Metrics {
     /// `n` objects the source skipped.
     pub fn source_objects_skipped(&self, kind: &str, n: u64) {
         self.source_objects_skipped
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    /// `n` complete lists of `kind` the source applied.
+    pub fn source_relists(&self, kind: &str, n: u64) {
+        self.source_relists
             .get_or_create(&KindLabels {
                 kind: kind.to_string(),
             })
@@ -745,6 +762,7 @@ mod tests {
         m.ipvs_requests(Op::AddService, true, 1);
         m.ipvs_requests(Op::AddService, false, 1);
         m.source_objects_skipped("EndpointSlice", 1);
+        m.source_relists("Service", 2);
         m.virtual_servers.set(7);
         let text = encoded(&r);
         let want = [
@@ -760,6 +778,7 @@ mod tests {
                 "ipvsbpf_source_objects_skipped_total{kind=\"EndpointSlice\"}",
                 1.0,
             ),
+            ("ipvsbpf_source_relists_total{kind=\"Service\"}", 2.0),
             ("ipvsbpf_virtual_servers", 7.0),
             ("ipvsbpf_real_servers", 0.0),
         ];

@@ -13,7 +13,6 @@ use std::borrow::Cow;
 use std::fmt::Debug;
 use std::path::PathBuf;
 use std::pin::pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -340,7 +339,7 @@ async fn watch_kind<K: Watched>(
                     K::replace(all, i, &target);
                     i.set_synced(target.kind());
                 });
-                stats.relists.fetch_add(1, Ordering::Relaxed);
+                stats.count_relist(kind);
             }
             Ok(Event::Apply(Lenient::Ok(k))) => {
                 let meta = k.meta().clone();

@@ -80,6 +80,8 @@ pub struct SourceStats {
     pub skipped_files: AtomicU64,
     /// Kube source: complete (re)lists received, across the three watches.
     pub relists: AtomicU64,
+    /// The same by kind, in [`ObjectKind::index`] order.
+    relists_by_kind: [AtomicU64; 3],
 }
 
 /// Which counter of [`SourceStats`] an object kind uses.
@@ -91,6 +93,18 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
+    /// Every kind, in [`ObjectKind::index`] order.
+    pub const ALL: [ObjectKind; 3] = [
+        ObjectKind::Service,
+        ObjectKind::EndpointSlice,
+        ObjectKind::Node,
+    ];
+
+    /// The kind's position in [`ObjectKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ObjectKind::Service => "Service",
@@ -107,6 +121,16 @@ impl SourceStats {
 
     pub fn skipped(&self, kind: ObjectKind) -> u64 {
         self.counter(kind).load(Ordering::Relaxed)
+    }
+
+    /// A complete list of `kind` was received and applied.
+    pub fn count_relist(&self, kind: ObjectKind) {
+        self.relists_by_kind[kind.index()].fetch_add(1, Ordering::Relaxed);
+        self.relists.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn relisted(&self, kind: ObjectKind) -> u64 {
+        self.relists_by_kind[kind.index()].load(Ordering::Relaxed)
     }
 
     fn counter(&self, kind: ObjectKind) -> &AtomicU64 {
