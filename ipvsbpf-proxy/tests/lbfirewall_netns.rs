@@ -182,3 +182,81 @@ fn source_ranges_drop_and_pass_on_the_real_kernel() {
         fw.cleanup().expect("cleanup of a clean node");
     });
 }
+
+/// A connection from this host to `dst:port`: `Ok` if accepted, else the
+/// error, or `TimedOut` after 3 s.
+fn connect_error(dst: &str, port: u16) -> std::io::ErrorKind {
+    let dst = SocketAddr::new(ip(dst), port);
+    match std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(3)) {
+        Ok(_) => std::io::ErrorKind::Other,
+        Err(e) => e.kind(),
+    }
+}
+
+#[test]
+fn cluster_ip_ports_without_virtual_server_are_refused() {
+    if !require(
+        have("nft"),
+        "nft is not installed",
+        "run testbed/setup (Debian package nftables)",
+    ) {
+        return;
+    }
+    in_netns_or_skip(|| {
+        // The ClusterIPs are not local (bpf_mode has no kube-ipvs0): they
+        // are routed to a gateway that never answers, as on a node. The
+        // gateway's neighbour entries are static, so the SYN leaves (to a
+        // veth peer that drops it) rather than failing address resolution.
+        for cmd in [
+            "link add up0 type veth peer up1",
+            "link set up0 up",
+            "link set up1 up",
+            "addr add 192.0.2.1/24 dev up0",
+            "addr add 2001:db8::1/64 dev up0 nodad",
+            "neigh add 192.0.2.254 lladdr 02:00:00:00:00:fe dev up0 nud permanent",
+            "neigh add 2001:db8::fe lladdr 02:00:00:00:00:fe dev up0 nud permanent",
+            "route add default via 192.0.2.254",
+            "-6 route add default via 2001:db8::fe",
+        ] {
+            run("ip", &cmd.split(' ').collect::<Vec<_>>());
+        }
+        let cip = |addr: &str| VirtualServer {
+            service: Service::new(ServiceKey::tcp(ip(addr), 80), "rr"),
+            destinations: vec![],
+            kind: VsKind::ClusterIp,
+            masquerade: false,
+            local_only: false,
+            source_ranges: None,
+        };
+        let mut st = NodeState::default();
+        st.services.insert(
+            ServiceName::new("default", "web"),
+            ServiceState {
+                virtual_servers: vec![cip("198.19.0.10"), cip("2001:db8:2::a")],
+                health_check: None,
+            },
+        );
+        use std::io::ErrorKind::{ConnectionRefused, TimedOut};
+        // Before: the SYN goes to the gateway and nothing answers.
+        assert_eq!(connect_error("198.19.0.10", 8080), TimedOut);
+
+        let mut fw = LbFirewall::new(ExecRunner);
+        assert!(fw.sync(&st, false).expect("nft loads the table"));
+        let t = std::time::Instant::now();
+        assert_eq!(connect_error("198.19.0.10", 8080), ConnectionRefused);
+        assert_eq!(connect_error("2001:db8:2::a", 8080), ConnectionRefused);
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // Another address is routed as before.
+        assert_eq!(connect_error("198.19.0.11", 8080), TimedOut);
+        let listed = run("nft", &["list", "table", "inet", TABLE]);
+        assert!(
+            drops(&listed, "@cluster_ips4") > 0,
+            "v4 rejects counted:\n{listed}"
+        );
+
+        // The Service goes: so does its address.
+        fw.sync(&NodeState::default(), false).expect("remove");
+        assert!(!nft_table_exists());
+        assert_eq!(connect_error("198.19.0.10", 8080), TimedOut);
+    });
+}

