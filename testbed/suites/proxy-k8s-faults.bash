@@ -120,4 +120,6 @@ kc apply -f - <"$TOP/deploy/base/rbac.yaml" >/dev/null || fail "restoring the ro
 k8s_ready pod2a False
 wait_for 90 eval '! ipvs | grep -qF -- "-a -t 198.19.0.10:80 -r 198.18.2.2:80 -m -w 1"' ||
 	fail "with the role fixed, slice changes still do not arrive"
+k8s_ready pod2a True
+wait_for 90 has "-a -t 198.19.0.10:80 -r 198.18.2.2:80 -m -w 1" || fail "pod2a did not come back"
 echo "      role restored: slice changes reach IPVS again"
