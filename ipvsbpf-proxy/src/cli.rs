@@ -458,6 +458,11 @@ pub struct Args {
     /// value (default: only Services without that label, as kube-proxy).
     #[arg(long, value_name = "NAME")]
     pub service_proxy_name: Option<String>,
+
+    /// Validate the flags and the --config file, print the configuration they give, and exit
+    /// (0 valid, 2 invalid) without touching the node: a check before a rollout.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// The validated configuration the daemon runs with.

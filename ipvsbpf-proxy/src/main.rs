@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let check = args.check_config;
     let cfg = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
@@ -17,6 +18,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if check {
+        for w in &cfg.warnings {
+            eprintln!("ipvsbpf-proxy: warning: {w}");
+        }
+        println!("{cfg:#?}");
+        return ExitCode::SUCCESS;
+    }
     init_logging(&cfg);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
