@@ -1,6 +1,7 @@
 //! ipvsbpf-proxy: a kube-proxy replacement with `ipvs-bpf` and `ipvs`
 //! modes. Flags are kube-proxy's where they exist (`--help`).
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -22,7 +23,8 @@ fn main() -> ExitCode {
         for w in &cfg.warnings {
             eprintln!("ipvsbpf-proxy: warning: {w}");
         }
-        println!("{cfg:#?}");
+        // A closed pipe (`| head`) is not an error of the configuration.
+        let _ = writeln!(std::io::stdout(), "{cfg:#?}");
         return ExitCode::SUCCESS;
     }
     init_logging(&cfg);
