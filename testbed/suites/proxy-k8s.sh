@@ -42,6 +42,10 @@ need ipvsadm ipset iptables-save nft curl nginx dnsmasq openssl python3 bc
 
 SA=system:serviceaccount:kube-system:ipvsbpf-proxy
 LOG=$K8S_LOGS/ipvsbpf-proxy.log
+# deploy/base's DaemonSet pins at /sys/fs/bpf/ipvsbpf; the suite's bpffs
+# stands in for /sys/fs/bpf, so every proxy here shares those pins.
+PIN=$BPFFS/ipvsbpf
+proxy_set_mode "$MODE"
 k8s_proxy_source "$K8S/ipvsbpf-proxy.conf"
 trap k8s_exit EXIT
 
@@ -182,6 +186,84 @@ wait_for 30 eval '! ipvs | grep -qF -- "-r 198.18.2.3:80 -m -w 1"' || fail "pod2
 reach pod1a http://198.19.0.20/ pod1b
 kc delete svc manual >/dev/null || fail "delete manual"
 wait_for 30 hasnt "198.19.0.20:80" || fail "manual's virtual server outlived its Service"
+
+step "the DaemonSet's way: deploy/base's command and config file (testbed/k8s/overlay),"
+echo "      in-cluster credentials, the API server's real address from its ConfigMap"
+ds=$K8S/daemonset
+mkdir -p "$ds/sa"
+kc kustomize "$TOP/testbed/k8s/overlay" >"$ds/rendered.yaml" || fail "kubectl kustomize testbed/k8s/overlay"
+kc create --dry-run=client -o json -f "$ds/rendered.yaml" >"$ds/rendered.json" || fail "reading the rendered objects"
+# the container's command, $(NODE_NAME) expanded as the kubelet does, and
+# its environment; the ConfigMap's config.conf to $ds
+mapfile -t cmd < <(python3 - "$ds" <<'PY'
+import json, sys
+text, items, dec, pos = open(sys.argv[1] + "/rendered.json").read(), [], json.JSONDecoder(), 0
+while text[pos:].strip():
+    obj, pos = dec.raw_decode(text, pos + len(text[pos:]) - len(text[pos:].lstrip()))
+    items += obj.get("items", [obj])
+cms = {i["metadata"]["name"]: i["data"] for i in items if i["kind"] == "ConfigMap"}
+pod = [i for i in items if i["kind"] == "DaemonSet"][0]["spec"]["template"]["spec"]
+c = pod["containers"][0]
+vol = [v for v in pod["volumes"] if v["name"] == "config"][0]
+open(sys.argv[1] + "/config.conf", "w").write(cms[vol["configMap"]["name"]]["config.conf"])
+for e in c["env"]:
+    if e["name"] == "NODE_NAME":
+        print("NODE_NAME=node")
+    else:
+        ref = e["valueFrom"]["configMapKeyRef"]
+        print("%s=%s" % (e["name"], cms[ref["name"]][ref["key"]]))
+print("--")
+for a in c["command"][1:] + c.get("args", []):
+    print(a.replace("$(NODE_NAME)", "node"))
+PY
+)
+sep=
+for i in "${!cmd[@]}"; do [ "${cmd[$i]}" = -- ] && sep=$i; done
+[ -n "$sep" ] && [ "${#cmd[@]}" -gt $((sep + 1)) ] || fail "no command in the rendered DaemonSet"
+envs=("${cmd[@]:0:sep}")
+args=("${cmd[@]:sep+1}")
+echo "      env: ${envs[*]}"
+kc -n kube-system create token ipvsbpf-proxy --duration=2h >"$ds/sa/token" || fail "a token for the DaemonSet"
+cp "$K8S/pki/ca.crt" "$ds/sa/ca.crt"
+echo kube-system >"$ds/sa/namespace"
+lists0=$(k8s_audit_count "$SA" list services)
+kill "$PID"
+wait "$PID" 2>/dev/null
+PID=
+# The container's filesystem, in a mount namespace of the proxy's own: the
+# ConfigMap at /var/lib/ipvsbpf-proxy, the ServiceAccount volume at
+# /var/run/secrets/kubernetes.io/serviceaccount, the host's bpffs at
+# /sys/fs/bpf; no kubeconfig anywhere, only the environment the pod gets.
+mkdir -p /run/secrets
+start_proxy_with unshare -m -- sh -c '
+	set -e
+	ds=$1 bpffs=$2
+	shift 2
+	mount -t tmpfs tmpfs /var/lib
+	mkdir /var/lib/ipvsbpf-proxy
+	cp "$ds/config.conf" /var/lib/ipvsbpf-proxy/
+	mount -t tmpfs tmpfs /run/secrets
+	mkdir -p /var/run/secrets/kubernetes.io/serviceaccount
+	cp "$ds"/sa/* /var/run/secrets/kubernetes.io/serviceaccount/
+	mount --bind "$bpffs" /sys/fs/bpf
+	env=""
+	while [ "$1" != -- ]; do env="$env $1"; shift; done
+	shift
+	exec env -i PATH="$PATH" HOME=/var/lib/ipvsbpf-proxy $env "$@"' sh "$ds" "$BPFFS" \
+	"${envs[@]}" -- "$proxy" "${args[@]}"
+echo "      ipvsbpf-proxy ${args[*]}"
+grep -E 'ignored because --config|unknown field' "$LOG" && fail "the proxy warned about its config"
+lists=$(( $(k8s_audit_count "$SA" list services) - lists0 ))
+echo "      healthy; Service lists as the ServiceAccount: $lists; IPVS requests: $(requests)"
+[ "$lists" -ge 1 ] || fail "the API server saw no list by the ServiceAccount"
+[ "$(requests)" = 0 ] || fail "the DaemonSet's proxy rewrote IPVS ($(requests) requests): its config differs"
+[ -e "$PIN/ipvs_sessions" ] || fail "no session map pinned at the DaemonSet's /sys/fs/bpf/ipvsbpf"
+reach pod1b http://198.19.0.10/ pod1a pod2a
+reach client "http://$NODE:30080/" pod1a pod2a
+kill "$PID"
+wait "$PID" 2>/dev/null
+PID=
+start_proxy
 
 if [ "$K8S_CASES" = all ]; then
 	. "$(dirname "$0")/proxy-k8s-faults.bash"

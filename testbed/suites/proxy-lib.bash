@@ -61,10 +61,14 @@ stop_proxy() {
 		>>"$LOG" 2>&1
 }
 
-start_proxy() {
+start_proxy() { start_proxy_with "$proxy" "${proxy_args[@]}"; }
+
+# start_proxy_with CMD...: run CMD in node's namespace as the proxy (it
+# must exec the proxy in place), and wait until it is healthy.
+start_proxy_with() {
 	# ip netns exec execs the proxy in place: $! is the proxy itself
 	# (topo_exec, a function, would put a subshell in between)
-	ip netns exec node "$proxy" "${proxy_args[@]}" >>"$LOG" 2>&1 &
+	ip netns exec node "$@" >>"$LOG" 2>&1 &
 	PID=$!
 	local i
 	# healthy, and a first sync done (the last-sync timestamp is set)
