@@ -91,17 +91,23 @@ fn drops(listed: &str, set: &str) -> u64 {
         .sum()
 }
 
+/// Whether `nft` is here; without it a strict run fails, naming the
+/// set-up step ([`require`]).
+fn have_nft() -> bool {
+    require(
+        have("nft"),
+        "nft is not installed",
+        "run testbed/setup (Debian package nftables)",
+    )
+}
+
 fn nft_table_exists() -> bool {
     run("nft", &["list", "tables"]).contains(TABLE)
 }
 
 #[test]
 fn source_ranges_drop_and_pass_on_the_real_kernel() {
-    if !require(
-        have("nft"),
-        "nft is not installed",
-        "run testbed/setup (Debian package nftables)",
-    ) {
+    if !have_nft() {
         return;
     }
     in_netns_or_skip(|| {
@@ -195,11 +201,7 @@ fn connect_error(dst: &str, port: u16) -> std::io::ErrorKind {
 
 #[test]
 fn cluster_ip_ports_without_virtual_server_are_refused() {
-    if !require(
-        have("nft"),
-        "nft is not installed",
-        "run testbed/setup (Debian package nftables)",
-    ) {
+    if !have_nft() {
         return;
     }
     in_netns_or_skip(|| {
