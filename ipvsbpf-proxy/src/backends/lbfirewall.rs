@@ -25,8 +25,9 @@
 //! `nftables` mode with `reject` on its `cluster-ips` set. Here a chain on
 //! forward and one on output, at filter priority 0 (after IPVS, which has
 //! rewritten the destination of every packet it took), reject what is
-//! still addressed to a ClusterIP: an ICMP port unreachable, which a TCP
-//! client sees as "connection refused" at once.
+//! still addressed to a ClusterIP: TCP with a reset, as the local stack
+//! answers in kube-proxy's ipvs mode, anything else with an ICMP port
+//! unreachable. A client sees "connection refused" at once.
 //!
 //! Each change rewrites the whole table in one `nft -f` transaction: no
 //! packet ever sees half a rule set, and a node with no Service has no
@@ -213,6 +214,15 @@ impl Ruleset {
                 "\tset {set} {{\n\t\ttype {addr_type}\n\t\telements = {{ {} }}\n\t}}",
                 ips.join(", ")
             );
+            // TCP gets a reset, as from kube-proxy's ipvs mode (the local
+            // stack): a client's own SYN often crosses this hook inside
+            // its connect() (veth, loopback), and TCP drops an ICMPv6
+            // error that meets its socket locked (LockDroppedIcmps), so an
+            // IPv6 client would wait for its SYN retransmission; a reset
+            // waits in the socket's backlog instead.
+            vip_rules.push(format!(
+                "meta l4proto tcp {ip} daddr @{set} counter reject with tcp reset"
+            ));
             vip_rules.push(format!("{ip} daddr @{set} counter reject"));
         }
         let chains = [
@@ -491,12 +501,16 @@ table inet ipvsbpf-proxy {
 \t}
 \tchain vip-forward {
 \t\ttype filter hook forward priority 0; policy accept;
+\t\tmeta l4proto tcp ip daddr @cluster_ips4 counter reject with tcp reset
 \t\tip daddr @cluster_ips4 counter reject
+\t\tmeta l4proto tcp ip6 daddr @cluster_ips6 counter reject with tcp reset
 \t\tip6 daddr @cluster_ips6 counter reject
 \t}
 \tchain vip-output {
 \t\ttype filter hook output priority 0; policy accept;
+\t\tmeta l4proto tcp ip daddr @cluster_ips4 counter reject with tcp reset
 \t\tip daddr @cluster_ips4 counter reject
+\t\tmeta l4proto tcp ip6 daddr @cluster_ips6 counter reject with tcp reset
 \t\tip6 daddr @cluster_ips6 counter reject
 \t}
 }
