@@ -193,30 +193,9 @@ ds=$K8S/daemonset
 mkdir -p "$ds/sa"
 kc kustomize "$TOP/testbed/k8s/overlay" >"$ds/rendered.yaml" || fail "kubectl kustomize testbed/k8s/overlay"
 kc create --dry-run=client -o json -f "$ds/rendered.yaml" >"$ds/rendered.json" || fail "reading the rendered objects"
-# the container's command, $(NODE_NAME) expanded as the kubelet does, and
-# its environment; the ConfigMap's config.conf to $ds
-mapfile -t cmd < <(python3 - "$ds" <<'PY'
-import json, sys
-text, items, dec, pos = open(sys.argv[1] + "/rendered.json").read(), [], json.JSONDecoder(), 0
-while text[pos:].strip():
-    obj, pos = dec.raw_decode(text, pos + len(text[pos:]) - len(text[pos:].lstrip()))
-    items += obj.get("items", [obj])
-cms = {i["metadata"]["name"]: i["data"] for i in items if i["kind"] == "ConfigMap"}
-pod = [i for i in items if i["kind"] == "DaemonSet"][0]["spec"]["template"]["spec"]
-c = pod["containers"][0]
-vol = [v for v in pod["volumes"] if v["name"] == "config"][0]
-open(sys.argv[1] + "/config.conf", "w").write(cms[vol["configMap"]["name"]]["config.conf"])
-for e in c["env"]:
-    if e["name"] == "NODE_NAME":
-        print("NODE_NAME=node")
-    else:
-        ref = e["valueFrom"]["configMapKeyRef"]
-        print("%s=%s" % (e["name"], cms[ref["name"]][ref["key"]]))
-print("--")
-for a in c["command"][1:] + c.get("args", []):
-    print(a.replace("$(NODE_NAME)", "node"))
-PY
-)
+# the container's environment and command, $(NODE_NAME) expanded as the
+# kubelet does; the ConfigMap's config.conf to $ds
+mapfile -t cmd < <("$TOP/testbed/k8s/daemonset-spec" "$ds/rendered.json" node "$ds")
 sep=
 for i in "${!cmd[@]}"; do [ "${cmd[$i]}" = -- ] && sep=$i; done
 [ -n "$sep" ] && [ "${#cmd[@]}" -gt $((sep + 1)) ] || fail "no command in the rendered DaemonSet"
