@@ -20,14 +20,13 @@
 //!
 //! ClusterIPs are not local addresses in bpf_mode (no `kube-ipvs0`), so a
 //! packet to a ClusterIP port IPVS has no virtual server for would be
-//! routed on, to the default gateway. kube-proxy answers it: its `ipvs`
-//! mode from the local stack (the address is on `kube-ipvs0`), its
-//! `nftables` mode with `reject` on its `cluster-ips` set. Here a chain on
-//! forward and one on output, at filter priority 0 (after IPVS, which has
-//! rewritten the destination of every packet it took), reject what is
-//! still addressed to a ClusterIP: TCP with a reset, as the local stack
-//! answers in kube-proxy's ipvs mode, anything else with an ICMP port
-//! unreachable. A client sees "connection refused" at once.
+//! routed on, to the default gateway. kube-proxy rejects it: its `ipvs`
+//! mode in `KUBE-IPVS-FILTER`, its `nftables` mode on its `cluster-ips`
+//! set. Here a chain on forward and one on output, at filter priority 0
+//! (after IPVS, which has rewritten the destination of every packet it
+//! took), reject what is still addressed to a ClusterIP: TCP with a reset,
+//! anything else with an ICMP port unreachable. A client sees "connection
+//! refused" at once.
 //!
 //! Each change rewrites the whole table in one `nft -f` transaction: no
 //! packet ever sees half a rule set, and a node with no Service has no
@@ -214,12 +213,12 @@ impl Ruleset {
                 "\tset {set} {{\n\t\ttype {addr_type}\n\t\telements = {{ {} }}\n\t}}",
                 ips.join(", ")
             );
-            // TCP gets a reset, as from kube-proxy's ipvs mode (the local
-            // stack): a client's own SYN often crosses this hook inside
-            // its connect() (veth, loopback), and TCP drops an ICMPv6
-            // error that meets its socket locked (LockDroppedIcmps), so an
-            // IPv6 client would wait for its SYN retransmission; a reset
-            // waits in the socket's backlog instead.
+            // TCP gets a reset, not kube-proxy's ICMP error: a client's
+            // own SYN often crosses this hook inside its connect() (veth,
+            // loopback), and TCP drops an ICMPv6 error that meets its
+            // socket locked (LockDroppedIcmps), so an IPv6 client would
+            // wait for its SYN retransmission; a reset waits in the
+            // socket's backlog instead.
             vip_rules.push(format!(
                 "meta l4proto tcp {ip} daddr @{set} counter reject with tcp reset"
             ));
