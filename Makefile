@@ -20,8 +20,8 @@ demo: setup kernel-modules proxy
 demo-k8s: setup kernel-modules proxy k8s
 	testbed/demo-k8s $(DIR)
 
-## test-k8s: suite proxy-k8s with its fault cases (restarts of etcd, kube-apiserver and the
-## proxy, 410 Gone, RBAC removal, 505 slices; ~20 min under TCG); make test runs the rest
+## test-k8s: suite proxy-k8s alone, kube-proxy in all three modes (~12 min under TCG);
+## make test runs it with kube-proxy's ipvs mode only
 test-k8s: setup kernel-modules proxy k8s
 	testbed/vm-run --timeout 3000 --memory 4G --suite-timeout 2700 proxy-k8s
 

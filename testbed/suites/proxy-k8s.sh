@@ -25,10 +25,12 @@
 #     it lacks, and recovers once the role is fixed;
 #   - the real kube-proxy on node2 in its iptables, nftables and ipvs modes
 #     serves the same ClusterIP and NodePort (the benchmark's peer).
-# K8S_CASES=core (make test) leaves out the fault cases (from the 505
-# slices on: proxy-k8s-faults.bash), which restart components that take
-# minutes each to come back under TCG, and runs kube-proxy in its ipvs
-# mode only; K8S_CASES=all (the default, make test-k8s) runs everything.
+# K8S_CASES=core leaves out the fault cases (from the 505 slices on:
+# proxy-k8s-faults.bash), which restart components that take minutes
+# each to come back under TCG, and runs kube-proxy in its ipvs mode only;
+# K8S_CASES=all (the default, make test and make test-k8s) runs them.
+# K8S_KP_MODES picks kube-proxy's modes (make test: ipvs, the benchmark's
+# baseline; default: all three).
 MODE=ipvs-bpf
 . "$(dirname "$0")/lib.sh"
 K8S_CASES=${K8S_CASES:-all}
@@ -251,9 +253,8 @@ else
 	echo "      RBAC removal): not in K8S_CASES=$K8S_CASES; make test-k8s runs them"
 fi
 
-# core: the ipvs mode only (classic IPVS, the benchmark's baseline);
 # each mode costs about a minute under TCG
-KP_MODES="iptables nftables ipvs"
+KP_MODES=${K8S_KP_MODES:-iptables nftables ipvs}
 [ "$K8S_CASES" = core ] && KP_MODES=ipvs
 step "the real kube-proxy on node2 ($KP_MODES), from the same API server"
 for kpmode in $KP_MODES; do
