@@ -164,6 +164,9 @@ impl ServiceFlags {
     pub const SCHED3: ServiceFlags = ServiceFlags(uapi::IP_VS_SVC_F_SCHED3);
     pub const SH_FALLBACK: ServiceFlags = ServiceFlags(uapi::IP_VS_SVC_F_SCHED_SH_FALLBACK);
     pub const SH_PORT: ServiceFlags = ServiceFlags(uapi::IP_VS_SVC_F_SCHED_SH_PORT);
+    pub const MH_FALLBACK: ServiceFlags = ServiceFlags(uapi::IP_VS_SVC_F_SCHED_MH_FALLBACK);
+    /// `mh`: hash the source port with the address (`ipvsadm --mh-port`).
+    pub const MH_PORT: ServiceFlags = ServiceFlags(uapi::IP_VS_SVC_F_SCHED_MH_PORT);
     /// ipvs-bpf: SNAT every connection of this service (`bpf_mode`).
     pub const BPF_SNAT: ServiceFlags = ServiceFlags(uapi::IP_VS_SVC_F_BPF_SNAT);
 

@@ -31,6 +31,8 @@ pub const IP_VS_SVC_F_SCHED2: u32 = 0x0010;
 pub const IP_VS_SVC_F_SCHED3: u32 = 0x0020;
 pub const IP_VS_SVC_F_SCHED_SH_FALLBACK: u32 = IP_VS_SVC_F_SCHED1;
 pub const IP_VS_SVC_F_SCHED_SH_PORT: u32 = IP_VS_SVC_F_SCHED2;
+pub const IP_VS_SVC_F_SCHED_MH_FALLBACK: u32 = IP_VS_SVC_F_SCHED1;
+pub const IP_VS_SVC_F_SCHED_MH_PORT: u32 = IP_VS_SVC_F_SCHED2;
 
 // Sync daemon states.
 pub const IP_VS_STATE_NONE: u32 = 0x0000;

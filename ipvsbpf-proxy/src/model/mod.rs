@@ -508,6 +508,12 @@ impl ParsedService {
             port: port.port,
         };
         let mut service = IpvsService::new(key, cfg.scheduler());
+        // As kube-proxy: mh hashes the client's port too (its
+        // FlagSourceHash), or one client's connections all land on one
+        // real server.
+        if cfg.scheduler() == "mh" {
+            service.flags |= ServiceFlags::MH_PORT;
+        }
         if let Some(timeout) = self.affinity_timeout {
             service = service.persistent(timeout);
         }
@@ -974,6 +980,9 @@ mod tests {
         if s.flags.contains(ServiceFlags::BPF_SNAT) {
             out.push_str(" bpf");
         }
+        if s.flags.contains(ServiceFlags::MH_PORT) {
+            out.push_str(" mh-port");
+        }
         if let Some(sr) = &vs.source_ranges {
             let ranges: Vec<String> = sr.ranges.iter().map(Cidr::to_string).collect();
             let node = if sr.allow_from_node { "+node" } else { "" };
@@ -1366,7 +1375,9 @@ mod tests {
             case("sessionAffinity None", svc(json!({"spec": {"sessionAffinity": "None"}})), vec![],
                 &["cip TCP 10.0.0.1:80 rr []"]),
             case("scheduler from the configuration", svc(json!({})), vec![],
-                &["cip TCP 10.0.0.1:80 mh []"]).cfg(|c| c.scheduler = "mh".to_string()),
+                &["cip TCP 10.0.0.1:80 wlc []"]).cfg(|c| c.scheduler = "wlc".to_string()),
+            case("mh hashes the source port too, as kube-proxy", svc(json!({})), vec![],
+                &["cip TCP 10.0.0.1:80 mh [] mh-port"]).cfg(|c| c.scheduler = "mh".to_string()),
             case("empty scheduler falls back to rr", svc(json!({})), vec![],
                 &["cip TCP 10.0.0.1:80 rr []"]).cfg(|c| c.scheduler = String::new()),
             // --- topology ---
