@@ -454,6 +454,12 @@ pub struct Args {
     #[arg(long, value_name = "MIN-MAX")]
     pub snat_port_range: Option<String>,
 
+    /// How long a removed TCP endpoint may drain (weight 0) before it is deleted with
+    /// connections still open; 0: until its connections are gone, as kube-proxy.
+    /// [default: 0s]
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_drain_timeout: Option<String>,
+
     /// Only handle Services whose label service.kubernetes.io/service-proxy-name has this
     /// value (default: only Services without that label, as kube-proxy).
     #[arg(long, value_name = "NAME")]
@@ -500,6 +506,8 @@ pub struct Config {
     pub bpf_pin_path: PathBuf,
     pub snat_port_range: PortRange,
     pub service_proxy_name: Option<String>,
+    /// `None`: a removed endpoint drains until its connections are gone.
+    pub drain_timeout: Option<Duration>,
     /// Unknown or ignored settings (config file fields, flags shadowed by
     /// `--config`); returned rather than logged because logging is set up
     /// from this very config.
@@ -1265,6 +1273,13 @@ fn resolve(args: Args, file: Option<FileConfig>) -> Result<Config, ConfigError> 
         Some(s) => PortRange::parse(s).map_err(|r| invalid("--snat-port-range", s, r))?,
     };
 
+    let drain_timeout = match &args.ipvs_drain_timeout {
+        None => None,
+        Some(s) => {
+            Some(duration(Origin::Flag("--ipvs-drain-timeout"), s)?).filter(|d| !d.is_zero())
+        }
+    };
+
     let service_proxy_name = args
         .service_proxy_name
         .as_deref()
@@ -1303,6 +1318,7 @@ fn resolve(args: Args, file: Option<FileConfig>) -> Result<Config, ConfigError> 
         bpf_pin_path: args.bpf_pin_path,
         snat_port_range,
         service_proxy_name,
+        drain_timeout,
         warnings,
     })
 }

@@ -31,8 +31,6 @@ use crate::sources::{self, ObjectKind, SourceStats};
 
 /// The dummy device of `ipvs` mode; its addresses are not NodePort ones.
 const DUMMY: &str = "kube-ipvs0";
-/// How long a removed TCP real server may drain before it is deleted.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How often the file source looks for changed manifests.
 const FILE_POLL: Duration = Duration::from_millis(250);
 /// Trigger times kept for the network programming latency while syncs
@@ -160,7 +158,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         Ipvs::connect().context("second IPVS socket for the reconciler")?,
         ReconcileOptions {
             exclude_cidrs: cidrs(&cfg.ipvs_exclude_cidrs),
-            drain_timeout: DRAIN_TIMEOUT,
+            drain_timeout: cfg.drain_timeout,
         },
     );
     let adopted = tokio::task::block_in_place(|| reconciler.adopt())?;
@@ -551,7 +549,7 @@ fn cleanup(cfg: &Config) -> Result<()> {
     if let Some(ipvs) = ipvs.as_mut() {
         let excluded = ReconcileOptions {
             exclude_cidrs: cidrs(&cfg.ipvs_exclude_cidrs),
-            drain_timeout: DRAIN_TIMEOUT,
+            drain_timeout: cfg.drain_timeout,
         };
         match ipvs.services() {
             Ok(list) => {

@@ -38,7 +38,7 @@ fn reconciler(drain_timeout: Duration, exclude_cidrs: Vec<(IpAddr, u8)>) -> Reco
         ipvs,
         ReconcileOptions {
             exclude_cidrs,
-            drain_timeout,
+            drain_timeout: Some(drain_timeout),
         },
     )
 }

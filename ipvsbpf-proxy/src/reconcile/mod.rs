@@ -12,7 +12,7 @@
 //! Removed endpoints of TCP (and fwmark) virtual servers are drained as
 //! kube-proxy's `graceful_termination.go` does: weight 0 first, deleted once
 //! the kernel counts no active or inactive connection, or after
-//! [`ReconcileOptions::drain_timeout`]. UDP and SCTP endpoints go at once:
+//! [`ReconcileOptions::drain_timeout`] if one is set. UDP and SCTP endpoints go at once:
 //! a datagram flow has no end IPVS could wait for.
 //!
 //! The kernel sits behind [`IpvsApi`]: [`ipvs_netlink::Ipvs`] in the
@@ -119,8 +119,9 @@ pub struct ReconcileOptions {
     /// address still gets it programmed.
     pub exclude_cidrs: Vec<(IpAddr, u8)>,
     /// The longest a removed TCP destination keeps draining (weight 0)
-    /// before it is deleted with connections left.
-    pub drain_timeout: Duration,
+    /// before it is deleted with connections left; `None`, as kube-proxy:
+    /// until the kernel counts none.
+    pub drain_timeout: Option<Duration>,
 }
 
 impl ReconcileOptions {
@@ -695,8 +696,10 @@ impl<I: IpvsApi> Reconciler<I> {
                 match conns.get(id) {
                     None => gone.push(*id),
                     Some((weight, n)) => {
-                        let expired =
-                            now.saturating_duration_since(*since) >= self.opts.drain_timeout;
+                        let expired = self
+                            .opts
+                            .drain_timeout
+                            .is_some_and(|t| now.saturating_duration_since(*since) >= t);
                         if *weight == 0 && (*n == 0 || expired) {
                             over.push(*id);
                         }
@@ -1370,7 +1373,7 @@ mod tests {
             fake,
             ReconcileOptions {
                 exclude_cidrs,
-                drain_timeout: DRAIN,
+                drain_timeout: Some(DRAIN),
             },
         )
     }
@@ -1687,8 +1690,21 @@ mod tests {
 
     /// A TCP virtual server with destinations .1 and .2; .2 removed at `t0`.
     fn draining_one(conns: (u32, u32)) -> (Reconciler<FakeIpvs>, ServiceKey, Instant) {
+        draining_one_capped(conns, Some(DRAIN))
+    }
+
+    fn draining_one_capped(
+        conns: (u32, u32),
+        drain_timeout: Option<Duration>,
+    ) -> (Reconciler<FakeIpvs>, ServiceKey, Instant) {
         let k = tcp("10.96.0.1", 80);
-        let mut r = reconciler();
+        let mut r = Reconciler::new(
+            FakeIpvs::new(),
+            ReconcileOptions {
+                exclude_cidrs: Vec::new(),
+                drain_timeout,
+            },
+        );
         let t0 = Instant::now();
         r.set_service(
             &name("web"),
@@ -1753,6 +1769,23 @@ mod tests {
             vec![Request::DeleteDestination(k, ip("10.1.0.2"), 8080)]
         );
         assert_eq!((report.drained, report.draining), (1, 0));
+    }
+
+    #[test]
+    fn without_a_drain_timeout_connections_decide_alone() {
+        // kube-proxy's graceful termination: no cap, however long the
+        // last connection lives (the default, --ipvs-drain-timeout 0)
+        let (mut r, k, t0) = draining_one_capped((1, 0), None);
+        let day = Duration::from_secs(24 * 3600);
+        let (report, reqs) = sync(&mut r, false, t0 + day);
+        assert_eq!(reqs, vec![], "a connection left after a day");
+        assert_eq!(report.draining, 1);
+        assert!(r.ipvs().set_conns(&k, ip("10.1.0.2"), 8080, 0, 0));
+        let (_, reqs) = sync(&mut r, false, t0 + day * 2);
+        assert_eq!(
+            reqs,
+            vec![Request::DeleteDestination(k, ip("10.1.0.2"), 8080)]
+        );
     }
 
     #[test]
@@ -2220,7 +2253,7 @@ mod tests {
         }
         let o = ReconcileOptions {
             exclude_cidrs: vec![(ip("10.0.0.0"), 8)],
-            drain_timeout: DRAIN,
+            drain_timeout: Some(DRAIN),
         };
         assert!(o.excludes(&tcp("10.2.3.4", 80)));
         assert!(!o.excludes(&ServiceKey::Fwmark {

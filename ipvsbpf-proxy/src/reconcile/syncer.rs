@@ -182,7 +182,7 @@ mod tests {
             FakeIpvs::new(),
             ReconcileOptions {
                 exclude_cidrs: vec![],
-                drain_timeout: Duration::from_secs(60),
+                drain_timeout: Some(Duration::from_secs(60)),
             },
         );
         Syncer::new(cfg, rec)
