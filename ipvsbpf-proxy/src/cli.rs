@@ -312,7 +312,7 @@ Precedence: as kube-proxy, when --config is given the file replaces every flag t
 field in it (those flags are then ignored, with a warning); --hostname-override, -v and \
 --log-format still override the file; --master, --cleanup and the ipvsbpf-proxy flags \
 (--source, --manifests, --fallback-to-ipvs, --uplink, --bpf-pin-path, --snat-port-range, \
---service-proxy-name) always apply.
+--service-proxy-name, --ipvs-drain-timeout, --check-config) always apply.
 
 Durations use Go syntax: 30s, 1m0s, 500ms, 1h30m.";
 
