@@ -5,7 +5,6 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -381,7 +380,7 @@ async fn sync_loop(
             failed = report.failed.len(),
             draining = report.draining,
             model_errors = outcome.model_errors.len(),
-            relists = stats.relists.load(Ordering::Relaxed),
+            relists = stats.relists(),
             "synced"
         );
         last_sync = Some(now);

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,7 +140,7 @@ async fn add_modify_delete_events() {
     let src = start_source(&server, None);
     wait_for("synced", || src.inv.lock().synced()).await;
     src.inv.lock().take_dirty();
-    let relists = src.stats.relists.load(Ordering::Relaxed);
+    let relists = src.stats.relists();
 
     let c = server.apply(service("default", "c", 443, json!({})));
     let sc = server.apply(slice("default", "c-x1", "c", "10.1.0.3", json!({})));
@@ -172,7 +171,7 @@ async fn add_modify_delete_events() {
         .and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port));
     assert_eq!(port, Some(8080));
     // Events, not relists, carried this.
-    assert_eq!(src.stats.relists.load(Ordering::Relaxed), relists);
+    assert_eq!(src.stats.relists(), relists);
 
     // The node changing dirties everything.
     let n1b = server.apply(node("node-1", "192.168.0.11"));
@@ -213,7 +212,7 @@ async fn bookmarks_do_not_break_anything() {
     .await;
     // Bookmarks neither restarted watches nor caused relists.
     assert_eq!(server.watches_started(), watches);
-    assert_eq!(src.stats.relists.load(Ordering::Relaxed), 3);
+    assert_eq!(src.stats.relists(), 3);
     assert!(server
         .requests()
         .iter()
@@ -227,7 +226,7 @@ async fn gone_on_watch_relists_and_converges() {
     let [a, _b, sa, _sb, n1] = populate(&server);
     let src = start_source(&server, None);
     wait_for("synced", || src.inv.lock().synced()).await;
-    let relists = src.stats.relists.load(Ordering::Relaxed);
+    let relists = src.stats.relists();
     assert_eq!(relists, 3);
 
     // The client reconnects while the server holds its watch; meanwhile
@@ -251,10 +250,7 @@ async fn gone_on_watch_relists_and_converges() {
         "after 410",
     )
     .await;
-    assert!(
-        src.stats.relists.load(Ordering::Relaxed) >= relists + 2,
-        "410 must cause relists"
-    );
+    assert!(src.stats.relists() >= relists + 2, "410 must cause relists");
     no_unexpected(&server);
 }
 
@@ -287,7 +283,7 @@ async fn dropped_stream_rewatches_and_converges() {
     })
     .await;
     // Resumed from the last resourceVersion: no relist was needed.
-    assert_eq!(src.stats.relists.load(Ordering::Relaxed), 3);
+    assert_eq!(src.stats.relists(), 3);
     no_unexpected(&server);
 }
 
@@ -318,7 +314,7 @@ async fn apiserver_restart_converges() {
 
     // Again, and this time the restarted server lost the history (a new
     // watch cache): the client must relist.
-    let relists = src.stats.relists.load(Ordering::Relaxed);
+    let relists = src.stats.relists();
     server.stop().await;
     let b2 = server.apply(service("kube-system", "b", 5353, json!({})));
     server.compact();
@@ -334,7 +330,7 @@ async fn apiserver_restart_converges() {
         "after restart with compaction",
     )
     .await;
-    assert!(src.stats.relists.load(Ordering::Relaxed) > relists);
+    assert!(src.stats.relists() > relists);
     no_unexpected(&server);
 }
 
@@ -368,17 +364,14 @@ async fn malformed_object_is_skipped_and_previous_kept() {
 
     // A relist that contains the malformed objects: the page still parses,
     // a keeps its previous version, z stays absent.
-    let relists = src.stats.relists.load(Ordering::Relaxed);
+    let relists = src.stats.relists();
     server.hold_watches();
     server.drop_watches();
     // Moves the resourceVersion past every client's, then forgets it.
     server.apply(node("node-2", "192.168.0.22"));
     server.compact();
     server.release_watches();
-    wait_for("relisted", || {
-        src.stats.relists.load(Ordering::Relaxed) >= relists + 3
-    })
-    .await;
+    wait_for("relisted", || src.stats.relists() >= relists + 3).await;
     converge(&src.inv, &good, "malformed relist kept previous").await;
     assert!(src.stats.skipped(ObjectKind::Service) >= 4);
 

@@ -78,10 +78,9 @@ pub struct SourceStats {
     /// File source: files that failed to parse (their previous objects are
     /// kept).
     pub skipped_files: AtomicU64,
-    /// Kube source: complete (re)lists received, across the three watches.
-    pub relists: AtomicU64,
-    /// The same by kind, in [`ObjectKind::index`] order.
-    relists_by_kind: [AtomicU64; 3],
+    /// Kube source: complete (re)lists received, by kind, in
+    /// [`ObjectKind::index`] order.
+    relists: [AtomicU64; 3],
 }
 
 /// Which counter of [`SourceStats`] an object kind uses.
@@ -125,12 +124,16 @@ impl SourceStats {
 
     /// A complete list of `kind` was received and applied.
     pub fn count_relist(&self, kind: ObjectKind) {
-        self.relists_by_kind[kind.index()].fetch_add(1, Ordering::Relaxed);
-        self.relists.fetch_add(1, Ordering::Relaxed);
+        self.relists[kind.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn relisted(&self, kind: ObjectKind) -> u64 {
-        self.relists_by_kind[kind.index()].load(Ordering::Relaxed)
+        self.relists[kind.index()].load(Ordering::Relaxed)
+    }
+
+    /// Complete lists received across the three watches.
+    pub fn relists(&self) -> u64 {
+        ObjectKind::ALL.iter().map(|&k| self.relisted(k)).sum()
     }
 
     fn counter(&self, kind: ObjectKind) -> &AtomicU64 {
