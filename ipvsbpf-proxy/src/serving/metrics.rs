@@ -153,6 +153,15 @@ pub fn op_label(op: Op) -> String {
     out
 }
 
+/// Adds `n` to `family`'s counter for `kind`.
+fn inc_kind(family: &Family<KindLabels, Counter>, kind: &str, n: u64) {
+    family
+        .get_or_create(&KindLabels {
+            kind: kind.to_string(),
+        })
+        .inc_by(n);
+}
+
 impl Metrics {
     /// Creates the metrics and registers each one into `registry`.
     pub fn new(registry: &mut Registry) -> Metrics {
@@ -339,20 +348,12 @@ impl Metrics {
 
     /// `n` objects the source skipped.
     pub fn source_objects_skipped(&self, kind: &str, n: u64) {
-        self.source_objects_skipped
-            .get_or_create(&KindLabels {
-                kind: kind.to_string(),
-            })
-            .inc_by(n);
+        inc_kind(&self.source_objects_skipped, kind, n);
     }
 
     /// `n` complete lists of `kind` the source applied.
     pub fn source_relists(&self, kind: &str, n: u64) {
-        self.source_relists
-            .get_or_create(&KindLabels {
-                kind: kind.to_string(),
-            })
-            .inc_by(n);
+        inc_kind(&self.source_relists, kind, n);
     }
 
     /// Services with a Local policy and no local endpoint, recounted each
