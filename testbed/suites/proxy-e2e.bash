@@ -190,9 +190,7 @@ if [ "$MODE" = ipvs-bpf ]; then
 fi
 
 step "--cleanup leaves nothing"
-kill "$PID"
-wait "$PID" 2>/dev/null
-PID=
+end_proxy
 topo_exec node "$proxy" --cleanup --bpf-pin-path "$PIN" --snat-port-range "$PORTS" ||
 	fail "--cleanup failed"
 left=$(topo_exec node ipvsadm -Ln | grep -cE '^(TCP|UDP)' || true)

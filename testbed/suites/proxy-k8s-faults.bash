@@ -30,9 +30,7 @@ wait_for 120 eval '[ "$(many)" = 505 ]' || fail "IPVS has $(many) real servers f
 echo "      IPVS: 505 real servers behind 198.19.0.30:80 after $(( $(date +%s) - t0 ))s"
 step "restart the proxy: it lists the slices in pages and adopts IPVS"
 pages0=$(k8s_audit_count "$SA" list endpointslices 'continue=')
-kill "$PID"
-wait "$PID" 2>/dev/null
-PID=
+end_proxy
 start_proxy
 pages=$(( $(k8s_audit_count "$SA" list endpointslices 'continue=') - pages0 ))
 echo "      follow-up pages (continue=) in the proxy's slice list: $pages; IPVS requests: $(requests)"
@@ -117,9 +115,7 @@ reach pod1b http://198.19.0.10/ pod1a pod2a
 step "RBAC: the ClusterRole without watch on EndpointSlices"
 kc patch clusterrole ipvsbpf-proxy --type=json \
 	-p '[{"op": "replace", "path": "/rules/1/verbs", "value": ["list"]}]' >/dev/null || fail "patch role"
-kill "$PID"
-wait "$PID" 2>/dev/null
-PID=
+end_proxy
 ip netns exec node "$proxy" "${proxy_args[@]}" >>"$LOG" 2>&1 &
 PID=$!
 lacks() {

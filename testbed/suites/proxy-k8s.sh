@@ -208,9 +208,7 @@ kc -n kube-system create token ipvsbpf-proxy --duration=2h >"$ds/sa/token" || fa
 cp "$K8S/pki/ca.crt" "$ds/sa/ca.crt"
 echo kube-system >"$ds/sa/namespace"
 lists0=$(k8s_audit_count "$SA" list services)
-kill "$PID"
-wait "$PID" 2>/dev/null
-PID=
+end_proxy
 # The container's filesystem, in a mount namespace of the proxy's own: the
 # ConfigMap at /var/lib/ipvsbpf-proxy, the ServiceAccount volume at
 # /var/run/secrets/kubernetes.io/serviceaccount, the host's bpffs at
@@ -241,9 +239,7 @@ echo "      healthy; Service lists as the ServiceAccount: $lists; IPVS requests:
 [ -e "$PIN/ipvs_sessions" ] || fail "no session map pinned at the DaemonSet's /sys/fs/bpf/ipvsbpf"
 reach pod1b http://198.19.0.10/ pod1a pod2a
 reach client "http://$NODE:30080/" pod1a pod2a
-kill "$PID"
-wait "$PID" 2>/dev/null
-PID=
+end_proxy
 start_proxy
 
 if [ "$K8S_CASES" = all ]; then

@@ -61,6 +61,14 @@ stop_proxy() {
 		>>"$LOG" 2>&1
 }
 
+# end_proxy: stop the proxy as a DaemonSet update does (SIGTERM) and
+# wait for it; what it programmed stays.
+end_proxy() {
+	kill "$PID"
+	wait "$PID" 2>/dev/null
+	PID=
+}
+
 start_proxy() { start_proxy_with "$proxy" "${proxy_args[@]}"; }
 
 # start_proxy_with CMD...: run CMD in node's namespace as the proxy (it
