@@ -196,13 +196,10 @@ mkdir -p "$ds/sa"
 kc kustomize "$TOP/testbed/k8s/overlay" >"$ds/rendered.yaml" || fail "kubectl kustomize testbed/k8s/overlay"
 kc create --dry-run=client -o json -f "$ds/rendered.yaml" >"$ds/rendered.json" || fail "reading the rendered objects"
 # the container's environment and command, $(NODE_NAME) expanded as the
-# kubelet does; the ConfigMap's config.conf to $ds
-mapfile -t cmd < <("$TOP/testbed/k8s/daemonset-spec" "$ds/rendered.json" node "$ds")
-sep=
-for i in "${!cmd[@]}"; do [ "${cmd[$i]}" = -- ] && sep=$i; done
-[ -n "$sep" ] && [ "${#cmd[@]}" -gt $((sep + 1)) ] || fail "no command in the rendered DaemonSet"
-envs=("${cmd[@]:0:sep}")
-args=("${cmd[@]:sep+1}")
+# kubelet does, and the ConfigMap's config.conf, as files in $ds
+"$TOP/testbed/k8s/daemonset-spec" "$ds/rendered.json" node "$ds" || fail "reading the DaemonSet"
+mapfile -t envs <"$ds/env"
+mapfile -t args <"$ds/args"
 echo "      env: ${envs[*]}"
 kc -n kube-system create token ipvsbpf-proxy --duration=2h >"$ds/sa/token" || fail "a token for the DaemonSet"
 cp "$K8S/pki/ca.crt" "$ds/sa/ca.crt"
