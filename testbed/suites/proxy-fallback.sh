@@ -54,9 +54,7 @@ nothing_left() {
 	topo_exec node tc filter show dev eth0 egress | grep -q . && fail "$1: a tc filter on eth0"
 	topo_exec node nft list tables | grep -q ipvsbpf-proxy && fail "$1: the nftables table"
 	[ -z "$(ls -A "$PIN" 2>/dev/null)" ] || fail "$1: pins in $PIN: $(ls "$PIN")"
-	if [ "$2" = no-dummy ]; then
-		topo_exec node ip link show kube-ipvs0 >/dev/null 2>&1 && fail "$1: kube-ipvs0"
-	fi
+	topo_exec node ip link show kube-ipvs0 >/dev/null 2>&1 && fail "$1: kube-ipvs0"
 	return 0
 }
 
@@ -67,7 +65,7 @@ tail -n 1 "$LOG" | cut -c1-300 | fold -w 100 | sed 's/^/      /'
 [ "$rc" != 0 ] && [ "$rc" != 124 ] || fail "the proxy exited $rc, expected an error exit"
 grep -q "no net.ipv4.vs.bpf_mode or no IPVS_CMD_GET_BPF" "$LOG" ||
 	fail "the error does not name the missing series"
-nothing_left "after the refusal" no-dummy
+nothing_left "after the refusal"
 
 step "--fallback-to-ipvs: ipvs mode, serving"
 proxy_args+=(--fallback-to-ipvs)
@@ -83,5 +81,5 @@ reach client "http://$NODE:30080/" pod1a pod1b pod2a pod2b
 
 step "--cleanup on the unpatched kernel"
 stop_proxy || fail "--cleanup failed on a kernel without the series: $(tail -n 3 "$LOG" | xargs)"
-nothing_left "after --cleanup" no-dummy
+nothing_left "after --cleanup"
 step "PASS: the proxy refuses or falls back on an unpatched kernel"
