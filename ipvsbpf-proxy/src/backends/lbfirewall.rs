@@ -39,6 +39,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io;
+use std::net::IpAddr;
 
 use ipvs_netlink::ServiceKey;
 
@@ -82,8 +83,8 @@ pub struct Ruleset {
     /// (family is IPv4, address, protocol, port)
     guarded: BTreeSet<(bool, String, &'static str, u16)>,
     allowed: BTreeSet<(bool, Allow)>,
-    /// (family is IPv4, address): every ClusterIP with a virtual server.
-    cluster_ips: BTreeSet<(bool, String)>,
+    /// Every ClusterIP with a virtual server.
+    cluster_ips: BTreeSet<IpAddr>,
 }
 
 impl Ruleset {
@@ -97,7 +98,7 @@ impl Ruleset {
             .flat_map(|s| s.virtual_servers.iter());
         for vs in vss.clone().filter(|vs| vs.kind == VsKind::ClusterIp) {
             if let ServiceKey::Tuple { addr, .. } = vs.key() {
-                rs.cluster_ips.insert((addr.is_ipv4(), addr.to_string()));
+                rs.cluster_ips.insert(addr);
             }
         }
         for vs in vss.filter(|vs| vs.kind == VsKind::LoadBalancer) {
@@ -198,11 +199,11 @@ impl Ruleset {
         }
         let mut vip_rules = Vec::new();
         for (v4, ip, addr_type) in [(true, "ip", "ipv4_addr"), (false, "ip6", "ipv6_addr")] {
-            let ips: Vec<&str> = self
+            let ips: Vec<String> = self
                 .cluster_ips
                 .iter()
-                .filter(|c| c.0 == v4)
-                .map(|c| c.1.as_str())
+                .filter(|a| a.is_ipv4() == v4)
+                .map(IpAddr::to_string)
                 .collect();
             if ips.is_empty() {
                 continue;
