@@ -85,6 +85,16 @@ run_test_list() {
 	done <"$list"
 }
 
+# poll CMD...: up to 10 s for CMD to succeed.
+poll() {
+	local i
+	for i in $(seq 1 50); do
+		"$@" && return 0
+		sleep 0.2
+	done
+	return 1
+}
+
 # syn_retrans NS: the SYNs NS has retransmitted since boot (nstat): each
 # one is a connection that waited at least a second
 syn_retrans() {

@@ -99,16 +99,6 @@ metric() {
 		awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%g\n", s }'
 }
 
-# poll CMD...: up to 10 s for CMD to succeed.
-poll() {
-	local i
-	for i in $(seq 1 50); do
-		"$@" && return 0
-		sleep 0.2
-	done
-	return 1
-}
-
 # drop_endpoint FILE ADDR: remove ADDR's endpoint entry from an
 # EndpointSlice manifest (the "  - addresses: [ADDR]" item and its
 # indented lines), written to a temporary file and renamed, as a
