@@ -12,8 +12,10 @@
 #     must see node's address and a port from the SNAT range, client
 #     every byte back, the programs' counters the translations, and
 #     conntrack nothing.
+#  3. SNAT ports: one whose real server is still in FIN_WAIT2 is not
+#     reclaimed (a FIN held back after IPVS), and is once it has left.
 . "$(dirname "$0")/lib.sh"
-need ipvsadm curl nginx conntrack ethtool python3 ss
+need ipvsadm curl nginx conntrack ethtool python3 ss socat nstat iptables
 
 list=$TOP/build/datapath/tests.list
 tool=$TOP/build/linux-6.12/tools/testing/selftests/net/netfilter/ipvs_bpf_tool
@@ -118,6 +120,61 @@ svc_ct=$(topo_exec node conntrack -L 2>/dev/null |
 	grep -c -e "$VIP4" -e "$VIP6" -e "$(topo_ip pod2a 4)" -e "$(topo_ip pod2a 6)")
 [ "$svc_ct" -eq 0 ] || fail "$svc_ct conntrack entries for Service connections"
 [ "$ct_after" -le "$ct_before" ] || fail "Service connections reached conntrack"
+topo_exec node "$tool" show | sed 's/^/      /'
+
+# 3. A SNAT port is reclaimed only once its real server has left FIN_WAIT2.
+# Two SNAT ports; a live session holds one. pod2a answers A and closes
+# first; A's client closes in turn, and its FIN, which IPVS sees, is
+# dropped after IPVS until the client retransmits it: pod2a's socket on
+# the SNAT tuple is in FIN_WAIT2, where a new SYN would get an ACK that
+# the client resets (and a second's wait, or a fast retransmission at
+# best). B, from another client port, must be refused meanwhile
+# (snat_exhausted), and take A's port once pod2a has acknowledged A's FIN.
+dp_stat() { topo_exec node "$tool" show | awk -v n="$1" '$1 == n { print $2 }'; }
+rsts() { topo_exec client nstat -az TcpOutRsts | awk '$1 == "TcpOutRsts" { print $2 }'; }
+step "SNAT ports of sessions whose real server is in FIN_WAIT2 are not reclaimed"
+topo_exec node "$tool" detach || fail "IPVS_CMD_DEL_BPF"
+topo_exec node "$tool" attach "$bpffs/dp/ipvs_sessions" --snat4 "$(topo_ip node 4)" \
+	--ports 41000-41001 || fail "IPVS_CMD_NEW_BPF with two ports"
+topo_exec pod2a socat TCP-LISTEN:8081,fork,reuseaddr \
+	SYSTEM:'echo hello; [ "$SOCAT_PEERPORT" != 41000 ] || sleep 120' </dev/null >/dev/null 2>&1 &
+poll sh -c "ip netns exec pod2a ss -Hltn 'sport = :8081' | grep -q ." ||
+	fail "no server on pod2a:8081"
+topo_exec node "$tool" service tcp "$VIP4" 8081 --snat || fail "SNAT service $VIP4:8081"
+topo_exec node ipvsadm -a -t "$VIP4:8081" -r "$(topo_ip pod2a 4):8081" -m ||
+	fail "real server for $VIP4:8081"
+cip=$(topo_ip client 4)
+topo_exec client socat -u EXEC:"sleep 120" TCP:"$VIP4":8081,bind="$cip":41000 \
+	</dev/null >/dev/null 2>&1 &
+poll sh -c "ip netns exec pod2a ss -Htn state established | grep -q ':41000'" ||
+	fail "the live session does not reach pod2a from port 41000"
+fin="OUTPUT -p tcp --dport 8081 --tcp-flags FIN FIN -j DROP"
+topo_exec node iptables -I $fin || fail "iptables $fin"
+r0=$(rsts)
+a=$(topo_exec client timeout 30 socat -u TCP:"$VIP4":8081,bind="$cip":47001 -) ||
+	fail "connection A failed"
+poll sh -c "ip netns exec node ipvsadm -Lnc | grep '$cip:47001' | grep -q TIME_WAIT" ||
+	fail "IPVS did not see A's FIN: $(topo_exec node ipvsadm -Lnc)"
+topo_exec pod2a ss -Htn state fin-wait-2 | grep -q "$(topo_ip node 4):41001" ||
+	fail "pod2a is not in FIN_WAIT2 on SNAT port 41001: $(topo_exec pod2a ss -Htan)"
+bout=$(mktemp)
+topo_exec client timeout 30 socat -u TCP:"$VIP4":8081,bind="$cip":47002 - >"$bout" &
+b=$!
+for i in $(seq 1 50); do
+	[ "$(dp_stat snat_exhausted)" -ge 1 ] && break
+	sleep 0.1
+done
+echo "      while A's FIN is held back: snat_exhausted $(dp_stat snat_exhausted)," \
+	"snat_reused $(dp_stat snat_reused)"
+[ "$(dp_stat snat_reused)" = 0 ] || fail "A's port was reclaimed while pod2a was in FIN_WAIT2"
+[ "$(dp_stat snat_exhausted)" -ge 1 ] || fail "B was not refused while A's FIN was held back"
+topo_exec node iptables -D $fin || fail "iptables -D $fin"
+wait $b || fail "connection B failed"
+[ "$a" = hello ] && [ "$(cat "$bout")" = hello ] ||
+	fail "answers: A '$a', B '$(cat "$bout")'"
+rm -f "$bout"
+[ "$(dp_stat snat_reused)" -ge 1 ] || fail "A's port was not reclaimed for B"
+[ "$(rsts)" = "$r0" ] || fail "client sent $(($(rsts) - r0)) reset(s)"
 topo_exec node "$tool" show | sed 's/^/      /'
 
 topo_exec node "$tool" detach || fail "IPVS_CMD_DEL_BPF"
