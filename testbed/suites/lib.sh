@@ -101,3 +101,17 @@ syn_retrans() {
 	topo_exec "$1" nstat -az TcpExtTCPSynRetrans |
 		awk '$1 == "TcpExtTCPSynRetrans" { print $2 }'
 }
+
+# tcp_snap NS: NS's TCP counters now, "name value" per line (nstat)
+tcp_snap() {
+	topo_exec "$1" nstat -az | awk '/^(Tcp|TcpExt)/ { print $1, $2 }'
+}
+
+# tcp_moved BEFORE AFTER: the counters of two tcp_snap outputs that moved
+# and tell why a connection waited (resets, PAWS, challenge ACKs,
+# TIME_WAIT and FIN_WAIT2 answers, listen queue drops), "name +delta"
+tcp_moved() {
+	awk 'NR == FNR { b[$1] = $2; next }
+	     $2 != b[$1] && $1 ~ /Rst|PAWS|Challenge|TW|TimeWait|FinWait|Listen|SynRetrans|Drop/ {
+		printf "%s +%d\n", $1, $2 - b[$1] }' <(echo "$1") <(echo "$2")
+}
