@@ -132,7 +132,8 @@ topo_exec node "$tool" show | sed 's/^/      /'
 # range full: A's port is its last resort (snat_reused_unsafe), never a
 # safe reuse (snat_reused), and B still connects.
 dp_stat() { topo_exec node "$tool" show | awk -v n="$1" '$1 == n { print $2 }'; }
-rsts() { topo_exec client nstat -az TcpOutRsts | awk '$1 == "TcpOutRsts" { print $2 }'; }
+# B has a port: A's, as a last resort (or, wrongly, as a safe reuse)
+b_has_port() { [ "$(dp_stat snat_reused_unsafe)" -ge 1 ] || [ "$(dp_stat snat_reused)" -ge 1 ]; }
 step "a SNAT port whose real server is in FIN_WAIT2 is only a last resort"
 topo_exec node "$tool" detach || fail "IPVS_CMD_DEL_BPF"
 topo_exec node "$tool" attach "$bpffs/dp/ipvs_sessions" --snat4 "$(topo_ip node 4)" \
@@ -151,7 +152,7 @@ poll sh -c "ip netns exec pod2a ss -Htn state established | grep -q ':41000'" ||
 	fail "the live session does not reach pod2a from port 41000"
 fin="OUTPUT -p tcp --dport 8081 --tcp-flags FIN FIN -j DROP"
 topo_exec node iptables -I $fin || fail "iptables $fin"
-r0=$(rsts)
+r0=$(tcp_counter client TcpOutRsts)
 a=$(topo_exec client timeout 30 socat -u TCP:"$VIP4":8081,bind="$cip":47001 -) ||
 	fail "connection A failed"
 poll sh -c "ip netns exec node ipvsadm -Lnc | grep '$cip:47001' | grep -q TIME_WAIT" ||
@@ -161,10 +162,7 @@ topo_exec pod2a ss -Htn state fin-wait-2 | grep -q "$(topo_ip node 4):41001" ||
 bout=$(mktemp)
 topo_exec client timeout 30 socat -u TCP:"$VIP4":8081,bind="$cip":47002 - >"$bout" &
 b=$!
-for i in $(seq 1 50); do
-	[ "$(dp_stat snat_reused_unsafe)" -ge 1 ] || [ "$(dp_stat snat_reused)" -ge 1 ] && break
-	sleep 0.1
-done
+poll b_has_port
 echo "      while A's FIN is held back: snat_exhausted $(dp_stat snat_exhausted)," \
 	"snat_reused $(dp_stat snat_reused), snat_reused_unsafe $(dp_stat snat_reused_unsafe)"
 [ "$(dp_stat snat_reused)" = 0 ] || fail "A's port was reclaimed as safe while pod2a was in FIN_WAIT2"
@@ -176,7 +174,7 @@ wait $b || fail "connection B failed"
 	fail "answers: A '$a', B '$(cat "$bout")'"
 rm -f "$bout"
 [ "$(dp_stat snat_exhausted)" = 0 ] || fail "B was refused"
-echo "      the client reset $(($(rsts) - r0)) segment(s) (pod2a's FIN_WAIT2 answering B's SYN)"
+echo "      the client reset $(($(tcp_counter client TcpOutRsts) - r0)) segment(s) (pod2a's FIN_WAIT2 answering B's SYN)"
 topo_exec node "$tool" show | sed 's/^/      /'
 
 topo_exec node "$tool" detach || fail "IPVS_CMD_DEL_BPF"

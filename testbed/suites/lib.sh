@@ -95,12 +95,14 @@ poll() {
 	return 1
 }
 
-# syn_retrans NS: the SYNs NS has retransmitted since boot (nstat): each
-# one is a connection that waited at least a second
-syn_retrans() {
-	topo_exec "$1" nstat -az TcpExtTCPSynRetrans |
-		awk '$1 == "TcpExtTCPSynRetrans" { print $2 }'
+# tcp_counter NS NAME: one of NS's TCP counters since boot (nstat)
+tcp_counter() {
+	topo_exec "$1" nstat -az "$2" | awk -v n="$2" '$1 == n { print $2 }'
 }
+
+# syn_retrans NS: the SYNs NS has retransmitted since boot: each one is a
+# connection that waited at least a second
+syn_retrans() { tcp_counter "$1" TcpExtTCPSynRetrans; }
 
 # tcp_snap NS: NS's TCP counters now, "name value" per line (nstat)
 tcp_snap() {
