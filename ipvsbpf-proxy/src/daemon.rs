@@ -15,6 +15,7 @@ use tokio::time::sleep_until;
 use tracing::{debug, error, info, warn};
 
 use crate::backends::bpfmode::{BpfMode, BpfModeConfig};
+use crate::backends::conntrack::{self, ConntrackConfig};
 use crate::backends::datapath::{self, Options};
 use crate::backends::hostinfo;
 use crate::backends::ipvsmode::{self, ExecRunner, IpvsMode, IpvsModeConfig, ProcSysctl};
@@ -67,6 +68,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             bail!(crate::backends::bpfmode::BpfModeError::Unsupported);
         }
     }
+    apply_conntrack(&cfg.conntrack)?;
     let plumbing = match mode {
         ProxyMode::IpvsBpf => {
             cli::check_snat_range_against(
@@ -82,7 +84,10 @@ pub async fn run(cfg: Config) -> Result<()> {
                     uplinks: cfg.uplinks.clone(),
                     port_min: cfg.snat_port_range.min,
                     port_max: cfg.snat_port_range.max,
-                    options: Options::default(),
+                    options: Options {
+                        session_entries: cfg.bpf_session_map_entries,
+                        ..Options::default()
+                    },
                 },
                 &mut ipvs,
             )
@@ -522,6 +527,31 @@ fn bpf_mode_sysctls(cfg: &Config) -> Result<()> {
     .filter(|(path, _, _)| *path != "net/ipv4/vs/conntrack")
     .collect();
     ipvsmode::ensure_sysctls(&mut ProcSysctl::default(), &plan)?;
+    Ok(())
+}
+
+/// The `conntrack:` settings, in either mode, before anything else is
+/// programmed: a failure leaves the node untouched.
+fn apply_conntrack(ct: &ConntrackConfig) -> Result<()> {
+    let cpus = conntrack::online_cpus();
+    let plan = ct.plan(cpus);
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let written = conntrack::apply(&mut ProcSysctl::default(), &plan)?;
+    let max = ct.max(cpus);
+    let hashsize =
+        max > 0 && conntrack::raise_hashsize(std::path::Path::new(conntrack::HASHSIZE_PATH), max)?;
+    info!(
+        cpus,
+        written,
+        hashsize_raised = hashsize,
+        "conntrack settings applied: {}",
+        plan.iter()
+            .map(|(p, v)| format!("{}={v}", p.replace('/', ".")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     Ok(())
 }
 

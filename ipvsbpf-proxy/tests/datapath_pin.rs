@@ -81,6 +81,51 @@ fn reload_reuses_the_pinned_maps() {
     });
 }
 
+/// `--bpf-session-map-entries` changed between runs: the old pin goes,
+/// the next load makes a map of the new size; the same size keeps it.
+#[test]
+fn a_resized_session_map_is_replaced_on_request() {
+    in_private_bpffs(|bpffs| {
+        let dir = pin_dir(bpffs);
+        let opts = Options::default();
+        let mut first = MaybeUninit::uninit();
+        let dp = Datapath::load_pinned(&mut first, &opts, &dir).expect("first load");
+        let id = map_id(&dp);
+        drop(dp);
+
+        assert_eq!(
+            datapath::unpin_if_resized(&dir, opts.session_entries).expect("same size"),
+            None
+        );
+        assert!(dir.join(MAP_SESSIONS).exists(), "same size: pin kept");
+
+        let bigger = Options {
+            session_entries: opts.session_entries * 2,
+            ..opts
+        };
+        assert_eq!(
+            datapath::unpin_if_resized(&dir, bigger.session_entries).expect("resized"),
+            Some(opts.session_entries)
+        );
+        assert!(!dir.join(MAP_SESSIONS).exists(), "old pin removed");
+        let mut second = MaybeUninit::uninit();
+        let dp = Datapath::load_pinned(&mut second, &bigger, &dir).expect("load resized");
+        assert_ne!(map_id(&dp), id, "a new map");
+        {
+            use libbpf_rs::MapCore;
+            assert_eq!(
+                dp.skel().maps.ipvs_sessions.max_entries(),
+                bigger.session_entries
+            );
+        }
+        assert!(dir.join(MAP_SESSIONS).exists(), "and pinned");
+        drop(dp);
+        // Nothing pinned: nothing to do.
+        std::fs::remove_file(dir.join(MAP_SESSIONS)).expect("unpin");
+        assert_eq!(datapath::unpin_if_resized(&dir, 64).expect("none"), None);
+    });
+}
+
 #[test]
 fn missing_pins_are_created() {
     in_private_bpffs(|bpffs| {

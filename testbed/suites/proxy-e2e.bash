@@ -15,9 +15,13 @@
 #   - kill -9 of the proxy during a bounded wrk run loses no request and
 #     the restarted proxy adopts IPVS without a single change but for
 #     finishing the drain the killed one began;
+#   - conntrack: settings: nf_conntrack_max refused in a namespace with a
+#     clear error and nothing changed, the timeouts written; ipvs-bpf: a
+#     new --bpf-session-map-entries replaces the pinned map and SNAT
+#     works through the new one;
 #   - ipvs-bpf: conntrack stays empty; --cleanup leaves nothing behind.
 . "$(dirname "$0")/lib.sh"
-need ipvsadm curl nginx conntrack wrk dig dnsmasq iptables-save ipset bc
+need ipvsadm curl nginx conntrack wrk dig dnsmasq iptables-save ipset bc bpftool
 
 . "$(dirname "$0")/proxy-lib.bash"
 
@@ -180,6 +184,59 @@ read -r req drained < <(tail -n +"$((logged + 1))" "$LOG" | awk '/IPVS sync/ {
 echo "      IPVS requests since the restart: $req, of which drains the killed proxy began: $drained"
 [ "$((req - drained))" = 0 ] ||
 	fail "the restarted proxy changed IPVS ($req requests, $drained drains) instead of adopting it"
+
+step "conntrack: settings: nf_conntrack_max refused in a pod's namespace, timeouts written"
+# nf_conntrack_max is the host's alone: read-only in any other network
+# namespace (kube-proxy fails there too; kind sets maxPerCore: 0). The
+# proxy must say so and change nothing; the per-namespace timeouts apply.
+end_proxy
+ct=/proc/sys/net/netfilter
+max_before=$(topo_exec node cat $ct/nf_conntrack_max)
+vs_before=$(topo_exec node ipvsadm -Ln | grep -cE '^(TCP|UDP)')
+rc=0
+topo_exec node timeout 30 "$proxy" "${proxy_args[@]}" --conntrack-max-per-core 65537 \
+	>"$MAN/ct.out" 2>&1 || rc=$?
+sed 's/^/      /' "$MAN/ct.out" | tail -2
+[ "$rc" = 1 ] || fail "--conntrack-max-per-core in a namespace: exit $rc, expected 1"
+grep -q 'nf_conntrack_max: .*read-only' "$MAN/ct.out" || fail "the refusal does not say why"
+[ "$(topo_exec node cat $ct/nf_conntrack_max)" = "$max_before" ] || fail "nf_conntrack_max changed"
+[ "$(topo_exec node ipvsadm -Ln | grep -cE '^(TCP|UDP)')" = "$vs_before" ] ||
+	fail "the refused start changed IPVS"
+extra=(--conntrack-tcp-timeout-established 7201s --conntrack-tcp-timeout-close-wait 1h0m1s
+	--conntrack-udp-timeout 31s --conntrack-udp-timeout-stream 121s --conntrack-tcp-be-liberal)
+# session_map FIELD: id or max_entries of the pinned session map.
+session_map() {
+	bpftool map show pinned "$PIN/ipvs_sessions" |
+		awk -v f="$1" 'NR == 1 && f == "id" { sub(":", "", $1); print $1 }
+			{ for (i = 1; i < NF; i++) if ($i == f) print $(i + 1) }'
+}
+if [ "$MODE" = ipvs-bpf ]; then
+	step "--bpf-session-map-entries 131072: the pinned map replaced, SNAT through the new one"
+	extra+=(--bpf-session-map-entries 131072)
+	old_id=$(session_map id)
+fi
+logged=$(wc -l <"$LOG")
+start_proxy_with "$proxy" "${proxy_args[@]}" "${extra[@]}"
+for kv in tcp_timeout_established=7201 tcp_timeout_close_wait=3601 udp_timeout=31 \
+	udp_timeout_stream=121 tcp_be_liberal=1; do
+	got=$(topo_exec node cat "$ct/nf_conntrack_${kv%%=*}")
+	[ "$got" = "${kv#*=}" ] || fail "nf_conntrack_${kv%%=*} is $got, expected ${kv#*=}"
+done
+echo "      nf_conntrack timeouts and be_liberal written in node's namespace"
+if [ "$MODE" = ipvs-bpf ]; then
+	new_id=$(session_map id)
+	entries=$(session_map max_entries)
+	echo "      session map: id $old_id -> $new_id, $entries entries"
+	[ "$entries" = 131072 ] || fail "the pinned session map has $entries entries"
+	[ "$new_id" != "$old_id" ] || fail "the old session map is still pinned"
+	[ "$(metric ipvsbpf_bpf_session_map_capacity)" = 131072 ] ||
+		fail "ipvsbpf_bpf_session_map_capacity is $(metric ipvsbpf_bpf_session_map_capacity)"
+	tail -n +"$((logged + 1))" "$LOG" | grep -q 'session map has another size' ||
+		fail "no warning that the map was replaced"
+	# pod2a is on node2: its answers pass the tc programs, which find the
+	# sessions only if IPVS now mirrors into the new map.
+	reach client "http://$NODE:30080/" pod1a pod1b pod2a
+fi
 
 if [ "$MODE" = ipvs-bpf ]; then
 	step "conntrack on node: nothing from Service traffic"

@@ -111,6 +111,14 @@ impl BpfMode {
             path: cfg.pin_dir.clone(),
             source,
         })?;
+        if let Some(old) = datapath::unpin_if_resized(&cfg.pin_dir, cfg.options.session_entries)? {
+            warn!(
+                old_entries = old,
+                new_entries = cfg.options.session_entries,
+                "the pinned session map has another size (--bpf-session-map-entries \
+                 changed): replacing it; open SNAT connections through IPVS are cut"
+            );
+        }
         // One object per process, alive until exit: libbpf's storage is
         // leaked on purpose so the datapath can be 'static.
         let storage: &'static mut MaybeUninit<OpenObject> =

@@ -539,6 +539,29 @@ pub fn unpin(dir: &Path) -> Result<(), std::io::Error> {
     Ok(())
 }
 
+/// Removes the session map's pin under `dir` if that map's size is not
+/// `entries` (`--bpf-session-map-entries` changed), so the next
+/// [`Datapath::load_pinned`] creates one of the new size instead of
+/// refusing; returns the old size when it did. The old map lives on while
+/// IPVS holds it; handing IPVS the new one ends the old map's sessions.
+pub fn unpin_if_resized(dir: &Path, entries: u32) -> Result<Option<u32>, Error> {
+    let path = dir.join(MAP_SESSIONS);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let old = MapHandle::from_pinned_path(&path)
+        .map_err(bpf_err(format!("opening the pinned {}", path.display())))?
+        .max_entries();
+    if old == entries {
+        return Ok(None);
+    }
+    std::fs::remove_file(&path).map_err(|e| Error::Bpf {
+        what: format!("unpinning {}", path.display()),
+        source: libbpf_rs::Error::from(e),
+    })?;
+    Ok(Some(old))
+}
+
 fn clear_map(map: &impl MapCore, what: &str) -> Result<(), Error> {
     let keys: Vec<Vec<u8>> = map.keys().collect();
     for k in keys {

@@ -30,6 +30,13 @@ pub(super) struct FileConfig {
     pub(super) strict_arp: Option<bool>,
     pub(super) verbosity: Option<u8>,
     pub(super) log_format: Option<String>,
+    pub(super) ct_max_per_core: Option<u32>,
+    pub(super) ct_min: Option<u32>,
+    pub(super) ct_tcp_established: Option<String>,
+    pub(super) ct_tcp_close_wait: Option<String>,
+    pub(super) ct_tcp_be_liberal: Option<bool>,
+    pub(super) ct_udp: Option<String>,
+    pub(super) ct_udp_stream: Option<String>,
     pub(super) warnings: Vec<String>,
 }
 
@@ -40,7 +47,6 @@ const KNOWN_UNUSED: &[&str] = &[
     "bindAddress",
     "bindAddressHardFail",
     "configSyncPeriod",
-    "conntrack",
     "detectLocal",
     "detectLocalMode",
     "enableProfiling",
@@ -96,6 +102,19 @@ impl<'a> Obj<'a> {
             Some(Value::String(s)) if s.is_empty() => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(v) => Err(self.type_err(key, v, "a string")),
+        }
+    }
+
+    /// A non-negative integer that fits 32 bits (v1alpha1's `*int32`).
+    fn uint32(&self, key: &str) -> Result<Option<u32>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| i32::try_from(*n).is_ok())
+                .map(Some)
+                .ok_or_else(|| self.type_err(key, v, "an integer 0..=2147483647")),
         }
     }
 
@@ -240,6 +259,7 @@ impl FileConfig {
                 "metricsBindAddress",
                 "ipvs",
                 "logging",
+                "conntrack",
             ],
             KNOWN_UNUSED,
             &mut warnings,
@@ -273,6 +293,28 @@ impl FileConfig {
                     "udpTimeout",
                     "excludeCIDRs",
                     "strictARP",
+                ],
+                &[],
+                &mut warnings,
+            );
+        }
+        if let Some(ct) = top.object("conntrack", "conntrack.")? {
+            fc.ct_max_per_core = ct.uint32("maxPerCore")?;
+            fc.ct_min = ct.uint32("min")?;
+            fc.ct_tcp_established = ct.string("tcpEstablishedTimeout")?;
+            fc.ct_tcp_close_wait = ct.string("tcpCloseWaitTimeout")?;
+            fc.ct_tcp_be_liberal = ct.boolean("tcpBeLiberal")?;
+            fc.ct_udp = ct.string("udpTimeout")?;
+            fc.ct_udp_stream = ct.string("udpStreamTimeout")?;
+            ct.warn_unknown(
+                &[
+                    "maxPerCore",
+                    "min",
+                    "tcpEstablishedTimeout",
+                    "tcpCloseWaitTimeout",
+                    "tcpBeLiberal",
+                    "udpTimeout",
+                    "udpStreamTimeout",
                 ],
                 &[],
                 &mut warnings,

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use ipvs_netlink::uapi::IP_VS_BPF_MIN_ENTRIES;
 
+pub use crate::backends::conntrack::ConntrackConfig;
 pub use crate::model::desired::Cidr;
 
 mod file;
@@ -56,6 +58,11 @@ pub const DEFAULT_SNAT_PORT_RANGE: PortRange = PortRange {
     min: 61000,
     max: 65000,
 };
+/// Default `--bpf-session-map-entries`: 32,768 SNAT connections.
+pub const DEFAULT_SESSION_MAP_ENTRIES: u32 = 65536;
+/// Largest `--bpf-session-map-entries`: 16M entries, about 2 GiB of
+/// preallocated kernel memory; past it a typo, not a plan.
+pub const MAX_SESSION_MAP_ENTRIES: u32 = 1 << 24;
 /// Default `--bpf-pin-path`.
 pub const DEFAULT_BPF_PIN_PATH: &str = "/sys/fs/bpf/ipvsbpf";
 /// IPVS schedulers accepted by `--ipvs-scheduler`: the kernel's
@@ -165,6 +172,7 @@ Precedence: as kube-proxy, when --config is given the file replaces every flag t
 field in it (those flags are then ignored, with a warning); --hostname-override, -v and \
 --log-format still override the file; --master, --cleanup and the ipvsbpf-proxy flags \
 (--source, --manifests, --fallback-to-ipvs, --uplink, --bpf-pin-path, --snat-port-range, \
+--bpf-session-map-entries, \
 --service-proxy-name, --ipvs-drain-timeout, --check-config) always apply.
 
 Durations use Go syntax: 30s, 1m0s, 500ms, 1h30m.";
@@ -254,6 +262,43 @@ pub struct Args {
           default_missing_value = "true")]
     pub ipvs_strict_arp: Option<bool>,
 
+    /// Maximum number of NAT connections to track per CPU: nf_conntrack_max becomes this
+    /// times the node's CPUs (at least --conntrack-min, at most 1048576); 0 leaves the
+    /// kernel's value. [default: 0; kube-proxy: 32768]
+    #[arg(long, value_name = "N")]
+    pub conntrack_max_per_core: Option<u32>,
+
+    /// The floor of nf_conntrack_max when --conntrack-max-per-core is set. [default: 0;
+    /// kube-proxy: 131072]
+    #[arg(long, value_name = "N")]
+    pub conntrack_min: Option<u32>,
+
+    /// Idle timeout for established TCP connections in conntrack
+    /// (nf_conntrack_tcp_timeout_established); 0 leaves the kernel's value. [default: 0s;
+    /// kube-proxy: 24h0m0s]
+    #[arg(long, value_name = "DURATION")]
+    pub conntrack_tcp_timeout_established: Option<String>,
+
+    /// conntrack's timeout for TCP connections in CLOSE_WAIT; 0 leaves the kernel's value.
+    /// [default: 0s; kube-proxy: 1h0m0s]
+    #[arg(long, value_name = "DURATION")]
+    pub conntrack_tcp_timeout_close_wait: Option<String>,
+
+    /// Set nf_conntrack_tcp_be_liberal (out-of-window TCP packets are not marked INVALID).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true")]
+    pub conntrack_tcp_be_liberal: Option<bool>,
+
+    /// conntrack's timeout for UDP flows (nf_conntrack_udp_timeout); 0 leaves the
+    /// kernel's value. [default: 0s]
+    #[arg(long, value_name = "DURATION")]
+    pub conntrack_udp_timeout: Option<String>,
+
+    /// conntrack's timeout for UDP streams (nf_conntrack_udp_timeout_stream); 0 leaves
+    /// the kernel's value. [default: 0s]
+    #[arg(long, value_name = "DURATION")]
+    pub conntrack_udp_timeout_stream: Option<String>,
+
     /// The IP address and port for the health check server (/healthz, /livez); empty
     /// disables it. [default: 0.0.0.0:10256]
     #[arg(long, value_name = "IP:PORT")]
@@ -307,6 +352,12 @@ pub struct Args {
     #[arg(long, value_name = "MIN-MAX")]
     pub snat_port_range: Option<String>,
 
+    /// Entries of the BPF session map in ipvs-bpf mode: two per live SNAT connection,
+    /// preallocated (about 128 bytes each). Changing it on a running node replaces the
+    /// map: open SNAT connections are cut.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SESSION_MAP_ENTRIES)]
+    pub bpf_session_map_entries: u32,
+
     /// How long a removed TCP endpoint may drain (weight 0) before it is deleted with
     /// connections still open; 0: until its connections are gone, as kube-proxy.
     /// [default: 0s]
@@ -358,6 +409,10 @@ pub struct Config {
     pub uplinks: Vec<String>,
     pub bpf_pin_path: PathBuf,
     pub snat_port_range: PortRange,
+    /// `max_entries` of the session map.
+    pub bpf_session_map_entries: u32,
+    /// The `conntrack:` settings; empty leaves the kernel's.
+    pub conntrack: ConntrackConfig,
     pub service_proxy_name: Option<String>,
     /// `None`: a removed endpoint drains until its connections are gone.
     pub drain_timeout: Option<Duration>,
@@ -406,6 +461,31 @@ fn resolve(args: Args, file: Option<FileConfig>) -> Result<Config, ConfigError> 
             ("--ipvs-udp-timeout", args.ipvs_udp_timeout.is_some()),
             ("--ipvs-exclude-cidrs", args.ipvs_exclude_cidrs.is_some()),
             ("--ipvs-strict-arp", args.ipvs_strict_arp.is_some()),
+            (
+                "--conntrack-max-per-core",
+                args.conntrack_max_per_core.is_some(),
+            ),
+            ("--conntrack-min", args.conntrack_min.is_some()),
+            (
+                "--conntrack-tcp-timeout-established",
+                args.conntrack_tcp_timeout_established.is_some(),
+            ),
+            (
+                "--conntrack-tcp-timeout-close-wait",
+                args.conntrack_tcp_timeout_close_wait.is_some(),
+            ),
+            (
+                "--conntrack-tcp-be-liberal",
+                args.conntrack_tcp_be_liberal.is_some(),
+            ),
+            (
+                "--conntrack-udp-timeout",
+                args.conntrack_udp_timeout.is_some(),
+            ),
+            (
+                "--conntrack-udp-timeout-stream",
+                args.conntrack_udp_timeout_stream.is_some(),
+            ),
             (
                 "--healthz-bind-address",
                 args.healthz_bind_address.is_some(),
@@ -637,6 +717,60 @@ fn resolve(args: Args, file: Option<FileConfig>) -> Result<Config, ConfigError> 
     )
     .is_some_and(|(b, _)| b);
 
+    let ct_duration = |v: Option<(String, Origin<'_>)>| -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(Duration::ZERO),
+            Some((s, src)) => duration(src, &s),
+        }
+    };
+    let conntrack = ConntrackConfig {
+        max_per_core: pick!(
+            ct_max_per_core,
+            args.conntrack_max_per_core,
+            "--conntrack-max-per-core",
+            "conntrack.maxPerCore"
+        )
+        .map_or(0, |(n, _)| n),
+        min: pick!(
+            ct_min,
+            args.conntrack_min,
+            "--conntrack-min",
+            "conntrack.min"
+        )
+        .map_or(0, |(n, _)| n),
+        tcp_established_timeout: ct_duration(pick!(
+            ct_tcp_established,
+            args.conntrack_tcp_timeout_established.clone(),
+            "--conntrack-tcp-timeout-established",
+            "conntrack.tcpEstablishedTimeout"
+        ))?,
+        tcp_close_wait_timeout: ct_duration(pick!(
+            ct_tcp_close_wait,
+            args.conntrack_tcp_timeout_close_wait.clone(),
+            "--conntrack-tcp-timeout-close-wait",
+            "conntrack.tcpCloseWaitTimeout"
+        ))?,
+        tcp_be_liberal: pick!(
+            ct_tcp_be_liberal,
+            args.conntrack_tcp_be_liberal,
+            "--conntrack-tcp-be-liberal",
+            "conntrack.tcpBeLiberal"
+        )
+        .is_some_and(|(b, _)| b),
+        udp_timeout: ct_duration(pick!(
+            ct_udp,
+            args.conntrack_udp_timeout.clone(),
+            "--conntrack-udp-timeout",
+            "conntrack.udpTimeout"
+        ))?,
+        udp_stream_timeout: ct_duration(pick!(
+            ct_udp_stream,
+            args.conntrack_udp_timeout_stream.clone(),
+            "--conntrack-udp-timeout-stream",
+            "conntrack.udpStreamTimeout"
+        ))?,
+    };
+
     // A flag given as "" disables the server (kube-proxy: "Set empty to
     // disable"); in the file "" is unset and defaults.
     let server = |v: Option<(String, Origin<'_>)>,
@@ -726,6 +860,17 @@ fn resolve(args: Args, file: Option<FileConfig>) -> Result<Config, ConfigError> 
         Some(s) => PortRange::parse(s).map_err(|r| invalid("--snat-port-range", s, r))?,
     };
 
+    let entries = args.bpf_session_map_entries;
+    if !(IP_VS_BPF_MIN_ENTRIES..=MAX_SESSION_MAP_ENTRIES).contains(&entries) {
+        return Err(invalid(
+            "--bpf-session-map-entries",
+            &entries.to_string(),
+            format!(
+                "must be {IP_VS_BPF_MIN_ENTRIES} (IPVS's minimum) to {MAX_SESSION_MAP_ENTRIES}"
+            ),
+        ));
+    }
+
     let drain_timeout = match &args.ipvs_drain_timeout {
         None => None,
         Some(s) => {
@@ -770,6 +915,8 @@ fn resolve(args: Args, file: Option<FileConfig>) -> Result<Config, ConfigError> 
         uplinks,
         bpf_pin_path: args.bpf_pin_path,
         snat_port_range,
+        bpf_session_map_entries: entries,
+        conntrack,
         service_proxy_name,
         drain_timeout,
         warnings,

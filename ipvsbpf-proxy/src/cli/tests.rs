@@ -95,6 +95,9 @@ fn defaults_match_kube_proxy_and_ours() {
         }
     );
     assert_eq!(c.service_proxy_name, None);
+    assert_eq!(c.bpf_session_map_entries, 65536);
+    // Unlike kube-proxy, no conntrack sysctl is written unless asked.
+    assert!(c.conntrack.is_empty(), "{:?}", c.conntrack);
     assert!(c.warnings.is_empty());
     assert_eq!(c.health_timeout(), Duration::from_secs(60));
 }
@@ -134,6 +137,14 @@ fn each_flag_lands_in_its_field() {
         "--bpf-pin-path=/sys/fs/bpf/other",
         "--snat-port-range=62000-62999",
         "--service-proxy-name=ipvsbpf",
+        "--bpf-session-map-entries=262144",
+        "--conntrack-max-per-core=16384",
+        "--conntrack-min=65536",
+        "--conntrack-tcp-timeout-established=24h0m0s",
+        "--conntrack-tcp-timeout-close-wait=1h",
+        "--conntrack-tcp-be-liberal",
+        "--conntrack-udp-timeout=30s",
+        "--conntrack-udp-timeout-stream=2m0s",
     ]);
     assert_eq!(c.mode, ProxyMode::Ipvs);
     assert_eq!(c.kubeconfig, Some(PathBuf::from("/etc/kp.conf")));
@@ -178,7 +189,77 @@ fn each_flag_lands_in_its_field() {
         }
     );
     assert_eq!(c.service_proxy_name.as_deref(), Some("ipvsbpf"));
+    assert_eq!(c.bpf_session_map_entries, 262144);
+    assert_eq!(
+        c.conntrack,
+        ConntrackConfig {
+            max_per_core: 16384,
+            min: 65536,
+            tcp_established_timeout: Duration::from_secs(86400),
+            tcp_close_wait_timeout: Duration::from_secs(3600),
+            tcp_be_liberal: true,
+            udp_timeout: Duration::from_secs(30),
+            udp_stream_timeout: Duration::from_secs(120),
+        }
+    );
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn conntrack_section_of_the_file() {
+    let f = TempFile::new(
+        "ct.yaml",
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+conntrack:
+  maxPerCore: 32768
+  min: 131072
+  tcpEstablishedTimeout: 24h0m0s
+  tcpCloseWaitTimeout: 1h0m0s
+  tcpBeLiberal: true
+  udpTimeout: 30s
+  udpStreamTimeout: 2m0s
+  tcpMaxRetrans: 3
+",
+    );
+    // The file replaces the flags, as for every field it has.
+    let c = ok(&["--config", &f.arg(), "--conntrack-max-per-core=1"]);
+    assert_eq!(
+        c.conntrack,
+        ConntrackConfig {
+            max_per_core: 32768,
+            min: 131072,
+            tcp_established_timeout: Duration::from_secs(86400),
+            tcp_close_wait_timeout: Duration::from_secs(3600),
+            tcp_be_liberal: true,
+            udp_timeout: Duration::from_secs(30),
+            udp_stream_timeout: Duration::from_secs(120),
+        }
+    );
+    let w = c.warnings.join("\n");
+    assert!(w.contains("conntrack.tcpMaxRetrans: unknown field"), "{w}");
+    assert!(
+        w.contains("--conntrack-max-per-core is ignored because --config"),
+        "{w}"
+    );
+    assert_eq!(c.warnings.len(), 2, "{w}");
+
+    for (body, needle) in [
+        ("maxPerCore: -1", "conntrack.maxPerCore"),
+        ("maxPerCore: 2147483648", "0..=2147483647"),
+        ("min: many", "conntrack.min"),
+        ("tcpBeLiberal: 1", "conntrack.tcpBeLiberal"),
+        ("udpTimeout: 30", "conntrack.udpTimeout"),
+    ] {
+        let f = TempFile::new(
+            "ct-bad.yaml",
+            &format!(
+                "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nconntrack:\n  {body}\n"
+            ),
+        );
+        let msg = err(&["--config", &f.arg()]);
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
 }
 
 #[test]
@@ -322,6 +403,24 @@ fn bad_values_name_the_flag() {
             &["--service-proxy-name", "label value"],
         ),
         (&["--log-format=xml"], &["xml"]),
+        (
+            &["--bpf-session-map-entries=63"],
+            &["--bpf-session-map-entries", "64 (IPVS's minimum)"],
+        ),
+        (
+            &["--bpf-session-map-entries=16777217"],
+            &["--bpf-session-map-entries", "16777216"],
+        ),
+        (&["--bpf-session-map-entries=-1"], &["-1"]),
+        (&["--conntrack-max-per-core=lots"], &["lots"]),
+        (
+            &["--conntrack-tcp-timeout-established=-1s"],
+            &["--conntrack-tcp-timeout-established", "negative"],
+        ),
+        (
+            &["--conntrack-udp-timeout=30"],
+            &["--conntrack-udp-timeout", "missing unit"],
+        ),
         (&["--masquerade-all=maybe"], &["maybe"]),
     ];
     for (argv, needles) in cases {
