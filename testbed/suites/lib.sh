@@ -117,3 +117,12 @@ tcp_moved() {
 	     $2 != b[$1] && $1 ~ /Rst|PAWS|Challenge|TW|TimeWait|FinWait|Listen|SynRetrans|Drop/ {
 		printf "%s +%d\n", $1, $2 - b[$1] }' <(echo "$1") <(echo "$2")
 }
+
+# unload_ipvs: every ip_vs module, schedulers first.
+unload_ipvs() {
+	local m
+	for m in $(lsmod | awk 'NR > 1 && $1 ~ /^ip_vs_/ { print $1 }'); do
+		rmmod "$m" || return 1
+	done
+	if lsmod | grep -q '^ip_vs '; then rmmod ip_vs || return 1; fi
+}

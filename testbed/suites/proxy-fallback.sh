@@ -15,14 +15,6 @@ need ipvsadm curl nginx dnsmasq iptables-save ipset nft tc modinfo
 kdir=/lib/modules/$(uname -r)
 stock=$kdir/kernel/net/netfilter/ipvs
 
-# unload_ipvs: every ip_vs module, schedulers first.
-unload_ipvs() {
-	local m
-	for m in $(lsmod | awk 'NR > 1 && $1 ~ /^ip_vs_/ { print $1 }'); do
-		rmmod "$m" || return 1
-	done
-	if lsmod | grep -q '^ip_vs '; then rmmod ip_vs || return 1; fi
-}
 restore_modules() {
 	unload_ipvs && modprobe ip_vs && [ -e /proc/sys/net/ipv4/vs/bpf_mode ] ||
 		echo "  FAIL: the patched ip_vs did not come back; later suites will fail"
