@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all demo test setup build lint kernel-tree kernel-modules kernel-full \
+.PHONY: all demo test setup build lint kernel-tree kernel-modules modules-deb kernel-full \
 	kernel-debug kernel-check datapath netlink proxy bench bench-all bench-quick bench-profile bench-snat bench-netlink \
 	bench-proxy vm-full vm-debug \
 	clean distclean
@@ -49,6 +49,10 @@ kernel-tree:
 ## kernel-modules: net/netfilter/ipvs from the patched tree, for Debian's 6.12 (fast, CI)
 kernel-modules:
 	testbed/build-modules
+
+## modules-deb: those modules as a Debian package for the pinned kernel ABI -> build/packages
+modules-deb: kernel-modules
+	packaging/build-modules-deb
 
 ## kernel-full / kernel-debug: whole bzImages from the patched tree
 kernel-full:
