@@ -329,6 +329,25 @@ async fn sync_loop(
         for (&(op, ok), &n) in &report.by_op {
             metrics.ipvs_requests(op, ok, n);
         }
+        // ipvs mode: conntrack holds Service flows; forget the UDP ones
+        // whose endpoint or Service this sync removed, as kube-proxy does.
+        // A failure is logged, not retried: the entries then last until
+        // the flow pauses for the UDP timeout, as they would without this.
+        if let (Plumbing::Ipvs(_), false) = (&plumbing, report.udp_gone.is_empty()) {
+            let cleared = tokio::task::block_in_place(|| {
+                conntrack::flows::Ctnetlink::connect()
+                    .and_then(|mut ct| conntrack::flows::clear(&mut ct, &report.udp_gone))
+            });
+            match cleared {
+                Ok(n) => {
+                    metrics.conntrack_deleted.inc_by(n as u64);
+                    if n > 0 {
+                        info!(deleted = n, gone = ?report.udp_gone, "stale UDP conntrack entries deleted");
+                    }
+                }
+                Err(e) => warn!(error = %e, "deleting stale UDP conntrack entries"),
+            }
+        }
         if rules_due {
             if let Plumbing::Ipvs(m) = &mut plumbing {
                 match tokio::task::block_in_place(|| m.sync(syncer.state())) {

@@ -12,6 +12,8 @@
 #     is added to the Service's ranges;
 #   - ClientIP affinity sticks; an endpoint removed from its slice drains;
 #   - UDP DNS through a ClusterIP keeps answering while a backend goes;
+#     in ipvs mode also to an off-cluster client that keeps its source
+#     port (its stale conntrack entry deleted, as kube-proxy does);
 #   - kill -9 of the proxy during a bounded wrk run loses no request and
 #     the restarted proxy adopts IPVS without a single change but for
 #     finishing the drain the killed one began;
@@ -138,12 +140,36 @@ dns() { topo_exec pod1a dig +short +time=2 +tries=1 @198.19.0.53 which.test A; }
 ans=$(for i in $(seq 1 8); do dns || echo "<error>"; done | sort | uniq -c)
 echo "$ans" | sed 's/^/      /'
 echo "$ans" | grep -q '<error>\|timed out' && fail "a DNS query failed"
+if [ "$MODE" = ipvs ]; then
+	# A client that keeps its source port (as resolvers with a fixed port
+	# do) holds a conntrack entry naming its endpoint. From off-cluster
+	# it is masqueraded, and an entry left behind when pod2b goes keeps
+	# the new endpoint's answers from ever being un-NATed back to it:
+	# kube-proxy deletes such entries, and so must we.
+	cdns() { topo_exec client dig +short +time=2 +tries=1 -b "$CLIENT#$1" @198.19.0.53 which.test A; }
+	sport=
+	for p in $(seq 5301 5316); do
+		[ "$(cdns "$p")" = 198.18.2.3 ] && { sport=$p; break; }
+	done
+	[ -n "$sport" ] || fail "none of 16 client ports was scheduled to pod2b"
+	echo "      client port $sport answered by pod2b; its conntrack entry:"
+	topo_exec node conntrack -L -p udp --sport "$sport" 2>/dev/null | sed 's/^/        /'
+fi
 drop_endpoint "$MAN/slice-dns-1.yaml" 198.18.2.3
 poll sh -c "! ip netns exec node ipvsadm -Ln -u 198.19.0.53:53 | grep -q 198.18.2.3" ||
 	fail "pod2b still a DNS backend after its removal"
 ans=$(for i in $(seq 1 8); do dns || echo "<error>"; done | sort | uniq -c)
 echo "$ans" | sed 's/^/      /'
 echo "$ans" | grep -q '<error>\|timed out' && fail "a DNS query failed after the removal"
+if [ "$MODE" = ipvs ]; then
+	ans=$(cdns "$sport") || ans="<error $?>"
+	echo "      client port $sport after pod2b left: ${ans:-<no answer>}"
+	[ "$ans" = 198.18.1.3 ] ||
+		fail "client port $sport got '$ans' after pod2b left: its stale conntrack entry was kept"
+	n=$(metric ipvsbpf_conntrack_udp_entries_deleted_total)
+	echo "      stale UDP conntrack entries deleted: $n"
+	[ "${n:-0}" -ge 1 ] || fail "no stale conntrack entry counted as deleted"
+fi
 
 step "draining: pod2b leaves web (web-v4 slice); no new connection reaches it"
 drop_endpoint "$MAN/slice-web-v4.yaml" 198.18.2.3

@@ -12,6 +12,11 @@
 //! session map's, `--bpf-session-map-entries`), so a table sized for them
 //! would be memory spent on nothing; what remains in conntrack is the
 //! node's own traffic, which the node's configuration sizes.
+//!
+//! [`flows`] deletes the UDP entries a removed endpoint leaves behind
+//! (`ipvs` mode).
+
+pub mod flows;
 
 use std::io;
 use std::path::Path;

@@ -25,7 +25,7 @@
 pub mod syncer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ipvs_netlink::{
@@ -33,6 +33,7 @@ use ipvs_netlink::{
     Service, ServiceKey,
 };
 
+use crate::backends::conntrack::flows::Gone;
 use crate::model::desired::{ServiceName, ServiceState, VirtualServer};
 
 /// A destination's identity within its virtual server: address and port.
@@ -210,6 +211,9 @@ pub struct SyncReport {
     pub drained: usize,
     /// Destinations draining after this sync.
     pub draining: usize,
+    /// UDP virtual servers and destinations this sync deleted: conntrack
+    /// entries through them are stale (`ipvs` mode clears them).
+    pub udp_gone: Vec<Gone>,
 }
 
 /// Errors of the reconciler's own operations (a sync reports its failures
@@ -827,6 +831,12 @@ impl<I: IpvsApi> Reconciler<I> {
             Request::DeleteService(key) => {
                 self.actual.remove(key);
                 self.draining.remove(key);
+                if let Some(frontend) = udp_frontend(key) {
+                    report.udp_gone.push(Gone {
+                        frontend,
+                        endpoint: None,
+                    });
+                }
             }
             Request::AddDestination(key, d) | Request::EditDestination(key, d) => {
                 if let Some(a) = self.actual.get_mut(key) {
@@ -855,6 +865,12 @@ impl<I: IpvsApi> Reconciler<I> {
                 if effect == Effect::EndDrain {
                     report.drained += 1;
                 }
+                if let Some(frontend) = udp_frontend(key) {
+                    report.udp_gone.push(Gone {
+                        frontend,
+                        endpoint: Some(SocketAddr::new(*addr, *port)),
+                    });
+                }
             }
             _ => {}
         }
@@ -867,6 +883,18 @@ impl<I: IpvsApi> Reconciler<I> {
                 self.draining.remove(key);
             }
         }
+    }
+}
+
+/// The address and port of a UDP virtual server.
+fn udp_frontend(key: &ServiceKey) -> Option<SocketAddr> {
+    match key {
+        ServiceKey::Tuple {
+            protocol: Protocol::Udp,
+            addr,
+            port,
+        } => Some(SocketAddr::new(*addr, *port)),
+        _ => None,
     }
 }
 
@@ -1414,6 +1442,70 @@ mod tests {
                 .map(|d| Request::AddDestination(vs.key(), d.config())),
         );
         out
+    }
+
+    /// What conntrack must forget: a UDP destination deleted (at once: UDP
+    /// does not drain), then the whole UDP virtual server; a TCP removal
+    /// (which drains) names nothing, nor does a failed delete.
+    #[test]
+    fn udp_removals_are_reported_for_conntrack() {
+        let u = udp("10.96.0.10", 53);
+        let t = tcp("10.96.0.1", 80);
+        let sa = |s: &str| s.parse::<SocketAddr>().expect("socket address");
+        let mut r = reconciler();
+        let t0 = Instant::now();
+        r.set_service(
+            &name("dns"),
+            Some(&state(&[
+                vs(u, &[("10.1.0.3", 53, 1), ("10.1.0.4", 53, 1)]),
+                vs(t, &[("10.1.0.3", 80, 1), ("10.1.0.4", 80, 1)]),
+            ])),
+        );
+        let (report, _) = sync(&mut r, false, t0);
+        assert_ok(&report);
+        assert!(report.udp_gone.is_empty(), "nothing removed yet");
+
+        r.set_service(
+            &name("dns"),
+            Some(&state(&[
+                vs(u, &[("10.1.0.3", 53, 1)]),
+                vs(t, &[("10.1.0.3", 80, 1)]),
+            ])),
+        );
+        let (report, _) = sync(&mut r, false, t0);
+        assert_ok(&report);
+        assert_eq!(
+            report.udp_gone,
+            vec![Gone {
+                frontend: sa("10.96.0.10:53"),
+                endpoint: Some(sa("10.1.0.4:53")),
+            }]
+        );
+
+        r.ipvs().fail_when(
+            libc::EPERM,
+            1,
+            move |req| matches!(req, Request::DeleteService(k) if *k == u),
+        );
+        r.set_service(&name("dns"), Some(&state(&[vs(t, &[("10.1.0.3", 80, 1)])])));
+        let (report, _) = sync(&mut r, false, t0);
+        assert_eq!(report.failed.len(), 1, "the delete failed");
+        assert!(
+            report.udp_gone.is_empty(),
+            "a failed delete leaves conntrack alone: {:?} {:?}",
+            report.udp_gone,
+            report.failed
+        );
+        r.ipvs().clear_faults();
+        let (report, _) = sync(&mut r, false, t0);
+        assert_ok(&report);
+        assert_eq!(
+            report.udp_gone,
+            vec![Gone {
+                frontend: sa("10.96.0.10:53"),
+                endpoint: None,
+            }]
+        );
     }
 
     #[test]

@@ -109,6 +109,7 @@ pub struct Metrics {
     pub ipvs_requests: Family<RequestLabels, Counter>,
     pub source_objects_skipped: Family<KindLabels, Counter>,
     pub source_relists: Family<KindLabels, Counter>,
+    pub conntrack_deleted: Counter,
     pub virtual_servers: Gauge,
     pub real_servers: Gauge,
     datapath: DatapathCollector,
@@ -183,6 +184,7 @@ impl Metrics {
             ipvs_requests: Family::default(),
             source_objects_skipped: Family::default(),
             source_relists: Family::default(),
+            conntrack_deleted: Counter::default(),
             virtual_servers: Gauge::default(),
             real_servers: Gauge::default(),
             datapath: DatapathCollector::default(),
@@ -273,6 +275,11 @@ impl Metrics {
             "Complete lists the source received and applied, by kind: one per kind at start, \
              then one after each 410 Gone or lost watch the API server could not resume",
             m.source_relists.clone(),
+        );
+        r.register(
+            "ipvsbpf_conntrack_udp_entries_deleted",
+            "Stale UDP conntrack entries deleted after their endpoint or Service went (ipvs mode)",
+            m.conntrack_deleted.clone(),
         );
         r.register(
             "ipvsbpf_virtual_servers",
@@ -764,6 +771,7 @@ mod tests {
         m.ipvs_requests(Op::AddService, false, 1);
         m.source_objects_skipped("EndpointSlice", 1);
         m.source_relists("Service", 2);
+        m.conntrack_deleted.inc_by(3);
         m.virtual_servers.set(7);
         let text = encoded(&r);
         let want = [
@@ -780,6 +788,7 @@ mod tests {
                 1.0,
             ),
             ("ipvsbpf_source_relists_total{kind=\"Service\"}", 2.0),
+            ("ipvsbpf_conntrack_udp_entries_deleted_total", 3.0),
             ("ipvsbpf_virtual_servers", 7.0),
             ("ipvsbpf_real_servers", 0.0),
         ];
