@@ -14,9 +14,10 @@
 #   - UDP DNS through a ClusterIP keeps answering while a backend goes;
 #     in ipvs mode also to an off-cluster client that keeps its source
 #     port (its stale conntrack entry deleted, as kube-proxy does);
-#   - kill -9 of the proxy during a bounded wrk run loses no request and
-#     the restarted proxy adopts IPVS without a single change but for
-#     finishing the drain the killed one began;
+#   - kill -9 of the proxy during a bounded wrk run, and SIGTERM as a
+#     rolling update sends it, lose no request, and the restarted proxy
+#     adopts IPVS without a single change but for finishing the drain the
+#     old one began;
 #   - conntrack: settings: nf_conntrack_max refused in a namespace with a
 #     clear error and nothing changed, the timeouts written; ipvs-bpf: a
 #     new --bpf-session-map-entries replaces the pinned map and SNAT
@@ -182,34 +183,43 @@ n=$(metric kubeproxy_network_programming_duration_seconds_count)
 echo "      network programming latency samples (slice trigger times): $n"
 [ "${n:-0}" -ge 2 ] || fail "the two slice changes were not measured"
 
+# restart_under_wrk SIGNAL: a bounded wrk run (8 s, 4 connections) on the
+# NodePort; 2 s in, the proxy gets SIGNAL and a new one starts. No
+# request may fail, and the new proxy must adopt IPVS without a change
+# but for finishing a drain the old one began (pod2b, above).
+restart_under_wrk() {
+	local wrk logged req drained
+	topo_exec client wrk -t 1 -c 4 -d 8s --timeout 3s "http://$NODE:30080/" >"$MAN/wrk" 2>&1 &
+	wrk=$!
+	sleep 2
+	kill "-$1" "$PID"
+	wait "$PID" 2>/dev/null
+	kill -0 "$PID" 2>/dev/null && fail "the proxy survived SIG$1"
+	PID=
+	sleep 1
+	logged=$(wc -l <"$LOG")
+	start_proxy
+	wait "$wrk"
+	sed 's/^/      /' "$MAN/wrk"
+	grep -q 'requests in' "$MAN/wrk" || fail "wrk did not run"
+	grep -qE 'Socket errors|Non-2xx' "$MAN/wrk" && fail "requests were lost across the restart"
+	# Each IPVS sync logs both counts in one line, so the sum cannot race.
+	read -r req drained < <(tail -n +"$((logged + 1))" "$LOG" | awk '/IPVS sync/ {
+		for (i = 1; i <= NF; i++) {
+			split($i, kv, "=")
+			if (kv[1] == "requests") r += kv[2]
+			if (kv[1] == "drained") d += kv[2]
+		}
+	} END { print r + 0, d + 0 }')
+	echo "      IPVS requests since the restart: $req, of which drains the old proxy began: $drained"
+	[ "$((req - drained))" = 0 ] ||
+		fail "the restarted proxy changed IPVS ($req requests, $drained drains) instead of adopting it"
+}
+
 step "kill -9 during a bounded wrk run (8 s, 4 connections) on the NodePort"
-topo_exec client wrk -t 1 -c 4 -d 8s --timeout 3s "http://$NODE:30080/" >"$MAN/wrk" 2>&1 &
-wrk=$!
-sleep 2
-kill -9 "$PID"
-wait "$PID" 2>/dev/null
-kill -0 "$PID" 2>/dev/null && fail "the proxy survived kill -9"
-PID=
-sleep 1
-logged=$(wc -l <"$LOG")
-start_proxy
-wait "$wrk"
-sed 's/^/      /' "$MAN/wrk"
-grep -q 'requests in' "$MAN/wrk" || fail "wrk did not run"
-grep -qE 'Socket errors|Non-2xx' "$MAN/wrk" && fail "requests were lost across the restart"
-# The one change a restarted proxy may make: removing a destination the
-# killed one was draining (pod2b, above) once its connections are gone.
-# Each IPVS sync logs both counts in one line, so the sum cannot race.
-read -r req drained < <(tail -n +"$((logged + 1))" "$LOG" | awk '/IPVS sync/ {
-	for (i = 1; i <= NF; i++) {
-		split($i, kv, "=")
-		if (kv[1] == "requests") r += kv[2]
-		if (kv[1] == "drained") d += kv[2]
-	}
-} END { print r + 0, d + 0 }')
-echo "      IPVS requests since the restart: $req, of which drains the killed proxy began: $drained"
-[ "$((req - drained))" = 0 ] ||
-	fail "the restarted proxy changed IPVS ($req requests, $drained drains) instead of adopting it"
+restart_under_wrk KILL
+step "SIGTERM during a bounded wrk run, as a DaemonSet's rolling update stops the old pod"
+restart_under_wrk TERM
 
 step "conntrack: settings: nf_conntrack_max refused in a pod's namespace, timeouts written"
 # nf_conntrack_max is the host's alone: read-only in any other network
