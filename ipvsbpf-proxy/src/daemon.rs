@@ -25,6 +25,8 @@ use crate::model::inventory::{Shared, SharedInventory};
 use crate::model::ModelConfig;
 use crate::reconcile::syncer::Syncer;
 use crate::reconcile::{ReconcileOptions, Reconciler};
+use crate::serving;
+use crate::serving::events::NodeEvents;
 use crate::serving::http::{self, HealthCheckServers, ProxyHealth};
 use crate::serving::metrics::{DatapathSnapshot, DatapathStats, Metrics, SyncKind};
 use crate::sources::{self, ObjectKind, SourceStats};
@@ -56,6 +58,19 @@ pub async fn run(cfg: Config) -> Result<()> {
         return cleanup(&cfg);
     }
     let node_name = node_name(&cfg)?;
+    // The API client, made once: the kube source watches with it and the
+    // Node's Events go through it (none with the file source).
+    let client = match cfg.source {
+        SourceKind::Kube => Some(
+            sources::kube::client(cfg.kubeconfig.clone(), cfg.master.clone())
+                .await
+                .context("Kubernetes client")?,
+        ),
+        SourceKind::File => None,
+    };
+    let events = client
+        .clone()
+        .map_or_else(NodeEvents::disabled, |c| NodeEvents::start(c, &node_name));
     let mut ipvs =
         Ipvs::connect().context("connecting to IPVS over generic netlink (is ip_vs loaded?)")?;
 
@@ -63,6 +78,13 @@ pub async fn run(cfg: Config) -> Result<()> {
     if mode == ProxyMode::IpvsBpf && !BpfMode::kernel_supported(&mut ipvs) {
         if cfg.fallback_to_ipvs {
             warn!("this kernel lacks the ipvs-bpf series (net.ipv4.vs.bpf_mode, IPVS_CMD_GET_BPF); falling back to --proxy-mode=ipvs as --fallback-to-ipvs asks");
+            events.warning(
+                "FallbackToIPVS",
+                "StartProxy",
+                "this node's kernel lacks the ipvs-bpf series (net.ipv4.vs.bpf_mode, \
+                 IPVS_CMD_GET_BPF): running --proxy-mode=ipvs, as --fallback-to-ipvs asks"
+                    .into(),
+            );
             mode = ProxyMode::Ipvs;
         } else {
             bail!(crate::backends::bpfmode::BpfModeError::Unsupported);
@@ -108,6 +130,18 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
     };
     info!(mode = ?mode, node = %node_name, "node set up");
+    events.normal(
+        "Starting",
+        "StartProxy",
+        format!("Starting ipvsbpf-proxy ({} mode).", mode_name(mode)),
+    );
+    if let Plumbing::Bpf(bm, _) = &plumbing {
+        watch_bpf_trouble(
+            events.clone(),
+            (cfg.snat_port_range.min, cfg.snat_port_range.max),
+            bm.session_capacity(),
+        );
+    }
     let t = Timeouts {
         tcp: cfg.ipvs_tcp_timeout.as_secs() as u32,
         tcp_fin: cfg.ipvs_tcpfin_timeout.as_secs() as u32,
@@ -155,7 +189,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Sources
     let inv = SharedInventory::new_shared();
     let stats = Arc::new(SourceStats::default());
-    let source = start_source(&cfg, &node_name, inv.clone(), stats.clone()).await?;
+    let source = start_source(&cfg, client, &node_name, inv.clone(), stats.clone())?;
 
     // Reconciler: adopt what a previous run programmed, flush nothing
     let mut reconciler = Reconciler::new(
@@ -431,8 +465,9 @@ async fn sync_loop(
     }
 }
 
-async fn start_source(
+fn start_source(
     cfg: &Config,
+    client: Option<kube::Client>,
     node_name: &str,
     inv: Shared,
     stats: Arc<SourceStats>,
@@ -452,13 +487,53 @@ async fn start_source(
             })
         }
         SourceKind::Kube => {
-            let client = sources::kube::client(cfg.kubeconfig.clone(), cfg.master.clone())
-                .await
-                .context("Kubernetes client")?;
+            let client = client.context("--source=kube without a Kubernetes client")?;
             info!("kube source");
             tokio::spawn(sources::kube::run(client, node, proxy_name, inv, stats))
         }
     })
+}
+
+/// How often [`watch_bpf_trouble`] reads the kernel's counters.
+const TROUBLE_POLL: Duration = Duration::from_secs(10);
+
+/// A thread that reads IPVS's session map counters every
+/// [`TROUBLE_POLL`] and reports what grew (SNAT ports exhausted, the map
+/// full) as a warning in the log and a Warning Event on the Node. Its
+/// own IPVS socket; it ends with the process.
+fn watch_bpf_trouble(events: NodeEvents, ports: (u16, u16), entries: u32) {
+    let spawned = std::thread::Builder::new()
+        .name("bpf-trouble".into())
+        .spawn(move || {
+            let mut ipvs = match Ipvs::connect() {
+                Ok(i) => i,
+                Err(e) => {
+                    warn!(error = %e, "no IPVS socket to watch SNAT and session map trouble");
+                    return;
+                }
+            };
+            let read = |ipvs: &mut Ipvs| ipvs.bpf().ok().flatten().map(|s| s.stats);
+            let mut before = read(&mut ipvs).unwrap_or_default();
+            loop {
+                std::thread::sleep(TROUBLE_POLL);
+                let Some(now) = read(&mut ipvs) else { continue };
+                for t in serving::events::trouble(&before, &now, ports, entries) {
+                    warn!(reason = t.reason, "{}", t.note);
+                    events.warning(t.reason, "ProxyConnection", t.note);
+                }
+                before = now;
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the SNAT and session map watcher");
+    }
+}
+
+fn mode_name(mode: ProxyMode) -> &'static str {
+    match mode {
+        ProxyMode::IpvsBpf => "ipvs-bpf",
+        ProxyMode::Ipvs => "ipvs",
+    }
 }
 
 fn node_name(cfg: &Config) -> Result<String> {

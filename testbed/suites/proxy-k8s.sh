@@ -69,13 +69,15 @@ mkdir -p "$K8S_LOGS"
 : >"$LOG"
 k8s_up
 
-step "RBAC: deploy/base/rbac.yaml; the proxy's token may list and watch, nothing more"
+step "RBAC: deploy/base/rbac.yaml; the proxy's token may list and watch, and write Events, nothing more"
 kc apply -f - <"$TOP/deploy/base/rbac.yaml" | sed 's/^/      /'
 perms=$(kc auth can-i --list --as "$SA" 2>/dev/null)
 for r in services endpointslices.discovery.k8s.io nodes; do
 	echo "$perms" | grep -qE "^$r +\[\] +\[\] +\[list watch\] *\$" ||
 		fail "the proxy may not exactly list and watch $r: $(echo "$perms" | grep "^$r ")"
 done
+echo "$perms" | grep -qE "^events.events.k8s.io +\[\] +\[\] +\[create patch\] *\$" ||
+	fail "the proxy may not exactly create and patch Events: $(echo "$perms" | grep "^events")"
 echo "$perms" | grep -qE '^(secrets|pods|configmaps|\*\.\*) ' && fail "the proxy may do more: $perms"
 k8s_token_kubeconfig ipvsbpf-proxy "$K8S/ipvsbpf-proxy.conf"
 
@@ -150,6 +152,12 @@ reach pod1b "http://[$WEB6]/" pod1a pod2a
 reach client "http://$NODE:30080/" pod1a pod2a
 reach client "http://[2001:db8::1]:30080/" pod1a pod2a
 reach pod1a http://198.19.0.20/ pod1b pod2b
+step "the Node's Event: Starting, reported by ipvsbpf-proxy (events.k8s.io, as kube-proxy's)"
+# shellcheck disable=SC2016
+ev_jsonpath='{range .items[?(@.reportingController=="ipvsbpf-proxy")]}{.reason}/{.regarding.kind}/{.regarding.name}/{.type}{"\n"}{end}'
+wait_for 30 eval 'kc get events.events.k8s.io -n default -o jsonpath="$ev_jsonpath" | grep -qx "Starting/Node/node/Normal"' ||
+	fail "no Starting Event on Node node: $(kc get events.events.k8s.io -n default -o jsonpath="$ev_jsonpath" | xargs)"
+kc get events.events.k8s.io -n default -o jsonpath="$ev_jsonpath" | sed 's/^/      /'
 step "a pod reaches the API server through the kubernetes Service (198.19.0.1:443)"
 topo_exec pod1b curl -sf -m 5 --cacert "$K8S/pki/ca.crt" https://198.19.0.1/version |
 	grep -q '"gitVersion"' || fail "no /version through 198.19.0.1"
