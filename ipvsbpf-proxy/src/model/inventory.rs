@@ -148,6 +148,24 @@ fn owner_of(slice: &EndpointSlice) -> Option<ServiceName> {
     Some(ServiceName::new(namespace, service))
 }
 
+/// Drops what the proxy never reads from an object's metadata before it
+/// is stored: managedFields (often the largest part of an object as the
+/// API server sends it), owner references, and every annotation but
+/// `keep` (kubectl's last-applied-configuration copies the whole object
+/// into one). At 10,000 Services that is most of the inventory's memory,
+/// and an annotation-only edit no longer recomputes a Service whose
+/// virtual servers cannot have changed.
+fn slim(meta: &mut ObjectMeta, keep: Option<&str>) {
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| Some(k.as_str()) == keep);
+    }
+    if meta.annotations.as_ref().is_some_and(|a| a.is_empty()) {
+        meta.annotations = None;
+    }
+}
+
 /// Equal for the proxy's purposes: resourceVersion, managedFields,
 /// generation and timestamps change on every write and mean nothing here.
 fn same_meta(a: &ObjectMeta, b: &ObjectMeta) -> bool {
@@ -186,8 +204,9 @@ impl Inventory {
 
     /// Adds or updates a Service; it becomes dirty only if something the
     /// proxy reads changed.
-    pub fn apply_service(&mut self, svc: Service) -> Result<(), InventoryError> {
+    pub fn apply_service(&mut self, mut svc: Service) -> Result<(), InventoryError> {
         let (namespace, name) = key_of("Service", &svc.metadata)?;
+        slim(&mut svc.metadata, None);
         let key = ServiceName { namespace, name };
         let changed = match self.services.get(&key) {
             Some(old) => !same_service(old, &svc),
@@ -210,8 +229,9 @@ impl Inventory {
 
     /// Adds or updates an EndpointSlice. A slice that moved to another
     /// Service (its label changed) dirties both.
-    pub fn apply_slice(&mut self, slice: EndpointSlice) -> Result<(), InventoryError> {
+    pub fn apply_slice(&mut self, mut slice: EndpointSlice) -> Result<(), InventoryError> {
         let key = key_of("EndpointSlice", &slice.metadata)?;
+        slim(&mut slice.metadata, Some(TRIGGER_TIME_ANNOTATION));
         let new_owner = owner_of(&slice);
         let old = self.slices.get(&key);
         let old_owner = old.and_then(|s| owner_of(s));
@@ -271,7 +291,16 @@ impl Inventory {
 
     /// Sets this node's Node object (None: not found). A change of labels
     /// or addresses dirties everything.
-    pub fn set_node(&mut self, node: Option<Node>) {
+    pub fn set_node(&mut self, mut node: Option<Node>) {
+        if let Some(n) = node.as_mut() {
+            slim(&mut n.metadata, None);
+            // The image list alone can be kilobytes; addresses are read.
+            if let Some(status) = n.status.as_mut() {
+                status.images = None;
+                status.volumes_attached = None;
+                status.volumes_in_use = None;
+            }
+        }
         if !same_node(self.node.as_deref(), node.as_ref()) {
             self.dirty.all = true;
         }
@@ -474,6 +503,66 @@ mod tests {
         ServiceName::new(ns, name)
     }
 
+    /// Stored objects keep what the model reads and lose the rest:
+    /// managedFields, owner references, annotations (a slice's trigger
+    /// time excepted), a Node's image list.
+    #[test]
+    fn stored_objects_are_slimmed() {
+        let mut inv = Inventory::new();
+        let meta_extra = json!({
+            "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                               "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}],
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "a",
+                                 "uid": "u1"}],
+        });
+        let mut s = serde_json::to_value(svc("ns", "a", "1", 80)).expect("json");
+        s["metadata"]["managedFields"] = meta_extra["managedFields"].clone();
+        s["metadata"]["annotations"] = json!({
+            "kubectl.kubernetes.io/last-applied-configuration": "{\"kind\":\"Service\"}"
+        });
+        s["metadata"]["labels"] = json!({"app": "web"});
+        inv.apply_service(serde_json::from_value(s).expect("service"))
+            .expect("apply");
+        let stored = inv.service(&sn("ns", "a")).expect("stored");
+        assert_eq!(stored.metadata.managed_fields, None);
+        assert_eq!(stored.metadata.annotations, None);
+        assert!(stored.metadata.labels.is_some(), "labels are read: kept");
+
+        let mut sl =
+            serde_json::to_value(slice("ns", "s1", Some("a"), "1", "10.1.0.1")).expect("json");
+        sl["metadata"]["managedFields"] = meta_extra["managedFields"].clone();
+        sl["metadata"]["ownerReferences"] = meta_extra["ownerReferences"].clone();
+        sl["metadata"]["annotations"] = json!({
+            TRIGGER_TIME_ANNOTATION: "2026-12-05T00:00:00Z",
+            "other": "x",
+        });
+        inv.apply_slice(serde_json::from_value(sl).expect("slice"))
+            .expect("apply");
+        let stored = inv.slice("ns", "s1").expect("stored");
+        assert_eq!(stored.metadata.managed_fields, None);
+        assert_eq!(stored.metadata.owner_references, None);
+        let kept: Vec<&String> = stored
+            .metadata
+            .annotations
+            .as_ref()
+            .map(|a| a.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(kept, [TRIGGER_TIME_ANNOTATION]);
+
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n1", "managedFields": meta_extra["managedFields"].clone()},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}],
+                       "images": [{"names": ["registry/x:1"], "sizeBytes": 1}]}
+        }))
+        .expect("node");
+        inv.set_node(Some(node));
+        let stored = inv.node().expect("node");
+        assert_eq!(stored.metadata.managed_fields, None);
+        let status = stored.status.as_ref().expect("status");
+        assert_eq!(status.images, None);
+        assert!(status.addresses.is_some(), "addresses are read: kept");
+    }
+
     #[test]
     fn service_dirty_rules() {
         struct Case {
@@ -511,13 +600,15 @@ mod tests {
                 dirty: true,
             },
             Case {
+                // The model reads no Service annotation: not stored,
+                // nothing to recompute.
                 what: "annotation added",
                 second: {
                     let mut s = svc("ns", "a", "3", 80);
                     s.metadata.annotations = Some([("x".to_string(), "y".to_string())].into());
                     s
                 },
-                dirty: true,
+                dirty: false,
             },
         ];
         for c in cases {
