@@ -81,8 +81,10 @@ fn reload_reuses_the_pinned_maps() {
     });
 }
 
-/// `--bpf-session-map-entries` changed between runs: the old pin goes,
-/// the next load makes a map of the new size; the same size keeps it.
+/// `--bpf-session-map-entries` changed between runs: the old pin is set
+/// aside, the next load makes a map of the new size and the old pin is
+/// dropped; a load that fails gets the old pin back; the same size keeps
+/// it where it is.
 #[test]
 fn a_resized_session_map_is_replaced_on_request() {
     in_private_bpffs(|bpffs| {
@@ -93,23 +95,39 @@ fn a_resized_session_map_is_replaced_on_request() {
         let id = map_id(&dp);
         drop(dp);
 
-        assert_eq!(
-            datapath::unpin_if_resized(&dir, opts.session_entries).expect("same size"),
-            None
-        );
+        assert!(datapath::set_aside_if_resized(&dir, opts.session_entries)
+            .expect("same size")
+            .is_none());
         assert!(dir.join(MAP_SESSIONS).exists(), "same size: pin kept");
+
+        // A failed load (a size IPVS would refuse) puts the old pin back.
+        let aside = datapath::set_aside_if_resized(&dir, 8)
+            .expect("resized")
+            .expect("set aside");
+        assert_eq!(aside.old_entries, opts.session_entries);
+        assert!(!dir.join(MAP_SESSIONS).exists(), "old pin moved");
+        let mut failed = MaybeUninit::uninit();
+        let tiny = Options {
+            session_entries: 8,
+            ..opts
+        };
+        assert!(Datapath::load_pinned(&mut failed, &tiny, &dir).is_err());
+        aside.restore().expect("restore");
+        let mut again = MaybeUninit::uninit();
+        let dp = Datapath::load_pinned(&mut again, &opts, &dir).expect("old map adopted");
+        assert_eq!(map_id(&dp), id, "the old map, adopted again");
+        drop(dp);
 
         let bigger = Options {
             session_entries: opts.session_entries * 2,
             ..opts
         };
-        assert_eq!(
-            datapath::unpin_if_resized(&dir, bigger.session_entries).expect("resized"),
-            Some(opts.session_entries)
-        );
-        assert!(!dir.join(MAP_SESSIONS).exists(), "old pin removed");
+        let aside = datapath::set_aside_if_resized(&dir, bigger.session_entries)
+            .expect("resized")
+            .expect("set aside");
         let mut second = MaybeUninit::uninit();
         let dp = Datapath::load_pinned(&mut second, &bigger, &dir).expect("load resized");
+        aside.drop_old().expect("drop the old pin");
         assert_ne!(map_id(&dp), id, "a new map");
         {
             use libbpf_rs::MapCore;
@@ -119,10 +137,11 @@ fn a_resized_session_map_is_replaced_on_request() {
             );
         }
         assert!(dir.join(MAP_SESSIONS).exists(), "and pinned");
-        drop(dp);
-        // Nothing pinned: nothing to do.
-        std::fs::remove_file(dir.join(MAP_SESSIONS)).expect("unpin");
-        assert_eq!(datapath::unpin_if_resized(&dir, 64).expect("none"), None);
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .expect("pin dir")
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        assert_eq!(left.len(), PINNED_MAPS.len(), "no pin left over: {left:?}");
     });
 }
 

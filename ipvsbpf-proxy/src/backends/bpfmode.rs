@@ -111,9 +111,10 @@ impl BpfMode {
             path: cfg.pin_dir.clone(),
             source,
         })?;
-        if let Some(old) = datapath::unpin_if_resized(&cfg.pin_dir, cfg.options.session_entries)? {
+        let aside = datapath::set_aside_if_resized(&cfg.pin_dir, cfg.options.session_entries)?;
+        if let Some(a) = &aside {
             warn!(
-                old_entries = old,
+                old_entries = a.old_entries,
                 new_entries = cfg.options.session_entries,
                 "the pinned session map has another size (--bpf-session-map-entries \
                  changed): replacing it; open SNAT connections through IPVS are cut"
@@ -123,7 +124,24 @@ impl BpfMode {
         // leaked on purpose so the datapath can be 'static.
         let storage: &'static mut MaybeUninit<OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
-        let dp = Datapath::load_pinned(storage, &cfg.options, &cfg.pin_dir)?;
+        let dp = match Datapath::load_pinned(storage, &cfg.options, &cfg.pin_dir) {
+            Ok(dp) => dp,
+            Err(e) => {
+                // The old map keeps serving (IPVS and tc hold it); its pin
+                // goes back so the next start adopts it.
+                if let Some(a) = aside {
+                    if let Err(re) = a.restore() {
+                        warn!(error = %re, "putting the old session map's pin back");
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        if let Some(a) = aside {
+            if let Err(e) = a.drop_old() {
+                warn!(error = %e, "removing the old session map's pin");
+            }
+        }
         for (name, idx) in &uplinks {
             // Attachments replace our own filter and are left in place
             // when the proxy exits, so traffic survives a restart.

@@ -118,11 +118,13 @@ pub enum Error {
          (modprobe nf_conntrack), or leave them unset"
     )]
     Missing { path: String },
-    #[error(
-        "sysctl {path}: {source} (in a network namespace other than the host's, \
-         nf_conntrack_max is read-only: leave conntrack.maxPerCore unset or 0 there)"
-    )]
-    Write { path: String, source: io::Error },
+    #[error("sysctl {path}: {source}{hint}")]
+    Write {
+        path: String,
+        source: io::Error,
+        /// Why, where it is known.
+        hint: &'static str,
+    },
     #[error("{path}: {source}")]
     Hashsize { path: String, source: io::Error },
 }
@@ -135,6 +137,12 @@ pub fn apply<S: Sysctl>(sysctl: &mut S, plan: &[(&'static str, String)]) -> Resu
         let write_err = |source| Error::Write {
             path: path.to_string(),
             source,
+            hint: if path.ends_with("nf_conntrack_max") {
+                " (in a network namespace other than the host's, nf_conntrack_max is \
+                 read-only: leave conntrack.maxPerCore unset or 0 there)"
+            } else {
+                ""
+            },
         };
         match sysctl.get(path).map_err(write_err)? {
             Some(cur) if cur == *value => {}

@@ -10,7 +10,7 @@
 use std::mem::{offset_of, MaybeUninit};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipvs_netlink::uapi::{
@@ -361,7 +361,8 @@ impl<'obj> Datapath<'obj> {
     /// proxy keeps the sessions IPVS mirrored and the counters; a missing
     /// one is created and pinned. libbpf refuses a pinned map whose type,
     /// sizes or flags differ (an older build, another `--sessions`): that
-    /// is an error, never a silent second map.
+    /// is an error, never a silent second map ([`set_aside_if_resized`]
+    /// makes way for a deliberate resize).
     pub fn load_pinned(
         storage: &'obj mut MaybeUninit<OpenObject>,
         opts: &Options,
@@ -524,13 +525,16 @@ pub const MAP_SESSIONS: &str = "ipvs_sessions";
 pub const MAP_STATS: &str = "ipvsbpf_stats";
 /// Pinned name of the fragment map.
 pub const MAP_FRAGS: &str = "ipvsbpf_frags";
+/// Where [`set_aside_if_resized`] keeps the replaced session map's pin
+/// while its successor loads.
+pub const MAP_SESSIONS_ASIDE: &str = "ipvs_sessions_replaced";
 /// Every map [`Datapath::pin`] pins, in that order.
 pub const PINNED_MAPS: [&str; 3] = [MAP_SESSIONS, MAP_STATS, MAP_FRAGS];
 
 /// Removes the pins [`Datapath::pin`] made under `dir`; pins already gone
 /// are fine.
 pub fn unpin(dir: &Path) -> Result<(), std::io::Error> {
-    for name in PINNED_MAPS {
+    for name in PINNED_MAPS.into_iter().chain([MAP_SESSIONS_ASIDE]) {
         match std::fs::remove_file(dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -539,27 +543,56 @@ pub fn unpin(dir: &Path) -> Result<(), std::io::Error> {
     Ok(())
 }
 
-/// Removes the session map's pin under `dir` if that map's size is not
-/// `entries` (`--bpf-session-map-entries` changed), so the next
+/// The session map's pin, moved aside by [`set_aside_if_resized`] until
+/// the new map is loaded: [`SetAside::drop_old`] then removes it, or
+/// [`SetAside::restore`] puts it back if the load failed.
+#[derive(Debug)]
+pub struct SetAside {
+    path: PathBuf,
+    aside: PathBuf,
+    /// `max_entries` of the map set aside.
+    pub old_entries: u32,
+}
+
+impl SetAside {
+    pub fn restore(self) -> std::io::Result<()> {
+        std::fs::rename(&self.aside, &self.path)
+    }
+
+    pub fn drop_old(self) -> std::io::Result<()> {
+        std::fs::remove_file(&self.aside)
+    }
+}
+
+/// Moves the session map's pin under `dir` aside if that map's size is
+/// not `entries` (`--bpf-session-map-entries` changed), so the next
 /// [`Datapath::load_pinned`] creates one of the new size instead of
-/// refusing; returns the old size when it did. The old map lives on while
-/// IPVS holds it; handing IPVS the new one ends the old map's sessions.
-pub fn unpin_if_resized(dir: &Path, entries: u32) -> Result<Option<u32>, Error> {
+/// refusing. The old map lives on while IPVS and the tc programs hold it;
+/// handing IPVS the new one ends the old map's sessions.
+pub fn set_aside_if_resized(dir: &Path, entries: u32) -> Result<Option<SetAside>, Error> {
     let path = dir.join(MAP_SESSIONS);
     if !path.exists() {
         return Ok(None);
     }
-    let old = MapHandle::from_pinned_path(&path)
+    let old_entries = MapHandle::from_pinned_path(&path)
         .map_err(bpf_err(format!("opening the pinned {}", path.display())))?
         .max_entries();
-    if old == entries {
+    if old_entries == entries {
         return Ok(None);
     }
-    std::fs::remove_file(&path).map_err(|e| Error::Bpf {
-        what: format!("unpinning {}", path.display()),
+    // (bpffs refuses names with a dot)
+    let aside = dir.join(MAP_SESSIONS_ASIDE);
+    // A leftover of an earlier attempt that died half way.
+    let _ = std::fs::remove_file(&aside);
+    std::fs::rename(&path, &aside).map_err(|e| Error::Bpf {
+        what: format!("moving {} aside", path.display()),
         source: libbpf_rs::Error::from(e),
     })?;
-    Ok(Some(old))
+    Ok(Some(SetAside {
+        path,
+        aside,
+        old_entries,
+    }))
 }
 
 fn clear_map(map: &impl MapCore, what: &str) -> Result<(), Error> {
