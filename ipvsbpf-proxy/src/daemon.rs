@@ -3,13 +3,14 @@
 //! `--cleanup`. The pieces it wires are tested on their own; this file
 //! holds only the order of things.
 
-use std::net::IpAddr;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use ipvs_netlink::{Ipvs, ServiceKey, Timeouts};
+use ipvs_netlink::{Ipvs, Protocol, ServiceKey, Timeouts};
 use prometheus_client::registry::Registry;
 use tokio::time::sleep_until;
 use tracing::{debug, error, info, warn};
@@ -253,6 +254,8 @@ async fn sync_loop(
     let mut triggers: Vec<SystemTime> = Vec::new();
     // The last sync's filter or mode rules failed to apply
     let mut rules_failed = false;
+    // UDP virtual servers whose conntrack entries still need a sweep.
+    let mut udp_pending: BTreeSet<SocketAddr> = BTreeSet::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -363,25 +366,6 @@ async fn sync_loop(
         for (&(op, ok), &n) in &report.by_op {
             metrics.ipvs_requests(op, ok, n);
         }
-        // ipvs mode: conntrack holds Service flows; forget the UDP ones
-        // whose endpoint or Service this sync removed, as kube-proxy does.
-        // A failure is logged, not retried: the entries then last until
-        // the flow pauses for the UDP timeout, as they would without this.
-        if let (Plumbing::Ipvs(_), false) = (&plumbing, report.udp_gone.is_empty()) {
-            let cleared = tokio::task::block_in_place(|| {
-                conntrack::flows::Ctnetlink::connect()
-                    .and_then(|mut ct| conntrack::flows::clear(&mut ct, &report.udp_gone))
-            });
-            match cleared {
-                Ok(n) => {
-                    metrics.conntrack_deleted.inc_by(n as u64);
-                    if n > 0 {
-                        info!(deleted = n, gone = ?report.udp_gone, "stale UDP conntrack entries deleted");
-                    }
-                }
-                Err(e) => warn!(error = %e, "deleting stale UDP conntrack entries"),
-            }
-        }
         if rules_due {
             if let Plumbing::Ipvs(m) = &mut plumbing {
                 match tokio::task::block_in_place(|| m.sync(syncer.state())) {
@@ -403,6 +387,35 @@ async fn sync_loop(
             }
             for e in hc.sync(&syncer.health_checks()).await {
                 warn!(error = %e, "health-check node port");
+            }
+        }
+        // ipvs mode: conntrack holds Service flows. After the rules are
+        // in, sweep the UDP entries to the virtual servers this sync
+        // changed; a sweep that fails is retried at the next sync.
+        if let Plumbing::Ipvs(_) = &plumbing {
+            udp_pending.extend(report.udp_touched.iter().copied());
+            if !udp_pending.is_empty() {
+                let frontends = udp_frontends(syncer.state(), &udp_pending);
+                let swept = tokio::task::block_in_place(|| {
+                    conntrack::flows::Ctnetlink::connect()
+                        .and_then(|mut ct| conntrack::flows::clear(&mut ct, &frontends))
+                });
+                match swept {
+                    Ok(n) => {
+                        metrics.conntrack_deleted.inc_by(n as u64);
+                        if n > 0 {
+                            info!(
+                                deleted = n,
+                                frontends = udp_pending.len(),
+                                "stale UDP conntrack entries deleted"
+                            );
+                        }
+                        udp_pending.clear();
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "deleting stale UDP conntrack entries; retried at the next sync")
+                    }
+                }
             }
         }
         let (vs, rs) = syncer.state().services.values().fold((0, 0), |(v, r), s| {
@@ -494,6 +507,34 @@ fn start_source(
     })
 }
 
+/// For each UDP virtual server of `pending`, the endpoints that may
+/// answer it now: its destinations in the desired state (draining ones
+/// too: their flows end on their own), or `None` if it is gone.
+fn udp_frontends(
+    state: &crate::model::desired::NodeState,
+    pending: &BTreeSet<SocketAddr>,
+) -> conntrack::flows::Frontends {
+    let mut out: conntrack::flows::Frontends = pending.iter().map(|f| (*f, None)).collect();
+    for vs in state.services.values().flat_map(|s| &s.virtual_servers) {
+        if let ServiceKey::Tuple {
+            protocol: Protocol::Udp,
+            addr,
+            port,
+        } = vs.key()
+        {
+            if let Some(slot) = out.get_mut(&SocketAddr::new(addr, port)) {
+                *slot = Some(
+                    vs.destinations
+                        .iter()
+                        .map(|d| SocketAddr::new(d.addr, d.port))
+                        .collect(),
+                );
+            }
+        }
+    }
+    out
+}
+
 /// How often [`watch_bpf_trouble`] reads the kernel's counters.
 const TROUBLE_POLL: Duration = Duration::from_secs(10);
 
@@ -513,15 +554,24 @@ fn watch_bpf_trouble(events: NodeEvents, ports: (u16, u16), entries: u32) {
                 }
             };
             let read = |ipvs: &mut Ipvs| ipvs.bpf().ok().flatten().map(|s| s.stats);
-            let mut before = read(&mut ipvs).unwrap_or_default();
+            let mut throttle = serving::events::Throttle::default();
+            // The first successful read is the baseline: totals from
+            // before this proxy started are not new trouble.
+            let mut before = None;
             loop {
-                std::thread::sleep(TROUBLE_POLL);
-                let Some(now) = read(&mut ipvs) else { continue };
-                for t in serving::events::trouble(&before, &now, ports, entries) {
-                    warn!(reason = t.reason, "{}", t.note);
-                    events.warning(t.reason, "ProxyConnection", t.note);
+                if let Some(now) = read(&mut ipvs) {
+                    for t in before
+                        .iter()
+                        .flat_map(|b| serving::events::trouble(b, &now, ports, entries))
+                    {
+                        warn!(reason = t.reason, connections = t.count, "{}", t.note);
+                        if throttle.allow(t.reason, Instant::now()) {
+                            events.warning(t.reason, "ProxyConnection", t.note);
+                        }
+                    }
+                    before = Some(now);
                 }
-                before = now;
+                std::thread::sleep(TROUBLE_POLL);
             }
         });
     if let Err(e) = spawned {

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use ipvsbpf_proxy::backends::conntrack::flows::{self, Ctnetlink, Flow, Gone, Table};
+use ipvsbpf_proxy::backends::conntrack::flows::{self, Ctnetlink, Flow, Frontends, Table};
 use netns::{have, in_netns_or_skip, require, run};
 
 mod netns;
@@ -19,6 +19,11 @@ fn sa(s: &str) -> SocketAddr {
 /// `conntrack -I` of a UDP entry: original src -> dst, answered by
 /// `reply_src` (the endpoint) to `reply_dst`.
 fn inject(src: &str, dst: &str, reply_src: &str, reply_dst: &str) {
+    inject_in_zone(src, dst, reply_src, reply_dst, 0);
+}
+
+/// [`inject`] in conntrack zone `zone`.
+fn inject_in_zone(src: &str, dst: &str, reply_src: &str, reply_dst: &str, zone: u16) {
     let (s, d, rs, rd) = (sa(src), sa(dst), sa(reply_src), sa(reply_dst));
     let v = |a: SocketAddr| a.ip().to_string();
     let p = |a: SocketAddr| a.port().to_string();
@@ -46,6 +51,8 @@ fn inject(src: &str, dst: &str, reply_src: &str, reply_dst: &str) {
             &p(rd),
             "-t",
             "120",
+            "--zone",
+            &zone.to_string(),
         ],
     );
 }
@@ -90,6 +97,14 @@ fn stale_udp_entries_go_and_the_rest_stay() {
             "198.18.2.3:53",
             "192.0.2.1:61001",
         );
+        // the endpoint that goes, in another conntrack zone: found there
+        inject_in_zone(
+            "198.18.1.5:5000",
+            "198.19.0.53:53",
+            "198.18.2.3:53",
+            "198.18.1.5:5000",
+            5,
+        );
         // another Service, untouched
         inject(
             "198.18.1.2:5001",
@@ -130,26 +145,25 @@ fn stale_udp_entries_go_and_the_rest_stay() {
                     sa("198.19.0.53:53"),
                     sa("198.18.1.3:53")
                 ),
+                (
+                    sa("198.18.1.5:5000"),
+                    sa("198.19.0.53:53"),
+                    sa("198.18.2.3:53")
+                ),
             ],
             "the IPv4 dump, with the reply source of each"
         );
         assert_eq!(ct.udp_flows(true).expect("IPv6 dump").len(), 1);
 
-        let gone = [
-            Gone {
-                frontend: sa("198.19.0.53:53"),
-                endpoint: Some(sa("198.18.2.3:53")),
-            },
-            Gone {
-                frontend: sa("192.0.2.1:30053"),
-                endpoint: Some(sa("198.18.2.3:53")),
-            },
-            Gone {
-                frontend: sa("[2001:db8:2::53]:53"),
-                endpoint: None,
-            },
-        ];
-        assert_eq!(flows::clear(&mut ct, &gone).expect("clear"), 3);
+        // pod2b (198.18.2.3) left dns; dns6 was deleted; 198.19.0.54 was
+        // not touched by the sync.
+        let frontends: Frontends = [
+            (sa("198.19.0.53:53"), Some([sa("198.18.1.3:53")].into())),
+            (sa("192.0.2.1:30053"), Some([sa("198.18.1.3:53")].into())),
+            (sa("[2001:db8:2::53]:53"), None),
+        ]
+        .into();
+        assert_eq!(flows::clear(&mut ct, &frontends).expect("clear"), 4);
         assert_eq!(
             sorted(ct.udp_flows(false).expect("IPv4 dump")),
             vec![
@@ -172,8 +186,10 @@ fn stale_udp_entries_go_and_the_rest_stay() {
             orig_src: sa("198.18.1.2:5000"),
             orig_dst: sa("198.19.0.53:53"),
             reply_src: sa("198.18.2.3:53"),
+            zone: None,
+            id: None,
         };
         assert!(!ct.delete(&first).expect("delete again"));
-        assert_eq!(flows::clear(&mut ct, &gone).expect("clear again"), 0);
+        assert_eq!(flows::clear(&mut ct, &frontends).expect("clear again"), 0);
     });
 }

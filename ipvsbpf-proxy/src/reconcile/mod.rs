@@ -33,7 +33,6 @@ use ipvs_netlink::{
     Service, ServiceKey,
 };
 
-use crate::backends::conntrack::flows::Gone;
 use crate::model::desired::{ServiceName, ServiceState, VirtualServer};
 
 /// A destination's identity within its virtual server: address and port.
@@ -211,9 +210,11 @@ pub struct SyncReport {
     pub drained: usize,
     /// Destinations draining after this sync.
     pub draining: usize,
-    /// UDP virtual servers and destinations this sync deleted: conntrack
-    /// entries through them are stale (`ipvs` mode clears them).
-    pub udp_gone: Vec<Gone>,
+    /// UDP virtual servers (address and port) that this sync changed
+    /// (a request the kernel acknowledged: created, edited or deleted
+    /// them or their destinations): conntrack entries to them may have
+    /// gone stale (`ipvs` mode sweeps them).
+    pub udp_touched: BTreeSet<SocketAddr>,
 }
 
 /// Errors of the reconciler's own operations (a sync reports its failures
@@ -801,6 +802,11 @@ impl<I: IpvsApi> Reconciler<I> {
         }
         for ((req, effect), result) in requests.iter().zip(effects).zip(results) {
             let Some(key) = req.key() else { continue };
+            // Before the race check: a request that succeeded in a key
+            // that lost another race still changed the kernel.
+            if let (Some(frontend), true) = (udp_frontend(&key), result.is_ok()) {
+                report.udp_touched.insert(frontend);
+            }
             match result {
                 // A key that lost a race is re-read whole: no need to
                 // record its successes one by one.
@@ -831,12 +837,6 @@ impl<I: IpvsApi> Reconciler<I> {
             Request::DeleteService(key) => {
                 self.actual.remove(key);
                 self.draining.remove(key);
-                if let Some(frontend) = udp_frontend(key) {
-                    report.udp_gone.push(Gone {
-                        frontend,
-                        endpoint: None,
-                    });
-                }
             }
             Request::AddDestination(key, d) | Request::EditDestination(key, d) => {
                 if let Some(a) = self.actual.get_mut(key) {
@@ -864,12 +864,6 @@ impl<I: IpvsApi> Reconciler<I> {
                 self.end_drain(key, &(*addr, *port));
                 if effect == Effect::EndDrain {
                     report.drained += 1;
-                }
-                if let Some(frontend) = udp_frontend(key) {
-                    report.udp_gone.push(Gone {
-                        frontend,
-                        endpoint: Some(SocketAddr::new(*addr, *port)),
-                    });
                 }
             }
             _ => {}
@@ -1444,14 +1438,15 @@ mod tests {
         out
     }
 
-    /// What conntrack must forget: a UDP destination deleted (at once: UDP
-    /// does not drain), then the whole UDP virtual server; a TCP removal
-    /// (which drains) names nothing, nor does a failed delete.
+    /// The UDP virtual servers a sync changed, for the conntrack sweep:
+    /// created, a destination deleted, deleted whole; not TCP ones, not
+    /// a failed request, and a success in a key that lost a race too.
     #[test]
-    fn udp_removals_are_reported_for_conntrack() {
+    fn udp_changes_are_reported_for_conntrack() {
         let u = udp("10.96.0.10", 53);
         let t = tcp("10.96.0.1", 80);
         let sa = |s: &str| s.parse::<SocketAddr>().expect("socket address");
+        let touched = |r: &SyncReport| r.udp_touched.iter().copied().collect::<Vec<_>>();
         let mut r = reconciler();
         let t0 = Instant::now();
         r.set_service(
@@ -1463,7 +1458,7 @@ mod tests {
         );
         let (report, _) = sync(&mut r, false, t0);
         assert_ok(&report);
-        assert!(report.udp_gone.is_empty(), "nothing removed yet");
+        assert_eq!(touched(&report), [sa("10.96.0.10:53")], "created");
 
         r.set_service(
             &name("dns"),
@@ -1475,12 +1470,12 @@ mod tests {
         let (report, _) = sync(&mut r, false, t0);
         assert_ok(&report);
         assert_eq!(
-            report.udp_gone,
-            vec![Gone {
-                frontend: sa("10.96.0.10:53"),
-                endpoint: Some(sa("10.1.0.4:53")),
-            }]
+            touched(&report),
+            [sa("10.96.0.10:53")],
+            "a destination deleted"
         );
+        let (report, _) = sync(&mut r, false, t0);
+        assert!(report.udp_touched.is_empty(), "nothing changed");
 
         r.ipvs().fail_when(
             libc::EPERM,
@@ -1491,21 +1486,14 @@ mod tests {
         let (report, _) = sync(&mut r, false, t0);
         assert_eq!(report.failed.len(), 1, "the delete failed");
         assert!(
-            report.udp_gone.is_empty(),
-            "a failed delete leaves conntrack alone: {:?} {:?}",
-            report.udp_gone,
-            report.failed
+            report.udp_touched.is_empty(),
+            "a failed request changed nothing: {:?}",
+            report.udp_touched
         );
         r.ipvs().clear_faults();
         let (report, _) = sync(&mut r, false, t0);
         assert_ok(&report);
-        assert_eq!(
-            report.udp_gone,
-            vec![Gone {
-                frontend: sa("10.96.0.10:53"),
-                endpoint: None,
-            }]
-        );
+        assert_eq!(touched(&report), [sa("10.96.0.10:53")], "deleted");
     }
 
     #[test]

@@ -41,7 +41,9 @@ impl NodeEvents {
             client,
             Reporter {
                 controller: CONTROLLER.into(),
-                instance: Some(format!("{CONTROLLER}-{node}")),
+                // events.k8s.io allows 128 characters here; a node name
+                // may have 253.
+                instance: Some(format!("{CONTROLLER}-{node}").chars().take(128).collect()),
             },
         );
         let regarding = node_ref(node);
@@ -95,6 +97,9 @@ fn node_ref(node: &str) -> ObjectReference {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Trouble {
     pub reason: &'static str,
+    /// How many connections, for the log line; not in the note, which a
+    /// repeat does not update (the Recorder only counts the series).
+    pub count: u64,
     pub note: String,
 }
 
@@ -108,9 +113,11 @@ pub fn trouble(before: &BpfStats, now: &BpfStats, ports: (u16, u16), entries: u3
     if n > 0 {
         out.push(Trouble {
             reason: "SNATPortsExhausted",
+            count: n,
             note: format!(
-                "{n} new connection(s) needing SNAT were refused: no port of \
-                 --snat-port-range {}-{} was free toward their backend; widen the range",
+                "connections needing SNAT were refused: no port of --snat-port-range {}-{} \
+                 was free toward their backend; widen the range \
+                 (ipvsbpf_snat_exhausted_total counts them)",
                 ports.0, ports.1
             ),
         });
@@ -119,13 +126,38 @@ pub fn trouble(before: &BpfStats, now: &BpfStats, ports: (u16, u16), entries: u3
     if n > 0 {
         out.push(Trouble {
             reason: "SessionMapFull",
+            count: n,
             note: format!(
-                "{n} connection(s) could not be mirrored: the session map ({entries} entries) \
-                 is full; raise --bpf-session-map-entries"
+                "connections could not be mirrored: the session map ({entries} entries) is \
+                 full; raise --bpf-session-map-entries \
+                 (ipvsbpf_bpf_session_insert_failures_total counts them)"
             ),
         });
     }
     out
+}
+
+/// At most one Event per reason per [`EVENT_INTERVAL`]: trouble that lasts
+/// would otherwise write to the API server at every poll, from every node.
+pub const EVENT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Remembers when each reason was last published.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    last: std::collections::HashMap<&'static str, std::time::Instant>,
+}
+
+impl Throttle {
+    /// Whether `reason` may be published at `now` (and, if so, marks it).
+    pub fn allow(&mut self, reason: &'static str, now: std::time::Instant) -> bool {
+        match self.last.get(reason) {
+            Some(t) if now.duration_since(*t) < EVENT_INTERVAL => false,
+            _ => {
+                self.last.insert(reason, now);
+                true
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -146,19 +178,29 @@ mod tests {
         assert!(trouble(&stats(3, 5), &stats(3, 5), ports, 64).is_empty());
         let t = trouble(&stats(3, 5), &stats(7, 5), ports, 64);
         assert_eq!(t.len(), 1);
-        assert_eq!(t[0].reason, "SNATPortsExhausted");
-        assert!(
-            t[0].note.starts_with("4 new connection(s)"),
-            "{}",
-            t[0].note
-        );
+        assert_eq!((t[0].reason, t[0].count), ("SNATPortsExhausted", 4));
         assert!(t[0].note.contains("61000-61001"), "{}", t[0].note);
         let t = trouble(&stats(0, 0), &stats(0, 2), ports, 64);
-        assert_eq!(t[0].reason, "SessionMapFull");
+        assert_eq!((t[0].reason, t[0].count), ("SessionMapFull", 2));
         assert!(t[0].note.contains("(64 entries)"), "{}", t[0].note);
         // A reset counter (IPVS reloaded) counts from zero.
         let t = trouble(&stats(10, 0), &stats(2, 0), ports, 64);
-        assert!(t[0].note.starts_with("2 new"), "{}", t[0].note);
+        assert_eq!(t[0].count, 2);
+        // The same trouble twice gives the same note: one Event, a series.
+        assert_eq!(
+            trouble(&stats(0, 0), &stats(1, 0), ports, 64)[0].note,
+            trouble(&stats(1, 0), &stats(9, 0), ports, 64)[0].note
+        );
+    }
+
+    #[test]
+    fn one_event_per_reason_per_interval() {
+        let mut th = Throttle::default();
+        let t0 = std::time::Instant::now();
+        assert!(th.allow("A", t0));
+        assert!(!th.allow("A", t0 + std::time::Duration::from_secs(10)));
+        assert!(th.allow("B", t0 + std::time::Duration::from_secs(10)));
+        assert!(th.allow("A", t0 + EVENT_INTERVAL));
     }
 
     #[test]

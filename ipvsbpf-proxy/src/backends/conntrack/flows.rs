@@ -1,25 +1,28 @@
 //! Stale UDP conntrack entries, cleared in `ipvs` mode as kube-proxy's
-//! IPVS proxier clears them.
+//! IPVS proxier clears them (`pkg/proxy/conntrack` CleanStaleEntries).
 //!
 //! In `ipvs` mode Service packets pass conntrack (`net.ipv4.vs.conntrack`
 //! = 1) and masqueraded ones take their NAT binding from the entry the
 //! first packet made. UDP has no end: a client that keeps sending from one
-//! port keeps an entry whose reply tuple names an endpoint that has gone.
-//! IPVS schedules the flow to a live endpoint, but its answers match no
-//! entry, so the masquerade is never undone and the client hears nothing
-//! until it changes port or stops for the UDP timeout. kube-proxy deletes
-//! such entries when an endpoint or a Service goes; so does this, through
-//! ctnetlink: every UDP entry whose original destination is the removed
-//! virtual server and, for a removed endpoint, whose reply source is that
-//! endpoint.
+//! port keeps an entry whose reply tuple names an endpoint that has gone
+//! (or, made while the Service had none, no endpoint at all). IPVS
+//! schedules the flow to a live endpoint, but its answers match no entry,
+//! so the masquerade is never undone and the client hears nothing while
+//! the entry lives. So, as kube-proxy: every UDP entry whose original
+//! destination is a UDP virtual server with endpoints and whose reply
+//! source is none of them is deleted, and (as kube-proxy did before its
+//! sweep) every entry to a UDP virtual server that is gone.
 //!
 //! Not needed in `ipvs-bpf` mode: Service traffic there is untracked.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple,
@@ -29,22 +32,22 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr as NlAddr};
 
-/// What an IPVS sync removed that conntrack may still point at: a UDP
-/// virtual server (`endpoint: None`) or one endpoint of it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Gone {
-    /// The virtual server: ClusterIP, node address, LB or external IP, and
-    /// its port.
-    pub frontend: SocketAddr,
-    pub endpoint: Option<SocketAddr>,
-}
+/// What each UDP frontend (virtual server address and port) may be
+/// answered by: its endpoints, or `None` when the virtual server is gone
+/// (every entry to it is stale). A frontend with no endpoint is left
+/// alone, as kube-proxy leaves it: nothing could answer in its place.
+pub type Frontends = HashMap<SocketAddr, Option<HashSet<SocketAddr>>>;
 
-/// One UDP conntrack entry, by the two tuples that matter here.
+/// One UDP conntrack entry: the two tuples that matter here, and the
+/// entry's zone and id, so a delete finds that very entry (not one of
+/// another zone, nor a newer one that took the same tuple meanwhile).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
     pub orig_src: SocketAddr,
     pub orig_dst: SocketAddr,
     pub reply_src: SocketAddr,
+    pub zone: Option<u16>,
+    pub id: Option<u32>,
 }
 
 impl Flow {
@@ -56,13 +59,14 @@ impl Flow {
     }
 }
 
-/// The entries of `flows` that `gone` makes stale.
-pub fn stale<'a>(flows: &'a [Flow], gone: &[Gone]) -> Vec<&'a Flow> {
+/// The entries of `flows` that `frontends` makes stale: O(flows).
+pub fn stale<'a>(flows: &'a [Flow], frontends: &Frontends) -> Vec<&'a Flow> {
     flows
         .iter()
-        .filter(|f| {
-            gone.iter()
-                .any(|g| g.frontend == f.orig_dst && g.endpoint.is_none_or(|ep| ep == f.reply_src))
+        .filter(|f| match frontends.get(&f.orig_dst) {
+            None => false,
+            Some(None) => true,
+            Some(Some(endpoints)) => !endpoints.is_empty() && !endpoints.contains(&f.reply_src),
         })
         .collect()
 }
@@ -93,20 +97,15 @@ pub trait Table {
     fn delete(&mut self, flow: &Flow) -> Result<bool, Error>;
 }
 
-/// Deletes the UDP entries `gone` makes stale; returns how many.
-pub fn clear<T: Table>(table: &mut T, gone: &[Gone]) -> Result<usize, Error> {
+/// Deletes the UDP entries `frontends` makes stale; returns how many.
+pub fn clear<T: Table>(table: &mut T, frontends: &Frontends) -> Result<usize, Error> {
     let mut deleted = 0;
     for v6 in [false, true] {
-        let gone: Vec<Gone> = gone
-            .iter()
-            .copied()
-            .filter(|g| g.frontend.is_ipv6() == v6)
-            .collect();
-        if gone.is_empty() {
+        if !frontends.keys().any(|f| f.is_ipv6() == v6) {
             continue;
         }
         let flows = table.udp_flows(v6)?;
-        for flow in stale(&flows, &gone) {
+        for flow in stale(&flows, frontends) {
             if table.delete(flow)? {
                 deleted += 1;
             }
@@ -122,12 +121,33 @@ pub struct Ctnetlink {
 }
 
 const RECV_BUF: usize = 64 * 1024;
+const RECV_TIMEOUT_SECS: libc::time_t = 5;
+const CTA_ID: u16 = 12;
+const CTA_ZONE: u16 = 18;
 
 impl Ctnetlink {
     pub fn connect() -> Result<Ctnetlink, Error> {
         let mut sock = Socket::new(NETLINK_NETFILTER).map_err(Error::Socket)?;
         sock.bind_auto().map_err(Error::Socket)?;
         sock.connect(&NlAddr::new(0, 0)).map_err(Error::Socket)?;
+        // A kernel that stops answering must not hold a sync forever.
+        let timeout = libc::timeval {
+            tv_sec: RECV_TIMEOUT_SECS,
+            tv_usec: 0,
+        };
+        // SAFETY: a valid socket fd and a timeval of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::Socket(io::Error::last_os_error()));
+        }
         Ok(Ctnetlink { sock, seq: 0 })
     }
 
@@ -193,6 +213,12 @@ impl Ctnetlink {
                     continue;
                 }
                 match msg.payload {
+                    NetlinkPayload::Done(done) if done.code != 0 => {
+                        return Err(Error::Kernel {
+                            op,
+                            errno: -done.code,
+                        })
+                    }
                     NetlinkPayload::Done(_) => return Ok(()),
                     NetlinkPayload::Error(e) => {
                         return match e.code {
@@ -248,11 +274,24 @@ impl Table for Ctnetlink {
                 ProtoTuple::DestinationPort(flow.orig_dst.port()),
             ]),
         ];
+        let mut attrs = vec![ConntrackAttribute::CtaTupleOrig(tuple)];
+        if let Some(zone) = flow.zone {
+            attrs.push(ConntrackAttribute::Other(DefaultNla::new(
+                CTA_ZONE,
+                zone.to_be_bytes().to_vec(),
+            )));
+        }
+        if let Some(id) = flow.id {
+            attrs.push(ConntrackAttribute::Other(DefaultNla::new(
+                CTA_ID,
+                id.to_be_bytes().to_vec(),
+            )));
+        }
         let seq = self.send(
             "delete",
             NLM_F_REQUEST | NLM_F_ACK,
             flow.family(),
-            ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(tuple)]),
+            ConntrackMessage::Delete(attrs),
         )?;
         match self.receive("delete", seq, |_| {}) {
             Ok(()) => Ok(true),
@@ -269,10 +308,17 @@ fn udp_flow(ct: &ConntrackMessage) -> Option<Flow> {
     };
     let mut orig = None;
     let mut reply = None;
+    let (mut zone, mut id) = (None, None);
     for a in attrs {
         match a {
             ConntrackAttribute::CtaTupleOrig(t) => orig = endpoints(t),
             ConntrackAttribute::CtaTupleReply(t) => reply = endpoints(t),
+            ConntrackAttribute::Other(nla) if nla.kind() == CTA_ZONE => {
+                zone = nla_bytes::<2>(nla).map(u16::from_be_bytes)
+            }
+            ConntrackAttribute::Other(nla) if nla.kind() == CTA_ID => {
+                id = nla_bytes::<4>(nla).map(u32::from_be_bytes)
+            }
             _ => {}
         }
     }
@@ -282,7 +328,19 @@ fn udp_flow(ct: &ConntrackMessage) -> Option<Flow> {
         orig_src,
         orig_dst,
         reply_src,
+        zone,
+        id,
     })
+}
+
+/// An attribute's value as `N` bytes; `None` if it has another length.
+fn nla_bytes<const N: usize>(nla: &DefaultNla) -> Option<[u8; N]> {
+    if nla.value_len() != N {
+        return None;
+    }
+    let mut b = [0u8; N];
+    nla.emit_value(&mut b);
+    Some(b)
 }
 
 /// Source, destination and protocol of one tuple.
@@ -332,7 +390,15 @@ mod tests {
             orig_src: sa(src),
             orig_dst: sa(dst),
             reply_src: sa(reply_src),
+            zone: None,
+            id: None,
         }
+    }
+
+    fn frontends(list: &[(&str, Option<&[&str]>)]) -> Frontends {
+        list.iter()
+            .map(|(f, eps)| (sa(f), eps.map(|e| e.iter().map(|a| sa(a)).collect())))
+            .collect()
     }
 
     #[derive(Default)]
@@ -358,42 +424,45 @@ mod tests {
         }
     }
 
-    /// kube-proxy's cases: an endpoint gone clears only the entries of
-    /// that frontend answered by that endpoint; a frontend gone clears all
-    /// of its entries; nothing else is touched.
+    /// kube-proxy's rule: an entry to a UDP frontend with endpoints is
+    /// stale when its reply source is none of them (a gone endpoint, or
+    /// the frontend itself: un-NATed while it had none); a frontend with
+    /// no endpoint is left alone; a gone frontend loses all its entries;
+    /// other frontends are not looked at.
     #[test]
-    fn only_what_the_removal_made_stale() {
+    fn stale_is_what_no_endpoint_answers() {
         let to_gone_ep = flow("10.0.0.1:5000", "198.19.0.53:53", "198.18.2.3:53");
         let to_live_ep = flow("10.0.0.2:5000", "198.19.0.53:53", "198.18.1.3:53");
+        let un_natted = flow("10.0.0.3:5000", "198.19.0.53:53", "198.19.0.53:53");
         // masqueraded NodePort entry: reply goes back to the node's address
         let nodeport = flow("192.0.2.2:5000", "192.0.2.1:30053", "198.18.2.3:53");
-        let other_port = flow("10.0.0.1:5001", "198.19.0.53:54", "198.18.2.3:54");
-        let other_vip = flow("10.0.0.1:5002", "198.19.0.54:53", "198.18.2.3:53");
-        let v6 = flow(
+        let no_endpoints = flow("10.0.0.1:5001", "198.19.0.54:53", "198.18.2.3:53");
+        let untouched = flow("10.0.0.1:5002", "198.19.0.55:53", "198.18.2.3:53");
+        let gone_svc = flow(
             "[2001:db8::2]:5000",
             "[2001:db8:2::53]:53",
             "[2001:db8:1:2::3]:53",
         );
-        let flows = vec![to_gone_ep, to_live_ep, nodeport, other_port, other_vip, v6];
-
-        let gone = [
-            Gone {
-                frontend: sa("198.19.0.53:53"),
-                endpoint: Some(sa("198.18.2.3:53")),
-            },
-            Gone {
-                frontend: sa("192.0.2.1:30053"),
-                endpoint: Some(sa("198.18.2.3:53")),
-            },
+        let flows = vec![
+            to_gone_ep,
+            to_live_ep,
+            un_natted,
+            nodeport,
+            no_endpoints,
+            untouched,
+            gone_svc,
         ];
-        assert_eq!(stale(&flows, &gone), vec![&to_gone_ep, &nodeport]);
-
-        let svc_gone = [Gone {
-            frontend: sa("198.19.0.53:53"),
-            endpoint: None,
-        }];
-        assert_eq!(stale(&flows, &svc_gone), vec![&to_gone_ep, &to_live_ep]);
-        assert!(stale(&flows, &[]).is_empty());
+        let f = frontends(&[
+            ("198.19.0.53:53", Some(&["198.18.1.3:53"])),
+            ("192.0.2.1:30053", Some(&["198.18.1.3:53"])),
+            ("198.19.0.54:53", Some(&[])),
+            ("[2001:db8:2::53]:53", None),
+        ]);
+        assert_eq!(
+            stale(&flows, &f),
+            vec![&to_gone_ep, &un_natted, &nodeport, &gone_svc]
+        );
+        assert!(stale(&flows, &Frontends::new()).is_empty());
     }
 
     #[test]
@@ -409,19 +478,17 @@ mod tests {
             ],
             ..FakeTable::default()
         };
-        let gone = [Gone {
-            frontend: sa("198.19.0.53:53"),
-            endpoint: Some(sa("198.18.2.3:53")),
-        }];
-        assert_eq!(clear(&mut t, &gone).expect("clear"), 1);
-        assert_eq!(t.dumps, vec![false], "no IPv6 dump for an IPv4 removal");
+        let f = frontends(&[("198.19.0.53:53", Some(&["198.18.1.3:53"]))]);
+        assert_eq!(clear(&mut t, &f).expect("clear"), 1);
+        assert_eq!(t.dumps, vec![false], "no IPv6 dump for an IPv4 frontend");
         assert_eq!(t.flows.len(), 1);
-        assert_eq!(clear(&mut t, &[]).expect("nothing"), 0);
-        assert_eq!(t.dumps, vec![false], "nothing gone: no dump at all");
+        assert_eq!(clear(&mut t, &Frontends::new()).expect("nothing"), 0);
+        assert_eq!(t.dumps, vec![false], "nothing to sweep: no dump at all");
     }
 
     /// A dump entry as the kernel sends it, through the crate's codec:
-    /// UDP kept with both tuples, TCP and truncated entries ignored.
+    /// UDP kept with both tuples, its zone and id; TCP and truncated
+    /// entries ignored.
     #[test]
     fn entries_decode_to_flows() {
         let tuple = |src: &str, dst: &str, p: Protocol| {
@@ -450,10 +517,19 @@ mod tests {
                 Protocol::Udp,
             )),
             ConntrackAttribute::CtaTimeout(30),
+            ConntrackAttribute::Other(DefaultNla::new(CTA_ZONE, 7u16.to_be_bytes().to_vec())),
+            ConntrackAttribute::Other(DefaultNla::new(
+                CTA_ID,
+                0xdead_beefu32.to_be_bytes().to_vec(),
+            )),
         ]);
         assert_eq!(
             udp_flow(&udp),
-            Some(flow("10.0.0.1:5000", "198.19.0.53:53", "198.18.2.3:53"))
+            Some(Flow {
+                zone: Some(7),
+                id: Some(0xdead_beef),
+                ..flow("10.0.0.1:5000", "198.19.0.53:53", "198.18.2.3:53")
+            })
         );
         let tcp = ConntrackMessage::New(vec![
             ConntrackAttribute::CtaTupleOrig(tuple(
