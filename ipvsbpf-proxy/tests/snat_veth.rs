@@ -191,7 +191,9 @@ impl Topology {
             .expect("spawn server");
         self.servers.push(child);
         let flag = if kind == "tcp" { "-ltnH" } else { "-lunH" };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Python's start alone took over 10 s on the debug kernel (KASAN)
+        // under TCG; a deadline, so a fast host pays nothing for it.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let out = sh(&format!(
                 "ip netns exec {} ss {flag} 'sport = :{port}'",

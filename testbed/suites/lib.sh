@@ -126,3 +126,18 @@ unload_ipvs() {
 	done
 	if lsmod | grep -q '^ip_vs '; then rmmod ip_vs || return 1; fi
 }
+
+# load_modules M...: modprobe each module, failing on the first that does
+# not load; on a kernel without a module tree (a whole-kernel build booted
+# by vm-run, `make vm-full`/`vm-debug`, with IPVS built in) there is
+# nothing to load, and IPVS must be there already.
+load_modules() {
+	local m
+	if [ ! -d "/lib/modules/$(uname -r)" ]; then
+		[ -d /proc/sys/net/ipv4/vs ] || fail "no module tree for $(uname -r) and no IPVS built in"
+		return 0
+	fi
+	for m in "$@"; do
+		modprobe "$m" || fail "modprobe $m"
+	done
+}

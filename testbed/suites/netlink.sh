@@ -19,10 +19,8 @@ bench=$TOP/build/netlink/bench
 
 # The schedulers and persistence engine the tests use, loaded up front
 # rather than by request_module() in the middle of a test.
-for m in ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_sh ip_vs_mh ip_vs_pe_sip; do
-	modprobe "$m" || fail "modprobe $m"
-done
-step "IPVS and its schedulers loaded (ip_vs from $(modinfo -n ip_vs))"
+load_modules ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_sh ip_vs_mh ip_vs_pe_sip
+step "IPVS and its schedulers loaded (ip_vs from $(modinfo -n ip_vs 2>/dev/null || echo 'the kernel'))"
 
 run_test_list "$list" 10 --ignored --test-threads=1
 

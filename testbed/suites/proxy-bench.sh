@@ -277,9 +277,7 @@ run() {
 		"$rss" "$hwm" "$lat_med" "$lat_max" "$partial")")
 }
 
-for m in ip_vs ip_vs_rr; do
-	modprobe "$m" || fail "modprobe $m"
-done
+load_modules ip_vs ip_vs_rr
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || fail "mount bpffs"
 mount --bind /sys/fs/bpf "$BPFFS" || fail "bind-mount bpffs on $BPFFS"
 [ -e "$PIN" ] && fail "$PIN exists: another proxy's pins?"

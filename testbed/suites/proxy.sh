@@ -11,8 +11,6 @@ need ipvsadm ip
 
 list=$TOP/build/proxy/tests.list
 [ -f "$list" ] || fail "no $list (run testbed/build-proxy)"
-for m in ip_vs ip_vs_rr; do
-	modprobe "$m" || fail "modprobe $m"
-done
+load_modules ip_vs ip_vs_rr
 
 run_test_list "$list" 5 --ignored --test-threads=1
