@@ -13,7 +13,7 @@
 #   - ClientIP affinity sticks; an endpoint removed from its slice drains;
 #   - UDP DNS through a ClusterIP keeps answering while a backend goes;
 #     in ipvs mode also to an off-cluster client that keeps its source
-#     port (its stale conntrack entry deleted, as kube-proxy does);
+#     port;
 #   - kill -9 of the proxy during a bounded wrk run, and SIGTERM as a
 #     rolling update sends it, lose no request, and the restarted proxy
 #     adopts IPVS without a single change but for finishing the drain the
@@ -144,10 +144,13 @@ echo "$ans" | sed 's/^/      /'
 echo "$ans" | grep -q '<error>\|timed out' && fail "a DNS query failed"
 if [ "$MODE" = ipvs ]; then
 	# A client that keeps its source port (as resolvers with a fixed port
-	# do) holds a conntrack entry naming its endpoint. From off-cluster
-	# it is masqueraded, and an entry left behind when pod2b goes keeps
-	# the new endpoint's answers from ever being un-NATed back to it:
-	# kube-proxy deletes such entries, and so must we.
+	# do) holds a conntrack entry naming its endpoint; from off-cluster it
+	# is masqueraded. kube-proxy sweeps the UDP entries a removed endpoint
+	# leaves, and so does the proxy (tested against a real conntrack table
+	# in tests/conntrack_netns.rs). Here only the outcome is checked: the
+	# client, keeping its port, is answered by the other pod right after.
+	# (It was answered without the sweep too in this testbed, on
+	# 2026-12-05: the entries are printed for the next reader.)
 	cdns() { topo_exec client dig +short +time=2 +tries=1 -b "$CLIENT#$1" @198.19.0.53 which.test A; }
 	sport=
 	for p in $(seq 5301 5316); do
@@ -165,12 +168,12 @@ echo "$ans" | sed 's/^/      /'
 echo "$ans" | grep -q '<error>\|timed out' && fail "a DNS query failed after the removal"
 if [ "$MODE" = ipvs ]; then
 	# The sweep follows the IPVS change in the same sync: wait for it.
-	swept() { [ "$(metric ipvsbpf_conntrack_udp_entries_deleted_total)" != 0 ]; }
-	poll swept || fail "no stale UDP conntrack entry was deleted after pod2b left"
+	echo "      conntrack entries to 198.19.0.53 after pod2b left:"
+	topo_exec node conntrack -L -p udp --orig-dst 198.19.0.53 2>/dev/null | sed 's/^/        /'
 	ans=$(cdns "$sport") || ans="<error $?>"
 	echo "      client port $sport after pod2b left: ${ans:-<no answer>}"
 	[ "$ans" = 198.18.1.3 ] ||
-		fail "client port $sport got '$ans' after pod2b left: its stale conntrack entry was kept"
+		fail "client port $sport got '$ans' after pod2b left"
 	echo "      stale UDP conntrack entries deleted: $(metric ipvsbpf_conntrack_udp_entries_deleted_total)"
 fi
 

@@ -5,11 +5,12 @@
 //! = 1) and masqueraded ones take their NAT binding from the entry the
 //! first packet made. UDP has no end: a client that keeps sending from one
 //! port keeps an entry whose reply tuple names an endpoint that has gone
-//! (or, made while the Service had none, no endpoint at all). IPVS
-//! schedules the flow to a live endpoint, but its answers match no entry,
-//! so the masquerade is never undone and the client hears nothing while
-//! the entry lives. So, as kube-proxy: every UDP entry whose original
-//! destination is a UDP virtual server with endpoints and whose reply
+//! (or, made while the Service had none, no endpoint at all), and the
+//! answers of the endpoint IPVS schedules the flow to next may then match
+//! no entry. kube-proxy sweeps such entries; so does this (parity: in the
+//! testbed a fixed-port client recovered without the sweep too). So, as
+//! kube-proxy: every UDP entry whose original destination is a UDP
+//! virtual server with endpoints and whose reply
 //! source is none of them is deleted, and (as kube-proxy did before its
 //! sweep) every entry to a UDP virtual server that is gone.
 //!
