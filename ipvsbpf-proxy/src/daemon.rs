@@ -401,15 +401,15 @@ async fn sync_loop(
                         .and_then(|mut ct| conntrack::flows::clear(&mut ct, &frontends))
                 });
                 match swept {
-                    Ok(n) => {
-                        metrics.conntrack_deleted.inc_by(n as u64);
-                        if n > 0 {
-                            info!(
-                                deleted = n,
-                                frontends = udp_pending.len(),
-                                "stale UDP conntrack entries deleted"
-                            );
-                        }
+                    Ok(s) => {
+                        metrics.conntrack_deleted.inc_by(s.deleted as u64);
+                        info!(
+                            frontends = udp_pending.len(),
+                            dumped = s.dumped,
+                            stale = s.stale,
+                            deleted = s.deleted,
+                            "UDP conntrack sweep"
+                        );
                         udp_pending.clear();
                     }
                     Err(e) => {

@@ -98,21 +98,34 @@ pub trait Table {
     fn delete(&mut self, flow: &Flow) -> Result<bool, Error>;
 }
 
-/// Deletes the UDP entries `frontends` makes stale; returns how many.
-pub fn clear<T: Table>(table: &mut T, frontends: &Frontends) -> Result<usize, Error> {
-    let mut deleted = 0;
+/// What one [`clear`] saw and did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// UDP entries dumped.
+    pub dumped: usize,
+    /// Of those, stale.
+    pub stale: usize,
+    /// Of those, deleted (the rest were gone already).
+    pub deleted: usize,
+}
+
+/// Deletes the UDP entries `frontends` makes stale.
+pub fn clear<T: Table>(table: &mut T, frontends: &Frontends) -> Result<Sweep, Error> {
+    let mut sweep = Sweep::default();
     for v6 in [false, true] {
         if !frontends.keys().any(|f| f.is_ipv6() == v6) {
             continue;
         }
         let flows = table.udp_flows(v6)?;
+        sweep.dumped += flows.len();
         for flow in stale(&flows, frontends) {
+            sweep.stale += 1;
             if table.delete(flow)? {
-                deleted += 1;
+                sweep.deleted += 1;
             }
         }
     }
-    Ok(deleted)
+    Ok(sweep)
 }
 
 /// [`Table`] over ctnetlink, in the caller's network namespace.
@@ -480,10 +493,20 @@ mod tests {
             ..FakeTable::default()
         };
         let f = frontends(&[("198.19.0.53:53", Some(&["198.18.1.3:53"]))]);
-        assert_eq!(clear(&mut t, &f).expect("clear"), 1);
+        assert_eq!(
+            clear(&mut t, &f).expect("clear"),
+            Sweep {
+                dumped: 1,
+                stale: 1,
+                deleted: 1
+            }
+        );
         assert_eq!(t.dumps, vec![false], "no IPv6 dump for an IPv4 frontend");
         assert_eq!(t.flows.len(), 1);
-        assert_eq!(clear(&mut t, &Frontends::new()).expect("nothing"), 0);
+        assert_eq!(
+            clear(&mut t, &Frontends::new()).expect("nothing"),
+            Sweep::default()
+        );
         assert_eq!(t.dumps, vec![false], "nothing to sweep: no dump at all");
     }
 
