@@ -172,6 +172,7 @@ if [ "$MODE" = ipvs ]; then
 	topo_exec node conntrack -L -p udp --orig-dst 198.19.0.53 2>/dev/null | sed 's/^/        /'
 	ans=$(cdns "$sport") || ans="<error $?>"
 	echo "      client port $sport after pod2b left: ${ans:-<no answer>}"
+	grep 'UDP conntrack sweep' "$LOG" | tail -n 2 | sed 's/^.*INFO /      proxy: /'
 	[ "$ans" = 198.18.1.3 ] ||
 		fail "client port $sport got '$ans' after pod2b left"
 	echo "      stale UDP conntrack entries deleted: $(metric ipvsbpf_conntrack_udp_entries_deleted_total)"
