@@ -149,8 +149,9 @@ if [ "$MODE" = ipvs ]; then
 	# leaves, and so does the proxy (tested against a real conntrack table
 	# in tests/conntrack_netns.rs). Here only the outcome is checked: the
 	# client, keeping its port, is answered by the other pod right after.
-	# (It was answered without the sweep too in this testbed, on
-	# 2026-12-05: the entries are printed for the next reader.)
+	# (It was answered without the sweep too: IPVS's expire_nodest_conn
+	# work drops a removed destination's conntrack entries itself since
+	# Linux 5.9; docs/proxy.md. The entries are printed before and after.)
 	cdns() { topo_exec client dig +short +time=2 +tries=1 -b "$CLIENT#$1" @198.19.0.53 which.test A; }
 	sport=
 	for p in $(seq 5301 5316); do

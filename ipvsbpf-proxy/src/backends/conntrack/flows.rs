@@ -7,9 +7,12 @@
 //! port keeps an entry whose reply tuple names an endpoint that has gone
 //! (or, made while the Service had none, no endpoint at all), and the
 //! answers of the endpoint IPVS schedules the flow to next may then match
-//! no entry. kube-proxy sweeps such entries; so does this (parity: in the
-//! testbed a fixed-port client recovered without the sweep too). So, as
-//! kube-proxy: every UDP entry whose original destination is a UDP
+//! no entry. kube-proxy sweeps such entries; so does this. Mostly a second
+//! belt here: since Linux 5.9, with expire_nodest_conn=1, IPVS's own
+//! delayed work ends a removed destination's connections and their
+//! conntrack entries (seen in the testbed: the sweep found nothing left);
+//! it remains for entries no IPVS connection owns. So, as kube-proxy:
+//! every UDP entry whose original destination is a UDP
 //! virtual server with endpoints and whose reply
 //! source is none of them is deleted, and (as kube-proxy did before its
 //! sweep) every entry to a UDP virtual server that is gone.
