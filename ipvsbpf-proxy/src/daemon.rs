@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use ipvs_netlink::{Ipvs, Protocol, ServiceKey, Timeouts};
+use ipvs_netlink::{Ipvs, ServiceKey, Timeouts};
 use prometheus_client::registry::Registry;
 use tokio::time::sleep_until;
 use tracing::{debug, error, info, warn};
@@ -25,7 +25,7 @@ use crate::cli::{self, Cidr, Config, NodePortAddresses, ProxyMode, SourceKind};
 use crate::model::inventory::{Shared, SharedInventory};
 use crate::model::ModelConfig;
 use crate::reconcile::syncer::Syncer;
-use crate::reconcile::{ReconcileOptions, Reconciler};
+use crate::reconcile::{udp_frontend, ReconcileOptions, Reconciler};
 use crate::serving;
 use crate::serving::events::NodeEvents;
 use crate::serving::http::{self, HealthCheckServers, ProxyHealth};
@@ -134,7 +134,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     events.normal(
         "Starting",
         "StartProxy",
-        format!("Starting ipvsbpf-proxy ({} mode).", mode_name(mode)),
+        format!("Starting ipvsbpf-proxy ({mode} mode)."),
     );
     if let Plumbing::Bpf(bm, _) = &plumbing {
         watch_bpf_trouble(
@@ -516,20 +516,13 @@ fn udp_frontends(
 ) -> conntrack::flows::Frontends {
     let mut out: conntrack::flows::Frontends = pending.iter().map(|f| (*f, None)).collect();
     for vs in state.services.values().flat_map(|s| &s.virtual_servers) {
-        if let ServiceKey::Tuple {
-            protocol: Protocol::Udp,
-            addr,
-            port,
-        } = vs.key()
-        {
-            if let Some(slot) = out.get_mut(&SocketAddr::new(addr, port)) {
-                *slot = Some(
-                    vs.destinations
-                        .iter()
-                        .map(|d| SocketAddr::new(d.addr, d.port))
-                        .collect(),
-                );
-            }
+        if let Some(slot) = udp_frontend(&vs.key()).and_then(|f| out.get_mut(&f)) {
+            *slot = Some(
+                vs.destinations
+                    .iter()
+                    .map(|d| SocketAddr::new(d.addr, d.port))
+                    .collect(),
+            );
         }
     }
     out
@@ -576,13 +569,6 @@ fn watch_bpf_trouble(events: NodeEvents, ports: (u16, u16), entries: u32) {
         });
     if let Err(e) = spawned {
         warn!(error = %e, "cannot start the SNAT and session map watcher");
-    }
-}
-
-fn mode_name(mode: ProxyMode) -> &'static str {
-    match mode {
-        ProxyMode::IpvsBpf => "ipvs-bpf",
-        ProxyMode::Ipvs => "ipvs",
     }
 }
 

@@ -22,7 +22,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::backends::ipvsmode::Sysctl;
+use crate::backends::ipvsmode::{self, ensure_sysctls, Need, Sysctl};
 
 /// kube-proxy's cap on the scaled maximum (`getConntrackMax`).
 pub const MAX_LIMIT: u32 = 1 << 20;
@@ -127,37 +127,33 @@ pub enum Error {
     },
     #[error("{path}: {source}")]
     Hashsize { path: String, source: io::Error },
+    /// What ensure_sysctls cannot report for required sysctls today.
+    #[error(transparent)]
+    Sysctls(ipvsmode::Error),
 }
 
-/// Writes `plan` where the kernel's value differs; returns how many were
-/// written.
+/// Writes `plan` where the kernel's value differs (ipvs mode's
+/// [`ensure_sysctls`], every entry required); returns how many were
+/// written. Its errors say what the conntrack settings need.
 pub fn apply<S: Sysctl>(sysctl: &mut S, plan: &[(&'static str, String)]) -> Result<usize, Error> {
-    let mut written = 0;
-    for (path, value) in plan {
-        let write_err = |source| Error::Write {
-            path: path.to_string(),
-            source,
+    let plan: Vec<_> = plan
+        .iter()
+        .map(|(path, value)| (*path, value.as_str(), Need::Required))
+        .collect();
+    ensure_sysctls(sysctl, &plan).map_err(|e| match e {
+        ipvsmode::Error::SysctlMissing { path } => Error::Missing { path },
+        ipvsmode::Error::Sysctl { path, source } => Error::Write {
             hint: if path.ends_with("nf_conntrack_max") {
                 " (in a network namespace other than the host's, nf_conntrack_max is \
                  read-only: leave conntrack.maxPerCore unset or 0 there)"
             } else {
                 ""
             },
-        };
-        match sysctl.get(path).map_err(write_err)? {
-            Some(cur) if cur == *value => {}
-            Some(_) => {
-                sysctl.set(path, value).map_err(write_err)?;
-                written += 1;
-            }
-            None => {
-                return Err(Error::Missing {
-                    path: path.to_string(),
-                })
-            }
-        }
-    }
-    Ok(written)
+            path,
+            source,
+        },
+        other => Error::Sysctls(other),
+    })
 }
 
 /// Raises nf_conntrack's hash table to `max / 4` buckets if it has fewer

@@ -121,6 +121,16 @@ pub enum ProxyMode {
     Ipvs,
 }
 
+/// The mode's flag value (`ipvs-bpf`, `ipvs`), from its clap name.
+impl std::fmt::Display for ProxyMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.to_possible_value() {
+            Some(v) => f.write_str(v.get_name()),
+            None => write!(f, "{self:?}"),
+        }
+    }
+}
+
 impl ProxyMode {
     fn parse(field: &str, s: &str) -> Result<ProxyMode, ConfigError> {
         match s {

@@ -805,3 +805,11 @@ fn help_documents_precedence_and_defaults() {
     }
     Args::command().debug_assert();
 }
+
+#[test]
+fn modes_print_as_their_flag_values() {
+    for (mode, name) in [(ProxyMode::IpvsBpf, "ipvs-bpf"), (ProxyMode::Ipvs, "ipvs")] {
+        assert_eq!(mode.to_string(), name);
+        assert_eq!(ProxyMode::parse("--proxy-mode", name).ok(), Some(mode));
+    }
+}

@@ -881,7 +881,7 @@ impl<I: IpvsApi> Reconciler<I> {
 }
 
 /// The address and port of a UDP virtual server.
-fn udp_frontend(key: &ServiceKey) -> Option<SocketAddr> {
+pub fn udp_frontend(key: &ServiceKey) -> Option<SocketAddr> {
     match key {
         ServiceKey::Tuple {
             protocol: Protocol::Udp,

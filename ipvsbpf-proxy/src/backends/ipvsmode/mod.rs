@@ -282,18 +282,19 @@ pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
 }
 
 /// Applies `plan`, writing only values that differ.
-pub fn ensure_sysctls<S: Sysctl>(
+pub fn ensure_sysctls<S: Sysctl, V: AsRef<str>>(
     sysctl: &mut S,
-    plan: &[(&'static str, &'static str, Need)],
+    plan: &[(&str, V, Need)],
 ) -> Result<usize, Error> {
     let mut written = 0;
     for (path, value, need) in plan {
+        let value = value.as_ref();
         let err = |source| Error::Sysctl {
             path: path.to_string(),
             source,
         };
         match sysctl.get(path).map_err(err)? {
-            Some(cur) if cur == *value => {}
+            Some(cur) if cur == value => {}
             Some(_) => {
                 sysctl.set(path, value).map_err(err)?;
                 written += 1;
