@@ -638,8 +638,10 @@ pub fn decode_service(bytes: &[u8]) -> Result<Service, DecodeError> {
             }
             SvcAttr::Timeout => timeout = Some(field(ctx, "TIMEOUT", &p).u32()?),
             SvcAttr::Netmask => netmask = Some(field(ctx, "NETMASK", &p).exact::<4>()?),
-            SvcAttr::Stats => stats = Some(decode_stats(p.as_ref(), "service STATS")?),
-            SvcAttr::Stats64 => stats64 = Some(decode_stats(p.as_ref(), "service STATS64")?),
+            SvcAttr::Stats => stats = Some(Box::new(decode_stats(p.as_ref(), "service STATS")?)),
+            SvcAttr::Stats64 => {
+                stats64 = Some(Box::new(decode_stats(p.as_ref(), "service STATS64")?))
+            }
             SvcAttr::UnrecognizedConst(_) => {}
         }
     }
@@ -713,8 +715,12 @@ pub fn decode_destination(bytes: &[u8], family: Family) -> Result<Destination, D
             DestAttr::ActiveConns => d.active_conns = f("ACTIVE_CONNS").u32()?,
             DestAttr::InactConns => d.inactive_conns = f("INACT_CONNS").u32()?,
             DestAttr::PersistConns => d.persistent_conns = f("PERSIST_CONNS").u32()?,
-            DestAttr::Stats => d.stats = Some(decode_stats(p.as_ref(), "destination STATS")?),
-            DestAttr::Stats64 => d.stats64 = Some(decode_stats(p.as_ref(), "destination STATS64")?),
+            DestAttr::Stats => {
+                d.stats = Some(Box::new(decode_stats(p.as_ref(), "destination STATS")?))
+            }
+            DestAttr::Stats64 => {
+                d.stats64 = Some(Box::new(decode_stats(p.as_ref(), "destination STATS64")?))
+            }
             DestAttr::TunType => {
                 let v = f("TUN_TYPE").u8()?;
                 d.tunnel.kind = TunnelType::from_raw(v)

@@ -224,8 +224,11 @@ pub struct Service {
     /// Persistence granularity as a prefix length: 0..=32 for IPv4 (sent as
     /// a mask), 1..=128 for IPv6.
     pub netmask: u32,
-    pub stats: Option<Stats>,
-    pub stats64: Option<Stats>,
+    /// Counters, boxed: dumps fill them, configuration never does, and a
+    /// [`Stats`] inline would more than double the size of every copy of
+    /// the configuration a proxy keeps.
+    pub stats: Option<Box<Stats>>,
+    pub stats64: Option<Box<Stats>>,
 }
 
 impl Service {
@@ -362,8 +365,9 @@ pub struct Destination {
     pub active_conns: u32,
     pub inactive_conns: u32,
     pub persistent_conns: u32,
-    pub stats: Option<Stats>,
-    pub stats64: Option<Stats>,
+    /// Counters, boxed as [`Service::stats`] are.
+    pub stats: Option<Box<Stats>>,
+    pub stats64: Option<Box<Stats>>,
 }
 
 impl Destination {

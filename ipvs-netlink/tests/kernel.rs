@@ -437,8 +437,8 @@ fn crate_view(ipvs: &mut Ipvs) -> Vec<(Service, Vec<Destination>)> {
     v
 }
 
-fn counters(s: &Option<Stats>) -> Vec<String> {
-    let s = s.expect("STATS64 in the dump");
+fn counters(s: &Option<Box<Stats>>) -> Vec<String> {
+    let s = s.as_deref().expect("STATS64 in the dump");
     [s.conns, s.inpkts, s.outpkts, s.inbytes, s.outbytes]
         .iter()
         .map(u64::to_string)

@@ -692,10 +692,10 @@ fn decode_service_ipv4_with_stats() {
         inbps: 512,
         outbps: 4096,
     };
-    assert_eq!(s.stats, Some(common));
+    assert_eq!(s.stats.as_deref(), Some(&common));
     assert_eq!(
-        s.stats64,
-        Some(Stats {
+        s.stats64.as_deref(),
+        Some(&Stats {
             conns: 0x1_0000_0005,
             ..common
         })
@@ -860,8 +860,8 @@ fn decode_destination_gue_with_stats_and_pads() {
         active_conns: 12,
         inactive_conns: 34,
         persistent_conns: 3,
-        stats: Some(stats),
-        stats64: Some(stats),
+        stats: Some(Box::new(stats)),
+        stats64: Some(Box::new(stats)),
     };
     assert_eq!(d, want);
 }
