@@ -83,7 +83,7 @@ fn virtual_servers(loaded: &Loaded) -> BTreeMap<String, Vec<(IpAddr, u16, Vec<Ip
         by_service
             .entry(labels["kubernetes.io/service-name"].clone())
             .or_default()
-            .push(Arc::new(s.clone()));
+            .push(Arc::clone(s));
     }
     loaded
         .services

@@ -142,7 +142,7 @@ fn list_yaml() -> String {
     )
 }
 
-fn names(services: &[k8s_openapi::api::core::v1::Service]) -> Vec<String> {
+fn names(services: &[std::sync::Arc<k8s_openapi::api::core::v1::Service>]) -> Vec<String> {
     let mut v: Vec<String> = services
         .iter()
         .filter_map(|s| s.metadata.name.clone())

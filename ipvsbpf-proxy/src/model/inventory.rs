@@ -166,6 +166,43 @@ fn slim(meta: &mut ObjectMeta, keep: Option<&str>) {
     }
 }
 
+/// Whether [`slim`] would change `meta`.
+fn is_fat(meta: &ObjectMeta, keep: Option<&str>) -> bool {
+    meta.managed_fields.is_some()
+        || meta.owner_references.is_some()
+        || meta
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.is_empty() || a.keys().any(|k| Some(k.as_str()) != keep))
+}
+
+/// A Service as the inventory stores it; sources that keep their own copy
+/// (the file source's cache) store this one and share it.
+pub fn slim_service(svc: &mut Service) {
+    slim(&mut svc.metadata, None);
+}
+
+/// An EndpointSlice as the inventory stores it: [`slim`]'s metadata, and
+/// per endpoint neither the Pod reference nor the deprecated topology map
+/// (the model reads neither; with them an endpoint's strings cost more
+/// than the endpoint).
+pub fn slim_slice(slice: &mut EndpointSlice) {
+    slim(&mut slice.metadata, Some(TRIGGER_TIME_ANNOTATION));
+    for ep in slice.endpoints.iter_mut().flatten() {
+        ep.target_ref = None;
+        ep.deprecated_topology = None;
+    }
+}
+
+fn slice_is_fat(slice: &EndpointSlice) -> bool {
+    is_fat(&slice.metadata, Some(TRIGGER_TIME_ANNOTATION))
+        || slice
+            .endpoints
+            .iter()
+            .flatten()
+            .any(|ep| ep.target_ref.is_some() || ep.deprecated_topology.is_some())
+}
+
 /// Equal for the proxy's purposes: resourceVersion, managedFields,
 /// generation and timestamps change on every write and mean nothing here.
 fn same_meta(a: &ObjectMeta, b: &ObjectMeta) -> bool {
@@ -204,9 +241,14 @@ impl Inventory {
 
     /// Adds or updates a Service; it becomes dirty only if something the
     /// proxy reads changed.
-    pub fn apply_service(&mut self, mut svc: Service) -> Result<(), InventoryError> {
+    /// An `Arc` already slimmed ([`slim_service`]) is stored as it is,
+    /// shared with its sender.
+    pub fn apply_service(&mut self, svc: impl Into<Arc<Service>>) -> Result<(), InventoryError> {
+        let mut svc: Arc<Service> = svc.into();
         let (namespace, name) = key_of("Service", &svc.metadata)?;
-        slim(&mut svc.metadata, None);
+        if is_fat(&svc.metadata, None) {
+            slim_service(Arc::make_mut(&mut svc));
+        }
         let key = ServiceName { namespace, name };
         let changed = match self.services.get(&key) {
             Some(old) => !same_service(old, &svc),
@@ -216,7 +258,7 @@ impl Inventory {
             self.dirty.services.insert(key.clone());
         }
         // Stored even when unchanged, so readers see the latest version.
-        self.services.insert(key, Arc::new(svc));
+        self.services.insert(key, svc);
         Ok(())
     }
 
@@ -229,9 +271,17 @@ impl Inventory {
 
     /// Adds or updates an EndpointSlice. A slice that moved to another
     /// Service (its label changed) dirties both.
-    pub fn apply_slice(&mut self, mut slice: EndpointSlice) -> Result<(), InventoryError> {
+    /// Shares an `Arc` already slimmed ([`slim_slice`]) as
+    /// [`Inventory::apply_service`] does.
+    pub fn apply_slice(
+        &mut self,
+        slice: impl Into<Arc<EndpointSlice>>,
+    ) -> Result<(), InventoryError> {
+        let mut slice: Arc<EndpointSlice> = slice.into();
         let key = key_of("EndpointSlice", &slice.metadata)?;
-        slim(&mut slice.metadata, Some(TRIGGER_TIME_ANNOTATION));
+        if slice_is_fat(&slice) {
+            slim_slice(Arc::make_mut(&mut slice));
+        }
         let new_owner = owner_of(&slice);
         let old = self.slices.get(&key);
         let old_owner = old.and_then(|s| owner_of(s));
@@ -264,7 +314,7 @@ impl Inventory {
             self.dirty.services.extend(old_owner);
             self.dirty.services.extend(new_owner);
         }
-        self.slices.insert(key, Arc::new(slice));
+        self.slices.insert(key, slice);
         Ok(())
     }
 
@@ -310,9 +360,10 @@ impl Inventory {
     /// Replaces all Services with a complete listing (a relist or a file
     /// re-read): only Services that differ or are gone become dirty.
     /// Objects without namespace or name are skipped with a warning.
-    pub fn replace_services(&mut self, all: Vec<Service>) {
+    pub fn replace_services<S: Into<Arc<Service>>>(&mut self, all: impl IntoIterator<Item = S>) {
         let mut seen = BTreeSet::new();
         for svc in all {
+            let svc: Arc<Service> = svc.into();
             match key_of("Service", &svc.metadata) {
                 Ok((namespace, name)) => {
                     seen.insert(ServiceName { namespace, name });
@@ -336,9 +387,13 @@ impl Inventory {
 
     /// Replaces all EndpointSlices with a complete listing; see
     /// [`Inventory::replace_services`].
-    pub fn replace_slices(&mut self, all: Vec<EndpointSlice>) {
+    pub fn replace_slices<S: Into<Arc<EndpointSlice>>>(
+        &mut self,
+        all: impl IntoIterator<Item = S>,
+    ) {
         let mut seen = BTreeSet::new();
         for slice in all {
+            let slice: Arc<EndpointSlice> = slice.into();
             match key_of("EndpointSlice", &slice.metadata) {
                 Ok(key) => {
                     seen.insert(key);
@@ -521,7 +576,7 @@ mod tests {
             "kubectl.kubernetes.io/last-applied-configuration": "{\"kind\":\"Service\"}"
         });
         s["metadata"]["labels"] = json!({"app": "web"});
-        inv.apply_service(serde_json::from_value(s).expect("service"))
+        inv.apply_service(serde_json::from_value::<Service>(s).expect("service"))
             .expect("apply");
         let stored = inv.service(&sn("ns", "a")).expect("stored");
         assert_eq!(stored.metadata.managed_fields, None);
@@ -536,7 +591,10 @@ mod tests {
             TRIGGER_TIME_ANNOTATION: "2026-12-05T00:00:00Z",
             "other": "x",
         });
-        inv.apply_slice(serde_json::from_value(sl).expect("slice"))
+        sl["endpoints"][0]["targetRef"] = json!({"kind": "Pod", "namespace": "ns",
+                                                 "name": "web-7d4b9", "uid": "u2"});
+        sl["endpoints"][0]["deprecatedTopology"] = json!({"kubernetes.io/hostname": "n1"});
+        inv.apply_slice(serde_json::from_value::<EndpointSlice>(sl).expect("slice"))
             .expect("apply");
         let stored = inv.slice("ns", "s1").expect("stored");
         assert_eq!(stored.metadata.managed_fields, None);
@@ -548,6 +606,9 @@ mod tests {
             .map(|a| a.keys().collect())
             .unwrap_or_default();
         assert_eq!(kept, [TRIGGER_TIME_ANNOTATION]);
+        let ep = &stored.endpoints.as_ref().expect("endpoints")[0];
+        assert_eq!((&ep.target_ref, &ep.deprecated_topology), (&None, &None));
+        assert_eq!(ep.addresses, ["10.1.0.1"], "addresses are read: kept");
 
         let node: Node = serde_json::from_value(json!({
             "metadata": {"name": "n1", "managedFields": meta_extra["managedFields"].clone()},
@@ -561,6 +622,36 @@ mod tests {
         let status = stored.status.as_ref().expect("status");
         assert_eq!(status.images, None);
         assert!(status.addresses.is_some(), "addresses are read: kept");
+    }
+
+    /// A source that keeps its own copy (the file source's cache) hands
+    /// the inventory a slimmed `Arc`: stored as it is, one copy between
+    /// them. A fat one is slimmed into a copy of its own.
+    #[test]
+    fn slim_arcs_are_shared() {
+        let mut inv = Inventory::new();
+        let mut s = svc("ns", "a", "1", 80);
+        slim_service(&mut s);
+        let s = Arc::new(s);
+        inv.apply_service(Arc::clone(&s)).expect("apply");
+        assert!(Arc::ptr_eq(
+            &s,
+            inv.service(&sn("ns", "a")).expect("stored")
+        ));
+
+        let mut sl = slice("ns", "s1", Some("a"), "1", "10.1.0.1");
+        slim_slice(&mut sl);
+        let sl = Arc::new(sl);
+        inv.replace_slices([Arc::clone(&sl)]);
+        assert!(Arc::ptr_eq(&sl, inv.slice("ns", "s1").expect("stored")));
+
+        let mut fat = slice("ns", "s2", Some("a"), "1", "10.1.0.2");
+        fat.metadata.owner_references = Some(vec![Default::default()]);
+        let fat = Arc::new(fat);
+        inv.apply_slice(Arc::clone(&fat)).expect("apply");
+        let stored = inv.slice("ns", "s2").expect("stored");
+        assert!(!Arc::ptr_eq(&fat, stored));
+        assert_eq!(stored.metadata.owner_references, None);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::Value;
 
 use super::{selected, SourceError, SourceStats};
-use crate::model::inventory::{Kind, Shared};
+use crate::model::inventory::{slim_service, slim_slice, Kind, Shared};
 
 /// Why one file was not used.
 #[derive(Debug, thiserror::Error)]
@@ -61,17 +61,20 @@ pub enum FileError {
 
 /// The objects one file holds (all of them, before selection).
 #[derive(Clone, Debug, Default)]
+///
+/// Services and slices are slimmed as the inventory stores them and shared
+/// with it: the poll's cache and the inventory hold one copy between them.
 pub struct FileObjects {
-    pub services: Vec<Service>,
-    pub slices: Vec<EndpointSlice>,
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
     pub nodes: Vec<Node>,
 }
 
 /// A directory read once: the selected objects and the files skipped.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    pub services: Vec<Service>,
-    pub slices: Vec<EndpointSlice>,
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
     /// The Node named like this node, if any file holds it.
     pub node: Option<Node>,
     pub errors: Vec<FileError>,
@@ -162,12 +165,16 @@ pub fn parse_file(path: &Path) -> Result<FileObjects, FileError> {
                 source,
             };
             match kind.as_str() {
-                "Service" => objects
-                    .services
-                    .push(serde_json::from_value(item).map_err(err)?),
-                "EndpointSlice" => objects
-                    .slices
-                    .push(serde_json::from_value(item).map_err(err)?),
+                "Service" => {
+                    let mut svc: Service = serde_json::from_value(item).map_err(err)?;
+                    slim_service(&mut svc);
+                    objects.services.push(Arc::new(svc));
+                }
+                "EndpointSlice" => {
+                    let mut slice: EndpointSlice = serde_json::from_value(item).map_err(err)?;
+                    slim_slice(&mut slice);
+                    objects.slices.push(Arc::new(slice));
+                }
                 "Node" => objects
                     .nodes
                     .push(serde_json::from_value(item).map_err(err)?),
@@ -185,7 +192,7 @@ fn select<'a>(
     files: impl Iterator<Item = &'a FileObjects>,
     node_name: &str,
     proxy_name: Option<&str>,
-) -> (Vec<Service>, Vec<EndpointSlice>, Option<Node>) {
+) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>, Option<Node>) {
     let mut services = Vec::new();
     let mut slices = Vec::new();
     let mut node = None;
