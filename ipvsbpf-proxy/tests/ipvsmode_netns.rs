@@ -221,7 +221,8 @@ fn node_state(with_lb: bool) -> NodeState {
                 node_port: 32000,
                 local_endpoints: 1,
             }),
-        },
+        }
+        .into(),
     );
     st
 }

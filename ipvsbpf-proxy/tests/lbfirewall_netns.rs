@@ -49,7 +49,8 @@ fn state(ranges4: &[&str], ranges6: &[&str]) -> NodeState {
         ServiceState {
             virtual_servers: vec![lb(LB4, ranges4), lb(LB6, ranges6)],
             health_check: None,
-        },
+        }
+        .into(),
     );
     st
 }
@@ -236,7 +237,8 @@ fn cluster_ip_ports_without_virtual_server_are_refused() {
             ServiceState {
                 virtual_servers: vec![cip("198.19.0.10"), cip("2001:db8:2::a")],
                 health_check: None,
-            },
+            }
+            .into(),
         );
         use std::io::ErrorKind::{ConnectionRefused, TimedOut};
         // Before: the SYN goes to the gateway and nothing answers.

@@ -408,7 +408,8 @@ mod tests {
             ServiceState {
                 virtual_servers: vss,
                 health_check: None,
-            },
+            }
+            .into(),
         );
         st
     }

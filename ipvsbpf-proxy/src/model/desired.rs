@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use ipvs_netlink::{Destination, Service, ServiceKey};
 
@@ -95,10 +96,11 @@ pub struct ServiceState {
     pub health_check: Option<HealthCheck>,
 }
 
-/// The whole node: one state per selected Service.
+/// The whole node: one state per selected Service, shared with the
+/// reconciler's record of what it must program (one copy between them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeState {
-    pub services: BTreeMap<ServiceName, ServiceState>,
+    pub services: BTreeMap<ServiceName, Arc<ServiceState>>,
 }
 
 impl NodeState {

@@ -26,6 +26,7 @@ pub mod syncer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipvs_netlink::{
@@ -277,12 +278,22 @@ impl KeyPlan {
     }
 }
 
+/// A Service's virtual servers by key; of two with one key the first counts.
+fn by_key(state: Option<&ServiceState>) -> BTreeMap<ServiceKey, &VirtualServer> {
+    let mut out = BTreeMap::new();
+    for vs in state.iter().flat_map(|s| s.virtual_servers.iter()) {
+        out.entry(vs.key()).or_insert(vs);
+    }
+    out
+}
+
 /// Programs IPVS to match the recorded desired state; see the module docs.
 pub struct Reconciler<I: IpvsApi> {
     ipvs: I,
     opts: ReconcileOptions,
-    /// Each Service's virtual servers by key.
-    desired: HashMap<ServiceName, BTreeMap<ServiceKey, VirtualServer>>,
+    /// Each Service's virtual servers (never an empty state), shared with
+    /// the syncer's node state.
+    desired: HashMap<ServiceName, Arc<ServiceState>>,
     /// Who wants each key; the first name owns it.
     claims: HashMap<ServiceKey, BTreeSet<ServiceName>>,
     /// The kernel's configuration, true to what it acknowledged.
@@ -355,35 +366,35 @@ impl<I: IpvsApi> Reconciler<I> {
     /// from what was recorded are diffed at the next sync. Should a Service
     /// list one key twice, its first virtual server counts.
     pub fn set_service(&mut self, name: &ServiceName, state: Option<&ServiceState>) {
-        let mut new = BTreeMap::new();
-        for vs in state.iter().flat_map(|s| s.virtual_servers.iter()) {
-            new.entry(vs.key()).or_insert_with(|| vs.clone());
-        }
-        let old = self.desired.remove(name).unwrap_or_default();
-        if old == new {
-            if !new.is_empty() {
-                self.desired.insert(name.clone(), new);
-            }
-            return;
-        }
-        for key in old.keys().filter(|k| !new.contains_key(*k)) {
-            if let Some(c) = self.claims.get_mut(key) {
-                c.remove(name);
-                if c.is_empty() {
-                    self.claims.remove(key);
+        self.set_service_shared(name, state.map(|s| Arc::new(s.clone())));
+    }
+
+    /// [`set_service`](Self::set_service) keeping the caller's `Arc`
+    /// rather than a copy.
+    pub fn set_service_shared(&mut self, name: &ServiceName, state: Option<Arc<ServiceState>>) {
+        let new = state.filter(|s| !s.virtual_servers.is_empty());
+        let old = self.desired.remove(name);
+        let (old_vss, new_vss) = (by_key(old.as_deref()), by_key(new.as_deref()));
+        if old_vss != new_vss {
+            for key in old_vss.keys().filter(|k| !new_vss.contains_key(*k)) {
+                if let Some(c) = self.claims.get_mut(key) {
+                    c.remove(name);
+                    if c.is_empty() {
+                        self.claims.remove(key);
+                    }
                 }
             }
-        }
-        for key in new.keys() {
-            self.claims.entry(*key).or_default().insert(name.clone());
-        }
-        for key in old.keys().chain(new.keys()) {
-            if old.get(key) != new.get(key) {
-                self.dirty.insert(*key);
+            for key in new_vss.keys() {
+                self.claims.entry(*key).or_default().insert(name.clone());
             }
+            for key in old_vss.keys().chain(new_vss.keys()) {
+                if old_vss.get(key) != new_vss.get(key) {
+                    self.dirty.insert(*key);
+                }
+            }
+            self.changed_services.insert(name.clone());
         }
-        self.changed_services.insert(name.clone());
-        if !new.is_empty() {
+        if let Some(new) = new {
             self.desired.insert(name.clone(), new);
         }
     }
@@ -427,9 +438,8 @@ impl<I: IpvsApi> Reconciler<I> {
     }
 
     fn wanted(&self, key: &ServiceKey) -> Option<&VirtualServer> {
-        self.owner(key)
-            .and_then(|n| self.desired.get(n))
-            .and_then(|m| m.get(key))
+        let state = self.owner(key).and_then(|n| self.desired.get(n))?;
+        state.virtual_servers.iter().find(|vs| vs.key() == *key)
     }
 
     /// Applies what changed since the last sync: the virtual servers touched

@@ -5,6 +5,7 @@
 //! against the fake.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{debug, warn};
@@ -109,11 +110,12 @@ impl<I: IpvsApi> Syncer<I> {
     /// Stores one Service's state; true if it changed anything the
     /// back-ends see.
     fn record(&mut self, name: &ServiceName, desired: Option<ServiceState>) -> bool {
-        let old = self.state.services.get(name);
+        let old = self.state.services.get(name).map(Arc::as_ref);
         if old == desired.as_ref() {
             return false;
         }
-        self.reconciler.set_service(name, desired.as_ref());
+        let desired = desired.map(Arc::new);
+        self.reconciler.set_service_shared(name, desired.clone());
         match desired {
             Some(s) => {
                 self.state.services.insert(name.clone(), s);

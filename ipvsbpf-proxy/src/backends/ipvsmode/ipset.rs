@@ -501,10 +501,14 @@ pub(crate) mod tests {
             )],
             health_check: None,
         };
-        st.services.insert(ServiceName::new("default", "web"), web);
-        st.services.insert(ServiceName::new("default", "lb"), lb);
-        st.services.insert(ServiceName::new("default", "ext"), ext);
-        st.services.insert(ServiceName::new("default", "v6"), v6);
+        st.services
+            .insert(ServiceName::new("default", "web"), web.into());
+        st.services
+            .insert(ServiceName::new("default", "lb"), lb.into());
+        st.services
+            .insert(ServiceName::new("default", "ext"), ext.into());
+        st.services
+            .insert(ServiceName::new("default", "v6"), v6.into());
         st
     }
 
@@ -542,7 +546,8 @@ pub(crate) mod tests {
             ServiceState {
                 virtual_servers: vec![lb, open],
                 health_check: None,
-            },
+            }
+            .into(),
         );
         let m = desired_members(&st, Family::Inet, &BTreeSet::new());
         let got: Vec<_> = nonempty(&m)
@@ -661,7 +666,8 @@ pub(crate) mod tests {
                     ),
                 ],
                 health_check: None,
-            },
+            }
+            .into(),
         );
         let m = desired_members(&st, Family::Inet, &BTreeSet::new());
         assert_eq!(

@@ -190,7 +190,8 @@ fn state(vss: Vec<VirtualServer>) -> NodeState {
         ServiceState {
             virtual_servers: vss,
             health_check: None,
-        },
+        }
+        .into(),
     );
     st
 }
