@@ -79,7 +79,7 @@ fn virtual_servers(loaded: &Loaded) -> BTreeMap<String, Vec<(IpAddr, u16, Vec<Ip
     };
     let mut by_service: BTreeMap<String, Vec<Arc<_>>> = BTreeMap::new();
     for s in &loaded.slices {
-        let labels = s.metadata.labels.as_ref().expect("slice labels");
+        let labels = s.labels.as_ref().expect("slice labels");
         by_service
             .entry(labels["kubernetes.io/service-name"].clone())
             .or_default()

@@ -90,10 +90,9 @@ async fn initial_list() {
         let addresses: Vec<String> = slices[0]
             .endpoints
             .iter()
-            .flatten()
-            .flat_map(|e| e.addresses.clone())
+            .map(|e| format!("{:?}", e.address))
             .collect();
-        assert_eq!(addresses, ["10.1.0.1"]);
+        assert_eq!(addresses, ["Ip(10.1.0.1)"]);
     }
     // The requests kube-runtime made carry kube-proxy's selectors.
     let logged = server.logged();

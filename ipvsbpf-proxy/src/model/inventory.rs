@@ -19,6 +19,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::desired::ServiceName;
+use crate::model::slice::Slice;
 
 /// The label an EndpointSlice's owning Service is named by (set by the
 /// EndpointSlice controller; kube-proxy uses the same label).
@@ -87,12 +88,8 @@ impl Default for Since {
 }
 
 /// The slice's trigger time, if it has a readable one.
-fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
-    let value = slice
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(TRIGGER_TIME_ANNOTATION)?;
+fn trigger_time(slice: &Slice) -> Option<SystemTime> {
+    let value = slice.trigger_time.as_deref()?;
     match value.parse::<k8s_openapi::jiff::Timestamp>() {
         Ok(t) => Some(SystemTime::from(t)),
         Err(e) => {
@@ -108,7 +105,7 @@ type SliceKey = (String, String);
 #[derive(Debug, Default)]
 pub struct Inventory {
     services: HashMap<ServiceName, Arc<Service>>,
-    slices: HashMap<SliceKey, Arc<EndpointSlice>>,
+    slices: HashMap<SliceKey, Arc<Slice>>,
     /// Slice names (in the service's namespace) per owning Service, so a
     /// Service's slices are found without scanning all slices.
     by_service: HashMap<ServiceName, BTreeSet<String>>,
@@ -140,12 +137,49 @@ fn key_of(kind: &'static str, meta: &ObjectMeta) -> Result<(String, String), Inv
     Ok((namespace.to_string(), name.to_string()))
 }
 
+/// A slice's key, checked as [`key_of`] checks an API object's.
+fn slice_key(slice: &Slice) -> Result<SliceKey, InventoryError> {
+    let missing = |field| InventoryError::MissingMeta {
+        kind: "EndpointSlice",
+        field,
+    };
+    if slice.namespace.is_empty() {
+        return Err(missing("namespace"));
+    }
+    if slice.name.is_empty() {
+        return Err(missing("name"));
+    }
+    Ok((slice.namespace.clone(), slice.name.clone()))
+}
+
 /// Owning Service of a slice, from its label; slices without the label
 /// (e.g. hand-made, mirrored without owner) are stored but serve nobody.
-fn owner_of(slice: &EndpointSlice) -> Option<ServiceName> {
-    let namespace = slice.metadata.namespace.as_deref()?;
-    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some(ServiceName::new(namespace, service))
+fn owner_of(slice: &Slice) -> Option<ServiceName> {
+    Some(ServiceName::new(&slice.namespace, slice.service()?))
+}
+
+/// What the inventory takes as an EndpointSlice: an API object, converted
+/// to a [`Slice`], or a [`Slice`] a source keeps too, shared.
+pub trait IntoSlice {
+    fn into_slice(self) -> Arc<Slice>;
+}
+
+impl IntoSlice for EndpointSlice {
+    fn into_slice(self) -> Arc<Slice> {
+        Arc::new(Slice::from(&self))
+    }
+}
+
+impl IntoSlice for Slice {
+    fn into_slice(self) -> Arc<Slice> {
+        Arc::new(self)
+    }
+}
+
+impl IntoSlice for Arc<Slice> {
+    fn into_slice(self) -> Arc<Slice> {
+        self
+    }
 }
 
 /// Drops what the proxy never reads from an object's metadata before it
@@ -182,27 +216,6 @@ pub fn slim_service(svc: &mut Service) {
     slim(&mut svc.metadata, None);
 }
 
-/// An EndpointSlice as the inventory stores it: [`slim`]'s metadata, and
-/// per endpoint neither the Pod reference nor the deprecated topology map
-/// (the model reads neither; with them an endpoint's strings cost more
-/// than the endpoint).
-pub fn slim_slice(slice: &mut EndpointSlice) {
-    slim(&mut slice.metadata, Some(TRIGGER_TIME_ANNOTATION));
-    for ep in slice.endpoints.iter_mut().flatten() {
-        ep.target_ref = None;
-        ep.deprecated_topology = None;
-    }
-}
-
-fn slice_is_fat(slice: &EndpointSlice) -> bool {
-    is_fat(&slice.metadata, Some(TRIGGER_TIME_ANNOTATION))
-        || slice
-            .endpoints
-            .iter()
-            .flatten()
-            .any(|ep| ep.target_ref.is_some() || ep.deprecated_topology.is_some())
-}
-
 /// Equal for the proxy's purposes: resourceVersion, managedFields,
 /// generation and timestamps change on every write and mean nothing here.
 fn same_meta(a: &ObjectMeta, b: &ObjectMeta) -> bool {
@@ -211,13 +224,6 @@ fn same_meta(a: &ObjectMeta, b: &ObjectMeta) -> bool {
 
 fn same_service(a: &Service, b: &Service) -> bool {
     same_meta(&a.metadata, &b.metadata) && a.spec == b.spec && a.status == b.status
-}
-
-fn same_slice(a: &EndpointSlice, b: &EndpointSlice) -> bool {
-    same_meta(&a.metadata, &b.metadata)
-        && a.address_type == b.address_type
-        && a.endpoints == b.endpoints
-        && a.ports == b.ports
 }
 
 /// Node fields the model reads: labels (topology) and addresses (NodePort
@@ -273,20 +279,14 @@ impl Inventory {
     /// Service (its label changed) dirties both.
     /// Shares an `Arc` already slimmed ([`slim_slice`]) as
     /// [`Inventory::apply_service`] does.
-    pub fn apply_slice(
-        &mut self,
-        slice: impl Into<Arc<EndpointSlice>>,
-    ) -> Result<(), InventoryError> {
-        let mut slice: Arc<EndpointSlice> = slice.into();
-        let key = key_of("EndpointSlice", &slice.metadata)?;
-        if slice_is_fat(&slice) {
-            slim_slice(Arc::make_mut(&mut slice));
-        }
+    pub fn apply_slice(&mut self, slice: impl IntoSlice) -> Result<(), InventoryError> {
+        let slice = slice.into_slice();
+        let key = slice_key(&slice)?;
         let new_owner = owner_of(&slice);
         let old = self.slices.get(&key);
         let old_owner = old.and_then(|s| owner_of(s));
         let changed = match old {
-            Some(old) => !same_slice(old, &slice),
+            Some(old) => !old.same(&slice),
             None => true,
         };
         if old_owner != new_owner {
@@ -387,14 +387,11 @@ impl Inventory {
 
     /// Replaces all EndpointSlices with a complete listing; see
     /// [`Inventory::replace_services`].
-    pub fn replace_slices<S: Into<Arc<EndpointSlice>>>(
-        &mut self,
-        all: impl IntoIterator<Item = S>,
-    ) {
+    pub fn replace_slices<S: IntoSlice>(&mut self, all: impl IntoIterator<Item = S>) {
         let mut seen = BTreeSet::new();
         for slice in all {
-            let slice: Arc<EndpointSlice> = slice.into();
-            match key_of("EndpointSlice", &slice.metadata) {
+            let slice = slice.into_slice();
+            match slice_key(&slice) {
                 Ok(key) => {
                     seen.insert(key);
                     let _ = self.apply_slice(slice);
@@ -443,7 +440,7 @@ impl Inventory {
     }
 
     /// The EndpointSlices owned by a Service, sorted by slice name.
-    pub fn slices(&self, name: &ServiceName) -> Vec<Arc<EndpointSlice>> {
+    pub fn slices(&self, name: &ServiceName) -> Vec<Arc<Slice>> {
         let Some(names) = self.by_service.get(name) else {
             return Vec::new();
         };
@@ -458,12 +455,12 @@ impl Inventory {
     }
 
     /// One EndpointSlice by namespace and name.
-    pub fn slice(&self, namespace: &str, name: &str) -> Option<&Arc<EndpointSlice>> {
+    pub fn slice(&self, namespace: &str, name: &str) -> Option<&Arc<Slice>> {
         self.slices.get(&(namespace.to_string(), name.to_string()))
     }
 
     /// Every stored EndpointSlice, owned or not, in no particular order.
-    pub fn all_slices(&self) -> impl Iterator<Item = &Arc<EndpointSlice>> {
+    pub fn all_slices(&self) -> impl Iterator<Item = &Arc<Slice>> {
         self.slices.values()
     }
 
@@ -596,19 +593,13 @@ mod tests {
         sl["endpoints"][0]["deprecatedTopology"] = json!({"kubernetes.io/hostname": "n1"});
         inv.apply_slice(serde_json::from_value::<EndpointSlice>(sl).expect("slice"))
             .expect("apply");
+        // Stored as a compact Slice (model::slice): what the model reads.
         let stored = inv.slice("ns", "s1").expect("stored");
-        assert_eq!(stored.metadata.managed_fields, None);
-        assert_eq!(stored.metadata.owner_references, None);
-        let kept: Vec<&String> = stored
-            .metadata
-            .annotations
-            .as_ref()
-            .map(|a| a.keys().collect())
-            .unwrap_or_default();
-        assert_eq!(kept, [TRIGGER_TIME_ANNOTATION]);
-        let ep = &stored.endpoints.as_ref().expect("endpoints")[0];
-        assert_eq!((&ep.target_ref, &ep.deprecated_topology), (&None, &None));
-        assert_eq!(ep.addresses, ["10.1.0.1"], "addresses are read: kept");
+        assert_eq!(stored.trigger_time.as_deref(), Some("2026-12-05T00:00:00Z"));
+        assert_eq!(
+            stored.endpoints[0].address,
+            crate::model::slice::Address::Ip("10.1.0.1".parse().expect("ip"))
+        );
 
         let node: Node = serde_json::from_value(json!({
             "metadata": {"name": "n1", "managedFields": meta_extra["managedFields"].clone()},
@@ -625,8 +616,9 @@ mod tests {
     }
 
     /// A source that keeps its own copy (the file source's cache) hands
-    /// the inventory a slimmed `Arc`: stored as it is, one copy between
-    /// them. A fat one is slimmed into a copy of its own.
+    /// the inventory a slimmed Service or a Slice in an `Arc`: stored as it
+    /// is, one copy between them. A fat Service is slimmed into a copy of
+    /// its own.
     #[test]
     fn slim_arcs_are_shared() {
         let mut inv = Inventory::new();
@@ -639,17 +631,15 @@ mod tests {
             inv.service(&sn("ns", "a")).expect("stored")
         ));
 
-        let mut sl = slice("ns", "s1", Some("a"), "1", "10.1.0.1");
-        slim_slice(&mut sl);
-        let sl = Arc::new(sl);
+        let sl = Arc::new(Slice::from(slice("ns", "s1", Some("a"), "1", "10.1.0.1")));
         inv.replace_slices([Arc::clone(&sl)]);
         assert!(Arc::ptr_eq(&sl, inv.slice("ns", "s1").expect("stored")));
 
-        let mut fat = slice("ns", "s2", Some("a"), "1", "10.1.0.2");
+        let mut fat = svc("ns", "b", "1", 80);
         fat.metadata.owner_references = Some(vec![Default::default()]);
         let fat = Arc::new(fat);
-        inv.apply_slice(Arc::clone(&fat)).expect("apply");
-        let stored = inv.slice("ns", "s2").expect("stored");
+        inv.apply_service(Arc::clone(&fat)).expect("apply");
+        let stored = inv.service(&sn("ns", "b")).expect("stored");
         assert!(!Arc::ptr_eq(&fat, stored));
         assert_eq!(stored.metadata.owner_references, None);
     }
@@ -882,7 +872,7 @@ mod tests {
         let got: Vec<String> = inv
             .slices(&sn("ns", "a"))
             .iter()
-            .filter_map(|s| s.metadata.name.clone())
+            .map(|s| s.name.clone())
             .collect();
         assert_eq!(got, ["a-b", "a-m", "a-z"]);
     }

@@ -24,6 +24,7 @@
 
 pub mod desired;
 pub mod inventory;
+pub mod slice;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -33,18 +34,16 @@ use ipvs_netlink::{
     Destination, Family, Protocol, Service as IpvsService, ServiceFlags, ServiceKey,
 };
 use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::model::desired::{
     Cidr, HealthCheck, ServiceName, ServiceState, SourceRanges, VirtualServer, VsKind,
 };
+use crate::model::slice::{Address, Slice};
 
 /// Label naming the proxy that serves a Service (`--service-proxy-name`).
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 /// Label the API puts on headless Services; no proxy serves them.
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
-/// Label tying an EndpointSlice to its Service.
-pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Node label holding the node's zone, for topology-aware routing.
 pub const LABEL_TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
 /// Session affinity timeout when `ClientIP` affinity gives none (3 hours,
@@ -179,7 +178,7 @@ pub fn selects(cfg: &ModelConfig, svc: &Service) -> bool {
 pub fn service_state(
     cfg: &ModelConfig,
     svc: &Service,
-    slices: &[Arc<EndpointSlice>],
+    slices: &[Arc<Slice>],
     node: Option<&Node>,
 ) -> Result<ServiceState, ModelError> {
     if !selects(cfg, svc) {
@@ -641,35 +640,22 @@ impl Endpoint {
 fn accepted_slices<'a>(
     cfg: &ModelConfig,
     name: &ServiceName,
-    slices: &'a [Arc<EndpointSlice>],
-) -> Vec<(&'a EndpointSlice, Family)> {
-    let mut accepted: Vec<(&EndpointSlice, Family)> = slices
+    slices: &'a [Arc<Slice>],
+) -> Vec<(&'a Slice, Family)> {
+    let mut accepted: Vec<(&Slice, Family)> = slices
         .iter()
         .map(Arc::as_ref)
         .filter(|s| {
-            let meta = &s.metadata;
-            let ours = meta.namespace.as_deref().unwrap_or_default() == name.namespace
-                && meta
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(LABEL_SERVICE_NAME))
-                    .is_some_and(|n| *n == name.name);
+            let ours = s.namespace == name.namespace && s.service() == Some(name.name.as_str());
             if !ours {
-                tracing::debug!(service = %name, slice = ?meta.name, "ignoring EndpointSlice of another Service");
+                tracing::debug!(service = %name, slice = s.name, "ignoring EndpointSlice of another Service");
             }
             ours
         })
-        .filter_map(|s| {
-            let family = match s.address_type.as_str() {
-                "IPv4" => Family::Inet,
-                "IPv6" => Family::Inet6,
-                // FQDN slices have no addresses IPVS could use.
-                _ => return None,
-            };
-            cfg.family_enabled(family).then_some((s, family))
-        })
+        // FQDN slices have no addresses IPVS could use.
+        .filter_map(|s| s.family.filter(|f| cfg.family_enabled(*f)).map(|f| (s, f)))
         .collect();
-    accepted.sort_by(|a, b| a.0.metadata.name.cmp(&b.0.metadata.name));
+    accepted.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     accepted
 }
 
@@ -683,15 +669,13 @@ fn port_endpoints(
     cfg: &ModelConfig,
     name: &ServiceName,
     port: &SvcPort,
-    slices: &[(&EndpointSlice, Family)],
+    slices: &[(&Slice, Family)],
 ) -> Vec<Endpoint> {
     let mut found: BTreeMap<(IpAddr, u16), Endpoint> = BTreeMap::new();
     for (slice, family) in slices {
-        let slice_name = slice.metadata.name.as_deref().unwrap_or_default();
-        for sp in slice.ports.iter().flatten() {
-            if sp.name.as_deref().unwrap_or_default() != port.name
-                || protocol_of(sp.protocol.as_deref()) != Some(port.protocol)
-            {
+        let slice_name = slice.name.as_str();
+        for sp in &slice.ports {
+            if sp.name != port.name || protocol_of(sp.protocol.as_deref()) != Some(port.protocol) {
                 continue;
             }
             let Some(number) = sp
@@ -702,40 +686,33 @@ fn port_endpoints(
                 tracing::warn!(service = %name, slice = slice_name, port = ?sp.port, "skipping EndpointSlice port without a valid number");
                 continue;
             };
-            for ep in slice.endpoints.iter().flatten() {
-                // kube-proxy uses the first address only; the others have no
-                // defined meaning.
-                let Some(raw) = ep.addresses.first() else {
-                    tracing::warn!(service = %name, slice = slice_name, "skipping endpoint without addresses");
-                    continue;
-                };
-                let addr = match raw.parse::<IpAddr>() {
-                    Ok(a) if Family::of(&a) == *family => a,
-                    _ => {
+            for ep in &slice.endpoints {
+                let addr = match &ep.address {
+                    Address::Ip(a) if Family::of(a) == *family => *a,
+                    Address::Missing => {
+                        tracing::warn!(service = %name, slice = slice_name, "skipping endpoint without addresses");
+                        continue;
+                    }
+                    Address::Ip(a) => {
+                        tracing::warn!(service = %name, slice = slice_name, address = %a, "skipping endpoint with an address that is not an IP of the slice's addressType");
+                        continue;
+                    }
+                    Address::Invalid(raw) => {
                         tracing::warn!(service = %name, slice = slice_name, address = %raw, "skipping endpoint with an address that is not an IP of the slice's addressType");
                         continue;
                     }
                 };
-                let cond = ep.conditions.clone().unwrap_or_default();
-                let hints = ep.hints.as_ref();
+                let hints = ep.hints.as_deref();
                 let endpoint = Endpoint {
                     addr,
                     port: number,
-                    // The API: nil ready and serving mean true, nil
-                    // terminating false.
-                    ready: cond.ready.unwrap_or(true),
-                    serving: cond.serving.unwrap_or(true),
-                    terminating: cond.terminating.unwrap_or(false),
+                    ready: ep.ready,
+                    serving: ep.serving,
+                    terminating: ep.terminating,
                     local: !cfg.node_name.is_empty()
                         && ep.node_name.as_deref() == Some(cfg.node_name.as_str()),
-                    zone_hints: hints
-                        .and_then(|h| h.for_zones.as_ref())
-                        .map(|z| z.iter().map(|z| z.name.clone()).collect())
-                        .unwrap_or_default(),
-                    node_hints: hints
-                        .and_then(|h| h.for_nodes.as_ref())
-                        .map(|n| n.iter().map(|n| n.name.clone()).collect())
-                        .unwrap_or_default(),
+                    zone_hints: hints.map(|h| h.zones.clone()).unwrap_or_default(),
+                    node_hints: hints.map(|h| h.nodes.clone()).unwrap_or_default(),
                 };
                 let key = (addr, number);
                 if !found.contains_key(&key) || !endpoint.terminating {
@@ -1472,7 +1449,10 @@ mod tests {
             serde_json::from_value(c.svc.clone()).map_err(|e| format!("service json: {e}"))?;
         let slices = slices
             .iter()
-            .map(|s| serde_json::from_value::<EndpointSlice>(s.clone()).map(Arc::new))
+            .map(|s| {
+                serde_json::from_value::<k8s_openapi::api::discovery::v1::EndpointSlice>(s.clone())
+                    .map(|s| Arc::new(Slice::from(s)))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("slice json: {e}"))?;
         let node: Option<Node> = c

@@ -24,7 +24,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::Value;
 
 use super::{selected, SourceError, SourceStats};
-use crate::model::inventory::{slim_service, slim_slice, Kind, Shared};
+use crate::model::inventory::{slim_service, Kind, Shared};
+use crate::model::slice::Slice;
 
 /// Why one file was not used.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +67,7 @@ pub enum FileError {
 /// with it: the poll's cache and the inventory hold one copy between them.
 pub struct FileObjects {
     pub services: Vec<Arc<Service>>,
-    pub slices: Vec<Arc<EndpointSlice>>,
+    pub slices: Vec<Arc<Slice>>,
     pub nodes: Vec<Node>,
 }
 
@@ -74,7 +75,7 @@ pub struct FileObjects {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub services: Vec<Arc<Service>>,
-    pub slices: Vec<Arc<EndpointSlice>>,
+    pub slices: Vec<Arc<Slice>>,
     /// The Node named like this node, if any file holds it.
     pub node: Option<Node>,
     pub errors: Vec<FileError>,
@@ -171,9 +172,8 @@ pub fn parse_file(path: &Path) -> Result<FileObjects, FileError> {
                     objects.services.push(Arc::new(svc));
                 }
                 "EndpointSlice" => {
-                    let mut slice: EndpointSlice = serde_json::from_value(item).map_err(err)?;
-                    slim_slice(&mut slice);
-                    objects.slices.push(Arc::new(slice));
+                    let slice: EndpointSlice = serde_json::from_value(item).map_err(err)?;
+                    objects.slices.push(Arc::new(Slice::from(&slice)));
                 }
                 "Node" => objects
                     .nodes
@@ -192,7 +192,7 @@ fn select<'a>(
     files: impl Iterator<Item = &'a FileObjects>,
     node_name: &str,
     proxy_name: Option<&str>,
-) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>, Option<Node>) {
+) -> (Vec<Arc<Service>>, Vec<Arc<Slice>>, Option<Node>) {
     let mut services = Vec::new();
     let mut slices = Vec::new();
     let mut node = None;
@@ -206,7 +206,7 @@ fn select<'a>(
         slices.extend(
             f.slices
                 .iter()
-                .filter(|s| selected(s.metadata.labels.as_ref(), proxy_name))
+                .filter(|s| selected(s.labels.as_ref(), proxy_name))
                 .cloned(),
         );
         if let Some(n) = f

@@ -28,7 +28,8 @@ use serde::{Deserialize, Deserializer};
 
 use super::{label_selector, ObjectKind, SourceError, SourceStats};
 use crate::model::desired::ServiceName;
-use crate::model::inventory::{Inventory, Kind, Shared};
+use crate::model::inventory::{IntoSlice, Inventory, Kind, Shared};
+use crate::model::slice::Slice;
 
 /// An object as received, or the metadata of one that did not parse.
 ///
@@ -204,9 +205,9 @@ impl Target {
 trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static {
     fn apply(self, inv: &mut Inventory, target: &Target) -> Result<(), String>;
     fn delete(meta: &ObjectMeta, inv: &mut Inventory, target: &Target);
-    /// The stored version of the object `meta` names.
-    fn existing(meta: &ObjectMeta, inv: &Inventory) -> Option<Self>;
-    fn replace(all: Vec<Self>, inv: &mut Inventory, target: &Target);
+    /// A complete listing; the objects in `bad` did not parse and keep
+    /// their stored version.
+    fn replace(all: Vec<Self>, bad: &[ObjectMeta], inv: &mut Inventory, target: &Target);
 }
 
 fn ns_name(meta: &ObjectMeta) -> Option<(&str, &str)> {
@@ -222,13 +223,13 @@ impl Watched for Service {
             inv.delete_service(ns, name);
         }
     }
-    fn existing(meta: &ObjectMeta, inv: &Inventory) -> Option<Self> {
-        let (ns, name) = ns_name(meta)?;
-        inv.service(&ServiceName::new(ns, name))
-            .map(|s| Service::clone(s))
-    }
-    fn replace(all: Vec<Self>, inv: &mut Inventory, _: &Target) {
-        inv.replace_services(all);
+    fn replace(all: Vec<Self>, bad: &[ObjectMeta], inv: &mut Inventory, _: &Target) {
+        let kept: Vec<Arc<Service>> = bad
+            .iter()
+            .filter_map(ns_name)
+            .filter_map(|(ns, name)| inv.service(&ServiceName::new(ns, name)).cloned())
+            .collect();
+        inv.replace_services(all.into_iter().map(Arc::new).chain(kept));
     }
 }
 
@@ -241,12 +242,13 @@ impl Watched for EndpointSlice {
             inv.delete_slice(ns, name);
         }
     }
-    fn existing(meta: &ObjectMeta, inv: &Inventory) -> Option<Self> {
-        let (ns, name) = ns_name(meta)?;
-        inv.slice(ns, name).map(|s| EndpointSlice::clone(s))
-    }
-    fn replace(all: Vec<Self>, inv: &mut Inventory, _: &Target) {
-        inv.replace_slices(all);
+    fn replace(all: Vec<Self>, bad: &[ObjectMeta], inv: &mut Inventory, _: &Target) {
+        let kept: Vec<Arc<Slice>> = bad
+            .iter()
+            .filter_map(ns_name)
+            .filter_map(|(ns, name)| inv.slice(ns, name).cloned())
+            .collect();
+        inv.replace_slices(all.into_iter().map(IntoSlice::into_slice).chain(kept));
     }
 }
 
@@ -266,13 +268,16 @@ impl Watched for Node {
             inv.set_node(None);
         }
     }
-    fn existing(meta: &ObjectMeta, inv: &Inventory) -> Option<Self> {
-        inv.node()
-            .filter(|n| n.metadata.name == meta.name)
-            .map(|n| Node::clone(n))
-    }
-    fn replace(all: Vec<Self>, inv: &mut Inventory, target: &Target) {
-        let own = all.into_iter().find(|n| is_own_node(&n.metadata, target));
+    fn replace(all: Vec<Self>, bad: &[ObjectMeta], inv: &mut Inventory, target: &Target) {
+        let kept = bad.iter().find_map(|m| {
+            inv.node()
+                .filter(|n| n.metadata.name == m.name)
+                .map(|n| Node::clone(n))
+        });
+        let own = all
+            .into_iter()
+            .chain(kept)
+            .find(|n| is_own_node(&n.metadata, target));
         inv.set_node(own);
     }
 }
@@ -332,11 +337,10 @@ async fn watch_kind<K: Watched>(
                 listed_bad.push(meta);
             }
             Ok(Event::InitDone) => {
-                let mut all = std::mem::take(&mut listed);
+                let all = std::mem::take(&mut listed);
                 let bad = std::mem::take(&mut listed_bad);
                 inv.update(|i| {
-                    all.extend(bad.iter().filter_map(|m| K::existing(m, i)));
-                    K::replace(all, i, &target);
+                    K::replace(all, &bad, i, &target);
                     i.set_synced(target.kind());
                 });
                 stats.count_relist(kind);

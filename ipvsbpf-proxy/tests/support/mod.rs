@@ -58,12 +58,8 @@ pub fn snapshot(inv: &Inventory) -> BTreeMap<String, String> {
     }
     for s in inv.all_slices() {
         out.insert(
-            format!(
-                "EndpointSlice {}/{}",
-                s.metadata.namespace.as_deref().unwrap_or(""),
-                s.metadata.name.as_deref().unwrap_or("")
-            ),
-            s.metadata.resource_version.clone().unwrap_or_default(),
+            format!("EndpointSlice {}/{}", s.namespace, s.name),
+            s.resource_version.clone().unwrap_or_default(),
         );
     }
     if let Some(n) = inv.node() {
