@@ -418,6 +418,9 @@ async fn sync_loop(
                 }
             }
         }
+        if full || outcome.recomputed >= TRIM_AFTER_RECOMPUTED {
+            trim_heap();
+        }
         let (vs, rs) = syncer.state().services.values().fold((0, 0), |(v, r), s| {
             (
                 v + s.virtual_servers.len(),
@@ -475,6 +478,26 @@ async fn sync_loop(
         if report.draining > 0 && retry.is_none() {
             retry = Some((now + Duration::from_secs(5), RETRY_MIN));
         }
+    }
+}
+
+/// A sync that recomputed at least this many Services (or read the whole
+/// IPVS table) went through much of the heap: [`trim_heap`] after it.
+const TRIM_AFTER_RECOMPUTED: usize = 1000;
+
+/// Hands the heap's free pages back to the system. glibc keeps what a
+/// large sync allocated and freed (a full read of the IPVS table, the
+/// parsed manifests of a relist) in its arenas, where it counts as the
+/// proxy's resident memory although the proxy no longer uses it (at
+/// 10,000 Services a full sync's heap peaks at 1.35 times what stays
+/// live). Costs milliseconds, so only after large syncs. Other C
+/// libraries: nothing.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory back to the kernel;
+    // it touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -212,8 +212,18 @@ fn is_fat(meta: &ObjectMeta, keep: Option<&str>) -> bool {
 
 /// A Service as the inventory stores it; sources that keep their own copy
 /// (the file source's cache) store this one and share it.
+/// Beside [`slim`]'s metadata, the selector goes: it is the
+/// EndpointSlice controller's business, kube-proxy never reads it, and its
+/// map costs more than the rest of a small Service.
 pub fn slim_service(svc: &mut Service) {
     slim(&mut svc.metadata, None);
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.selector = None;
+    }
+}
+
+fn service_is_fat(svc: &Service) -> bool {
+    is_fat(&svc.metadata, None) || svc.spec.as_ref().is_some_and(|s| s.selector.is_some())
 }
 
 /// Equal for the proxy's purposes: resourceVersion, managedFields,
@@ -252,7 +262,7 @@ impl Inventory {
     pub fn apply_service(&mut self, svc: impl Into<Arc<Service>>) -> Result<(), InventoryError> {
         let mut svc: Arc<Service> = svc.into();
         let (namespace, name) = key_of("Service", &svc.metadata)?;
-        if is_fat(&svc.metadata, None) {
+        if service_is_fat(&svc) {
             slim_service(Arc::make_mut(&mut svc));
         }
         let key = ServiceName { namespace, name };
@@ -573,12 +583,16 @@ mod tests {
             "kubectl.kubernetes.io/last-applied-configuration": "{\"kind\":\"Service\"}"
         });
         s["metadata"]["labels"] = json!({"app": "web"});
+        s["spec"]["selector"] = json!({"app": "web"});
         inv.apply_service(serde_json::from_value::<Service>(s).expect("service"))
             .expect("apply");
         let stored = inv.service(&sn("ns", "a")).expect("stored");
         assert_eq!(stored.metadata.managed_fields, None);
         assert_eq!(stored.metadata.annotations, None);
         assert!(stored.metadata.labels.is_some(), "labels are read: kept");
+        let spec = stored.spec.as_ref().expect("spec");
+        assert_eq!(spec.selector, None);
+        assert!(spec.cluster_ip.is_some(), "the spec is read: kept");
 
         let mut sl =
             serde_json::to_value(slice("ns", "s1", Some("a"), "1", "10.1.0.1")).expect("json");
