@@ -525,7 +525,14 @@ fn start_source(
         SourceKind::Kube => {
             let client = client.context("--source=kube without a Kubernetes client")?;
             info!("kube source");
-            tokio::spawn(sources::kube::run(client, node, proxy_name, inv, stats))
+            tokio::spawn(sources::kube::run(
+                client,
+                node,
+                proxy_name,
+                inv,
+                stats,
+                sources::kube::WatchOptions::default(),
+            ))
         }
     })
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ipvsbpf_proxy::model::desired::ServiceName;
 use ipvsbpf_proxy::model::inventory::{Shared, SharedInventory};
-use ipvsbpf_proxy::sources::kube::run;
+use ipvsbpf_proxy::sources::kube::{run, WatchOptions};
 use ipvsbpf_proxy::sources::{ObjectKind, SourceStats};
 use serde_json::json;
 use support::apiserver::ApiServer;
@@ -30,6 +30,10 @@ impl Drop for Running {
 }
 
 fn start_source(server: &ApiServer, proxy_name: Option<&str>) -> Running {
+    start_source_with(server, proxy_name, WatchOptions::default())
+}
+
+fn start_source_with(server: &ApiServer, proxy_name: Option<&str>, opts: WatchOptions) -> Running {
     let inv = SharedInventory::new_shared();
     let stats = Arc::new(SourceStats::default());
     let task = tokio::spawn(run(
@@ -38,6 +42,7 @@ fn start_source(server: &ApiServer, proxy_name: Option<&str>) -> Running {
         proxy_name.map(str::to_string),
         inv.clone(),
         stats.clone(),
+        opts,
     ));
     let task = tokio::spawn(async move {
         match task.await {
@@ -102,9 +107,23 @@ async fn initial_list() {
         "/apis/discovery.k8s.io/v1/endpointslices",
     ] {
         let reqs: Vec<_> = logged.iter().filter(|r| r.path == path).collect();
+        // Lists come from the watch cache, as client-go's do.
         assert!(
-            reqs.iter().any(|r| r.param("watch").is_none()),
-            "{path}: a list: {logged:#?}"
+            reqs.iter()
+                .any(|r| r.param("watch").is_none() && r.param("resourceVersion") == Some("0")),
+            "{path}: a list at resourceVersion 0: {logged:#?}"
+        );
+        assert!(
+            reqs.iter()
+                .filter(|r| r.param("watch").is_none())
+                .all(|r| r.param("resourceVersion") == Some("0")),
+            "{path}: every list at resourceVersion 0: {logged:#?}"
+        );
+        assert!(
+            reqs.iter()
+                .filter(|r| r.param("watch").is_some())
+                .all(|r| r.param("timeoutSeconds") == Some("55")),
+            "{path}: watches end after 55 s: {logged:#?}"
         );
         assert!(
             reqs.iter().any(|r| r.param("watch") == Some("true")
@@ -283,6 +302,42 @@ async fn dropped_stream_rewatches_and_converges() {
     .await;
     // Resumed from the last resourceVersion: no relist was needed.
     assert_eq!(src.stats.relists(), 3);
+    no_unexpected(&server);
+}
+
+/// A watch whose connection died without a FIN sends nothing and never
+/// ends; the source notices within its watch timeout plus 5 s, watches
+/// again from where it was and converges, without a relist.
+#[tokio::test]
+async fn dead_watch_connection_is_noticed() {
+    let server = ApiServer::start().await;
+    // Quiet streams: only the stall may make them silent.
+    server.set_bookmark_interval(Duration::from_secs(3600));
+    let [_, b, sa, sb, n1] = populate(&server);
+    let src = start_source_with(&server, None, WatchOptions { timeout_secs: 1 });
+    wait_for("synced", || src.inv.lock().synced()).await;
+    let relists = src.stats.relists();
+    server.stall_watches();
+    let stalled_at = tokio::time::Instant::now();
+    let watches = server.watches_started();
+    let a2 = server.apply(service("default", "a", 9100, json!({})));
+    converge(
+        &src.inv,
+        &expect(&[
+            ("Service default/a", a2),
+            ("Service kube-system/b", b),
+            ("EndpointSlice default/a-x1", sa),
+            ("EndpointSlice kube-system/b-x1", sb),
+            ("Node node-1", n1),
+        ]),
+        "after the stall",
+    )
+    .await;
+    let took = stalled_at.elapsed();
+    assert!(server.watches_started() > watches);
+    // 1 s timeout + kube-runtime's 5 s margin, and scheduling slack
+    assert!(took <= Duration::from_secs(9), "noticed after {took:?}");
+    assert_eq!(src.stats.relists(), relists, "resumed, not relisted");
     no_unexpected(&server);
 }
 

@@ -140,6 +140,45 @@ pub async fn client(
     Client::try_from(config).map_err(SourceError::Client)
 }
 
+/// How the watches talk to the API server.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchOptions {
+    /// `timeoutSeconds` of each watch request. kube-runtime treats a
+    /// stream that sends nothing for this long plus 5 s as dead and
+    /// reconnects, so it bounds how long a dead connection (an API server
+    /// or load balancer gone without a FIN) goes unnoticed.
+    pub timeout_secs: u32,
+}
+
+impl Default for WatchOptions {
+    /// 55 s: a dead connection is noticed within 60 s. client-go notices
+    /// within 45 s with HTTP/2 pings, which kube-rs does not send; the
+    /// price here is one watch request per kind every 55 s per node,
+    /// resumed from the last resourceVersion (the watch cache serves it, no
+    /// list), where client-go makes one every 5 to 10 minutes.
+    fn default() -> WatchOptions {
+        WatchOptions { timeout_secs: 55 }
+    }
+}
+
+impl WatchOptions {
+    /// Lists with resourceVersion=0 ("any"), as client-go's informers do:
+    /// the API server's watch cache answers, so a DaemonSet rollout or an
+    /// API server restart does not send every node's list to etcd. The
+    /// list may be a little older than the newest state; the watch that
+    /// follows starts from its resourceVersion and catches up. Unpaged:
+    /// kube-rs drops resourceVersion=0 from a paged list (which etcd then
+    /// serves), and the watch cache ignores a limit at resourceVersion=0
+    /// anyway, so client-go's paged request gets the whole list too.
+    fn config(&self) -> watcher::Config {
+        let mut config = watcher::Config::default()
+            .any_semantic()
+            .timeout(self.timeout_secs);
+        config.page_size = None;
+        config
+    }
+}
+
 /// Runs the three watches until one of them ends, which with backoff
 /// does not happen: the error return is for the caller to treat as fatal.
 pub async fn run(
@@ -148,25 +187,26 @@ pub async fn run(
     proxy_name: Option<String>,
     inv: Shared,
     stats: Arc<SourceStats>,
+    opts: WatchOptions,
 ) -> Result<(), SourceError> {
     let selector = label_selector(proxy_name.as_deref());
     let services = watch_kind::<Service>(
         Api::all(client.clone()),
-        watcher::Config::default().labels(&selector),
+        opts.config().labels(&selector),
         Target::Services,
         inv.clone(),
         stats.clone(),
     );
     let slices = watch_kind::<EndpointSlice>(
         Api::all(client.clone()),
-        watcher::Config::default().labels(&selector),
+        opts.config().labels(&selector),
         Target::Slices,
         inv.clone(),
         stats.clone(),
     );
     let node = watch_kind::<Node>(
         Api::all(client),
-        watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+        opts.config().fields(&format!("metadata.name={node_name}")),
         Target::Node(node_name.clone()),
         inv,
         stats,

@@ -129,6 +129,9 @@ struct Shared {
     /// While true, new watch requests wait before evaluating their
     /// resourceVersion (lets a test change and compact behind the client).
     hold_tx: watch::Sender<bool>,
+    /// Bumped to make every open watch stream go silent and stay open,
+    /// past its timeout: a connection whose other end is gone.
+    stall_tx: watch::Sender<u64>,
     bookmark_every: Mutex<Duration>,
     bookmarks_sent: AtomicU64,
     watches_started: AtomicU64,
@@ -381,6 +384,8 @@ fn visible(params: &Params, ev: &HistoryEvent) -> Option<(&'static str, Value)> 
 async fn watch_task(shared: Arc<Shared>, res: Res, params: Params, tx: mpsc::Sender<String>) {
     let mut dropped = shared.drop_tx.subscribe();
     dropped.borrow_and_update();
+    let mut stalled = shared.stall_tx.subscribe();
+    stalled.borrow_and_update();
     let mut hold = shared.hold_tx.subscribe();
     tokio::select! {
         r = hold.wait_for(|h| !*h) => if r.is_err() { return },
@@ -458,6 +463,11 @@ async fn watch_task(shared: Arc<Shared>, res: Res, params: Params, tx: mpsc::Sen
             r = changes.changed() => if r.is_err() { return },
             _ = dropped.changed() => return,
             _ = tx.closed() => return,
+            _ = stalled.changed() => {
+                // Silent until the client gives up on the stream.
+                tx.closed().await;
+                return;
+            }
             _ = tokio::time::sleep_until(deadline) => return,
             _ = bookmark.tick(), if params.bookmarks => {
                 let obj = json!({
@@ -481,6 +491,7 @@ impl ApiServer {
             rv_tx: watch::channel(0).0,
             drop_tx: watch::channel(0).0,
             hold_tx: watch::channel(false).0,
+            stall_tx: watch::channel(0).0,
             bookmark_every: Mutex::new(Duration::from_secs(1)),
             bookmarks_sent: AtomicU64::new(0),
             watches_started: AtomicU64::new(0),
@@ -609,6 +620,12 @@ impl ApiServer {
     /// apiserver timeout would).
     pub fn drop_watches(&self) {
         self.shared.drop_tx.send_modify(|g| *g += 1);
+    }
+
+    /// Every open watch stream goes silent and stays open (its timeout
+    /// ignored), as one through a dead connection; new ones are served.
+    pub fn stall_watches(&self) {
+        self.shared.stall_tx.send_modify(|g| *g += 1);
     }
 
     /// New watch requests wait until [`ApiServer::release_watches`].
