@@ -7,7 +7,9 @@
 #     (from `client`) reach pods on node and on node2; in ipvs mode also
 #     a ClusterIP from off-cluster and from one of its own backends;
 #   - eTP=Local: only the local pod, which sees the real client address;
-#     the health-check node port answers with one local endpoint;
+#     the health-check node port answers with one local endpoint; with
+#     the local pod gone, a pod on the node still reaches the LB address
+#     through node2's pod, not source-NATed (kube-proxy PR 97081);
 #   - loadBalancerSourceRanges: the client is refused until its address
 #     is added to the Service's ranges;
 #   - ClientIP affinity sticks; an endpoint removed from its slice drains;
@@ -90,6 +92,31 @@ ans=$(hits client "http://$NODE:30081/ip" 4 | sort -u)
 body=$(topo_exec client curl -s -m 3 "http://$NODE:30900/")
 echo "      health check: $body"
 echo "$body" | grep -q '"localEndpoints": *1' || fail "health-check node port: $body"
+
+step "eTP=Local, no local endpoint: pods on the node reach the LB address anyway (kube-proxy PR 97081)"
+# Only node2's pod is left; pod1b (on node) reaches it, not source-NATed,
+# and the health check tells load balancers to send nothing here.
+drop_endpoint "$MAN/slice-web-local-1.yaml" 198.18.1.2
+for i in $(seq 1 50); do
+	vs=$(topo_exec node ipvsadm -Ln -t 198.19.200.11:80)
+	echo "$vs" | grep -q 198.18.1.2 || break
+	sleep 0.2
+done
+echo "$vs" | grep -q 198.18.2.2 && ! echo "$vs" | grep -q 198.18.1.2 ||
+	fail "web-local's LB address: $vs"
+ans=$(hits pod1b http://198.19.200.11/ip 4 | sort -u)
+[ "$ans" = "pod2a $(topo_ip pod1b 4)" ] ||
+	fail "pod1b to web-local's LB address: saw '$ans', expected pod2a to see pod1b"
+body=$(topo_exec client curl -s -m 3 "http://$NODE:30900/")
+echo "$body" | grep -q '"localEndpoints": *0' || fail "health-check node port: $body"
+cp "$TOP/testbed/manifests/slice-web-local-1.yaml" "$MAN/"
+for i in $(seq 1 50); do
+	topo_exec node ipvsadm -Ln -t 198.19.200.11:80 | grep -q 198.18.1.2 && break
+	sleep 0.2
+done
+topo_exec node ipvsadm -Ln -t 198.19.200.11:80 | grep -q 198.18.1.2 ||
+	fail "web-local's slice restored, but pod1a is not back"
+
 ans=$(hits client "http://$NODE:30080/ip" 16 | sort -u)
 echo "$ans" | sed 's/^/      eTP=Cluster, seen by /'
 echo "$ans" | grep -q "^pod2. $CLIENT\$" && fail "eTP=Cluster NodePort traffic to node2 was not source-NATed"

@@ -237,10 +237,18 @@ pub fn service_state(
                 servers.entry(vs.key()).or_insert(vs);
             }
 
-            let external = if parsed.external_local {
-                local()
-            } else {
-                cluster()
+            // eTP=Local: this node's endpoints; with none here, the
+            // cluster's, so that pods on this node still reach the
+            // Service's NodePorts, external and LB addresses (kube-proxy's
+            // IPVS mode since PR 97081). An outside client sent here anyway
+            // is forwarded without SNAT and loses the reply, as with
+            // kube-proxy; the health check reports 0 local endpoints, so
+            // load balancers send none. iTP=Local keeps its contract (no
+            // local endpoint: nothing), where kube-proxy's IPVS mode also
+            // falls back for a Service reachable from outside.
+            let external = match parsed.external_local {
+                true => Some(local()).filter(|l| !l.is_empty()).unwrap_or_else(cluster),
+                false => cluster(),
             };
             let mut external_addrs: Vec<(IpAddr, u16, VsKind)> = Vec::new();
             if let Some(node_port) = port.node_port.filter(|_| parsed.node_ports) {
@@ -1278,13 +1286,24 @@ mod tests {
                   "np TCP 192.168.0.10:30080 rr [10.1.0.1:8080 w1, 10.1.0.3:8080 w0] local",
                   "ext TCP 198.51.100.1:80 rr [10.1.0.1:8080 w1, 10.1.0.3:8080 w0] local",
                   "lb TCP 203.0.113.5:80 rr [10.1.0.1:8080 w1, 10.1.0.3:8080 w0] local"]).hc(32000, 1),
-            case("eTP Local without local endpoints: empty, health check reports 0",
+            case("eTP Local without local endpoints: the cluster's for local pods (PR 97081), no SNAT, health check 0",
+                svc(json!({
+                    "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
+                        "externalIPs": ["198.51.100.1"],
+                        "ports": [{"name": "http", "port": 80, "nodePort": 30080}]},
+                    "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}})),
+                vec![v4(json!([ep("10.1.0.2", "node-b"), term("10.1.0.3", "node-c")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.2:8080 w1, 10.1.0.3:8080 w0]",
+                  "np TCP 192.168.0.10:30080 rr [10.1.0.2:8080 w1, 10.1.0.3:8080 w0] local",
+                  "ext TCP 198.51.100.1:80 rr [10.1.0.2:8080 w1, 10.1.0.3:8080 w0] local",
+                  "lb TCP 203.0.113.5:80 rr [10.1.0.2:8080 w1, 10.1.0.3:8080 w0] local"]).hc(32000, 0),
+            case("eTP Local without any endpoint: nothing anywhere",
                 svc(json!({
                     "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
                         "allocateLoadBalancerNodePorts": false},
                     "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}})),
-                vec![v4(json!([ep("10.1.0.2", "node-b")]))],
-                &["cip TCP 10.0.0.1:80 rr [10.1.0.2:8080 w1]",
+                vec![],
+                &["cip TCP 10.0.0.1:80 rr []",
                   "lb TCP 203.0.113.5:80 rr [] local"]).hc(32000, 0),
             case("eTP Local with only a terminating local endpoint: it serves, health check 0",
                 svc(json!({
