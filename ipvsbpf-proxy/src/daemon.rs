@@ -343,7 +343,13 @@ async fn sync_loop(
 
         // The node-wide rules follow any change, and are redone after a
         // failed write rather than left until the next change or full sync.
-        let rules_due = full || outcome.node_changed || rules_failed;
+        // ipvs mode's ipsets hold endpoints too (KUBE-LOOP-BACK); in
+        // ipvs-bpf mode an endpoint change leaves them alone: O(change).
+        let changed = match &plumbing {
+            Plumbing::Ipvs(_) => outcome.node_changed,
+            Plumbing::Bpf(..) => outcome.frontends_changed,
+        };
+        let rules_due = full || changed || rules_failed;
         rules_failed = false;
         // The source-range filter goes in before IPVS opens a new load
         // balancer address, not after.

@@ -96,6 +96,26 @@ pub struct ServiceState {
     pub health_check: Option<HealthCheck>,
 }
 
+impl ServiceState {
+    /// Equal but for the virtual servers' destinations: the same
+    /// addresses, ports, flags, kinds, source ranges and health check.
+    pub fn same_frontends(&self, other: &ServiceState) -> bool {
+        self.health_check == other.health_check
+            && self.virtual_servers.len() == other.virtual_servers.len()
+            && self
+                .virtual_servers
+                .iter()
+                .zip(&other.virtual_servers)
+                .all(|(a, b)| {
+                    a.service == b.service
+                        && a.kind == b.kind
+                        && a.masquerade == b.masquerade
+                        && a.local_only == b.local_only
+                        && a.source_ranges == b.source_ranges
+                })
+    }
+}
+
 /// The whole node: one state per selected Service, shared with the
 /// reconciler's record of what it must program (one copy between them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -247,7 +247,9 @@ pub fn service_state(
             // local endpoint: nothing), where kube-proxy's IPVS mode also
             // falls back for a Service reachable from outside.
             let external = match parsed.external_local {
-                true => Some(local()).filter(|l| !l.is_empty()).unwrap_or_else(cluster),
+                true => Some(local())
+                    .filter(|l| !l.is_empty())
+                    .unwrap_or_else(cluster),
                 false => cluster(),
             };
             let mut external_addrs: Vec<(IpAddr, u16, VsKind)> = Vec::new();

@@ -25,6 +25,13 @@ pub struct SyncOutcome {
     /// Whether the node state (addresses, health checks) changed, so the
     /// mode back-end and health-check servers need a pass.
     pub node_changed: bool,
+    /// Whether what the node exposes changed: a virtual server came or
+    /// went or changed anything but its destinations (kind, source
+    /// ranges, flags), or a health check did. An endpoint change alone
+    /// leaves it false, so the back-ends that only care about addresses
+    /// (the source-range filter, health-check servers) skip their O(all
+    /// Services) pass.
+    pub frontends_changed: bool,
 }
 
 /// Model results per Service and the reconciler that programs them.
@@ -95,7 +102,9 @@ impl<I: IpvsApi> Syncer<I> {
                 }
                 _ => None,
             };
-            out.node_changed |= self.record(&name, desired);
+            let (changed, frontends) = self.record(&name, desired);
+            out.node_changed |= changed;
+            out.frontends_changed |= frontends;
         }
         debug!(recomputed = out.recomputed, "desired state recomputed");
         out
@@ -107,13 +116,17 @@ impl<I: IpvsApi> Syncer<I> {
         self.reconciler.sync(full, now)
     }
 
-    /// Stores one Service's state; true if it changed anything the
-    /// back-ends see.
-    fn record(&mut self, name: &ServiceName, desired: Option<ServiceState>) -> bool {
+    /// Stores one Service's state; returns whether it changed, and
+    /// whether its frontends did ([`SyncOutcome::frontends_changed`]).
+    fn record(&mut self, name: &ServiceName, desired: Option<ServiceState>) -> (bool, bool) {
         let old = self.state.services.get(name).map(Arc::as_ref);
         if old == desired.as_ref() {
-            return false;
+            return (false, false);
         }
+        let frontends = match (old, desired.as_ref()) {
+            (Some(a), Some(b)) => !a.same_frontends(b),
+            _ => true,
+        };
         let desired = desired.map(Arc::new);
         self.reconciler.set_service_shared(name, desired.clone());
         match desired {
@@ -124,7 +137,7 @@ impl<I: IpvsApi> Syncer<I> {
                 self.state.services.remove(name);
             }
         }
-        true
+        (true, frontends)
     }
 
     /// Health-check node ports of eTP=Local Services with their local
@@ -217,6 +230,7 @@ mod tests {
         let dirty = inv.take_dirty();
         let out = s.recompute(&inv, dirty);
         assert_eq!(out.recomputed, 50);
+        assert!(out.node_changed && out.frontends_changed);
         let report = s.apply(true, Instant::now());
         assert!(report.failed.is_empty(), "{:?}", report.failed);
         let by_op = |op| report.by_op.get(&(op, true)).copied();
@@ -236,6 +250,11 @@ mod tests {
         let dirty = inv.take_dirty();
         let out = s.recompute(&inv, dirty);
         assert_eq!(out.recomputed, 1);
+        assert!(out.node_changed);
+        assert!(
+            !out.frontends_changed,
+            "an endpoint change leaves the frontends alone"
+        );
         let report = s.apply(false, Instant::now());
         assert_eq!(report.requests, 1);
         assert_eq!(
@@ -262,6 +281,7 @@ mod tests {
         let dirty = inv.take_dirty();
         let out = s.recompute(&inv, dirty);
         assert!(out.node_changed);
+        assert!(out.frontends_changed, "a Service gone is a frontend gone");
         assert_eq!(s.apply(false, Instant::now()).requests, 1);
         assert_eq!(s.reconciler().ipvs().len(), 49);
     }
