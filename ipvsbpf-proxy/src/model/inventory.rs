@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::desired::ServiceName;
 use crate::model::slice::Slice;
+use crate::model::sorted::SortedVec;
 
 /// The label an EndpointSlice's owning Service is named by (set by the
 /// EndpointSlice controller; kube-proxy uses the same label).
@@ -108,7 +109,7 @@ pub struct Inventory {
     slices: HashMap<SliceKey, Arc<Slice>>,
     /// Slice names (in the service's namespace) per owning Service, so a
     /// Service's slices are found without scanning all slices.
-    by_service: HashMap<ServiceName, BTreeSet<String>>,
+    by_service: HashMap<ServiceName, SortedVec<String>>,
     node: Option<Arc<Node>>,
     synced_services: bool,
     synced_slices: bool,

@@ -25,6 +25,7 @@
 pub mod desired;
 pub mod inventory;
 pub mod slice;
+pub mod sorted;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

@@ -35,6 +35,7 @@ use ipvs_netlink::{
 };
 
 use crate::model::desired::{ServiceName, ServiceState, VirtualServer};
+use crate::model::sorted::SortedVec;
 
 /// A destination's identity within its virtual server: address and port.
 type DestId = (IpAddr, u16);
@@ -295,7 +296,8 @@ pub struct Reconciler<I: IpvsApi> {
     /// the syncer's node state.
     desired: HashMap<ServiceName, Arc<ServiceState>>,
     /// Who wants each key; the first name owns it.
-    claims: HashMap<ServiceKey, BTreeSet<ServiceName>>,
+    /// Sorted: the first owns the key.
+    claims: HashMap<ServiceKey, SortedVec<ServiceName>>,
     /// The kernel's configuration, true to what it acknowledged.
     actual: HashMap<ServiceKey, ActualVs>,
     /// Destinations at weight 0 waiting for their connections to end, with
