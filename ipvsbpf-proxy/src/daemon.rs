@@ -392,7 +392,10 @@ async fn sync_loop(
                 }
             }
             for e in hc.sync(&syncer.health_checks()).await {
-                warn!(error = %e, "health-check node port");
+                warn!(error = %e, "health-check node port; retried at the next sync");
+                // e.g. the old process still holds the port in a rolling
+                // update: an endpoint change alone would not retry it
+                rules_failed = true;
             }
         }
         // ipvs mode: conntrack holds Service flows. After the rules are

@@ -269,6 +269,27 @@ async fn gone_on_watch_relists_and_converges() {
     )
     .await;
     assert!(src.stats.relists() >= relists + 2, "410 must cause relists");
+    // The relists went to etcd (no resourceVersion=0): a lagging watch
+    // cache must not take back what the proxy already applied.
+    let lists: Vec<_> = server
+        .logged()
+        .into_iter()
+        .filter(|r| r.param("watch").is_none() && r.path != "/api/v1/nodes")
+        .collect();
+    let (first, relisted) = lists.split_at(2);
+    assert!(
+        first
+            .iter()
+            .all(|r| r.param("resourceVersion") == Some("0")),
+        "first lists from the watch cache: {first:#?}"
+    );
+    assert!(
+        !relisted.is_empty()
+            && relisted
+                .iter()
+                .all(|r| r.param("resourceVersion").is_none() && r.param("limit") == Some("500")),
+        "relists after 410: consistent and paged: {relisted:#?}"
+    );
     no_unexpected(&server);
 }
 

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
 use ipvs_netlink::{Destination, Error as IpvsError, Request, Service, ServiceKey};
-use ipvsbpf_proxy::model::inventory::{Inventory, Kind};
+use ipvsbpf_proxy::model::inventory::{Dirty, Inventory, Kind};
 use ipvsbpf_proxy::model::ModelConfig;
 use ipvsbpf_proxy::reconcile::syncer::Syncer;
 use ipvsbpf_proxy::reconcile::{IpvsApi, ReconcileOptions, Reconciler};
@@ -124,7 +124,11 @@ fn heap_at_ten_thousand_services() {
     for kind in [Kind::Services, Kind::Slices, Kind::Node] {
         inv.set_synced(kind);
     }
-    let inventory = LIVE.load(Relaxed) - start;
+    // The dirty set is the sync's to consume, not the inventory's to keep:
+    // dropped here, and the recompute below is told to do everything.
+    assert_eq!(inv.take_dirty().services.len(), SERVICES);
+    let live = || LIVE.load(Relaxed).saturating_sub(start);
+    let inventory = live();
 
     let cfg = ModelConfig {
         node_name: "node".into(),
@@ -136,15 +140,18 @@ fn heap_at_ten_thousand_services() {
         drain_timeout: None,
     };
     let mut syncer = Syncer::new(cfg, Reconciler::new(NullIpvs, opts));
-    let dirty = inv.take_dirty();
-    let outcome = syncer.recompute(&inv, dirty);
+    let all = Dirty {
+        all: true,
+        ..Dirty::default()
+    };
+    let outcome = syncer.recompute(&inv, all);
     assert_eq!(outcome.recomputed, SERVICES);
-    let model = LIVE.load(Relaxed) - start - inventory;
+    let model = live().saturating_sub(inventory);
 
     let report = syncer.apply(true, Instant::now());
     assert!(report.failed.is_empty());
-    let total = LIVE.load(Relaxed) - start;
-    let reconciler = total - inventory - model;
+    let total = live();
+    let reconciler = total.saturating_sub(inventory + model);
 
     eprintln!(
         "heap at {SERVICES} Services x {ENDPOINTS} endpoints: inventory {:.1} MiB, \

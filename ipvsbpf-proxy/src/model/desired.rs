@@ -54,8 +54,9 @@ pub struct VirtualServer {
     /// KUBE-MARK-MASQ): NodePort/LB/external with eTP=Cluster, or
     /// masquerade-all.
     pub masquerade: bool,
-    /// externalTrafficPolicy=Local applies (only local endpoints, client
-    /// address kept); for NodePort, LB and external IPs only.
+    /// externalTrafficPolicy=Local applies (local endpoints, or the
+    /// cluster's when this node has none; client address kept); for
+    /// NodePort, LB and external IPs only.
     pub local_only: bool,
     /// `loadBalancerSourceRanges` of a load balancer address: only these
     /// sources may reach it. `None`: any source (also when the Service has

@@ -286,10 +286,10 @@ impl Inventory {
         }
     }
 
-    /// Adds or updates an EndpointSlice. A slice that moved to another
-    /// Service (its label changed) dirties both.
-    /// Shares an `Arc` already slimmed ([`slim_slice`]) as
-    /// [`Inventory::apply_service`] does.
+    /// Adds or updates an EndpointSlice, stored as a
+    /// [`Slice`](crate::model::slice::Slice) (a [`Slice`] in an `Arc` is
+    /// shared as it is). A slice that moved to another Service (its label
+    /// changed) dirties both.
     pub fn apply_slice(&mut self, slice: impl IntoSlice) -> Result<(), InventoryError> {
         let slice = slice.into_slice();
         let key = slice_key(&slice)?;

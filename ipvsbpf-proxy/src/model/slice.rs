@@ -6,7 +6,7 @@
 //! 10,000 Services x 10 endpoints the slices alone took 51 MiB. A
 //! [`Slice`] keeps the labels (selection and the owning Service), the
 //! address type, the ports and per endpoint its first address, conditions,
-//! node name and hints: 4 MiB for the same slices. Nothing is validated
+//! node name and hints: 12 MiB for the same slices. Nothing is validated
 //! here: a bad address is kept as written, and the model skips it with the
 //! Service's name in the warning, as it did reading the API object.
 

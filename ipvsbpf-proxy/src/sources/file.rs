@@ -61,10 +61,10 @@ pub enum FileError {
 }
 
 /// The objects one file holds (all of them, before selection).
-#[derive(Clone, Debug, Default)]
 ///
 /// Services and slices are slimmed as the inventory stores them and shared
 /// with it: the poll's cache and the inventory hold one copy between them.
+#[derive(Clone, Debug, Default)]
 pub struct FileObjects {
     pub services: Vec<Arc<Service>>,
     pub slices: Vec<Arc<Slice>>,

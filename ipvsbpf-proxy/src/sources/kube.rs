@@ -12,7 +12,6 @@
 use std::borrow::Cow;
 use std::fmt::Debug;
 use std::path::PathBuf;
-use std::pin::pin;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -137,6 +136,13 @@ pub async fn client(
     if let Some(url) = master_url {
         config.cluster_url = url;
     }
+    // A request over a connection whose other end is gone (a list, a watch
+    // not yet answered, an Event) fails after 70 s of silence instead of
+    // TCP's 15 minutes. Watches answer within 55 s (WatchOptions), so this
+    // never cuts a healthy one; counted from each request's write, not from
+    // when its pooled connection went idle.
+    config.read_timeout = Some(std::time::Duration::from_secs(70));
+    config.reset_reader_on_write = true;
     Client::try_from(config).map_err(SourceError::Client)
 }
 
@@ -162,11 +168,12 @@ impl Default for WatchOptions {
 }
 
 impl WatchOptions {
-    /// Lists with resourceVersion=0 ("any"), as client-go's informers do:
-    /// the API server's watch cache answers, so a DaemonSet rollout or an
-    /// API server restart does not send every node's list to etcd. The
-    /// list may be a little older than the newest state; the watch that
-    /// follows starts from its resourceVersion and catches up. Unpaged:
+    /// The first list at resourceVersion=0 ("any"), as client-go's
+    /// informers' first list: the API server's watch cache answers, so a
+    /// DaemonSet rollout or an API server restart does not send every
+    /// node's list to etcd. The list may be a little older than the newest
+    /// state; the watch that follows starts from its resourceVersion and
+    /// catches up. Relists after a 410 Gone go to etcd (`watch_kind`). Unpaged:
     /// kube-rs drops resourceVersion=0 from a paged list (which etcd then
     /// serves), and the watch cache ignores a limit at resourceVersion=0
     /// anyway, so client-go's paged request gets the whole list too.
@@ -350,10 +357,35 @@ async fn watch_kind<K: Watched>(
         );
         stats.count_skipped(kind);
     };
-    let mut stream = pin!(watcher::watcher(api, config).default_backoff());
+    let mut stream = watcher::watcher(api.clone(), config.clone())
+        .default_backoff()
+        .boxed();
     let mut listed: Vec<K> = Vec::new();
     let mut listed_bad: Vec<ObjectMeta> = Vec::new();
+    let mut synced = false;
+    let mut consistent = false;
     while let Some(event) = stream.next().await {
+        // 410 Gone after the first list: what this proxy has applied is
+        // newer than the watch cache may be (another API server's, behind
+        // ours), and a relist from it could take back a Service created
+        // meanwhile. As client-go after "too old resource version", list
+        // from etcd from now on: a new stream, consistent and paged.
+        if let (Err(e), true, false) = (&event, synced, consistent) {
+            if status_of(e).is_some_and(|s| s.code == 410) {
+                tracing::info!(
+                    kind = kind.as_str(),
+                    "watch expired (410 Gone): relisting from etcd"
+                );
+                let mut quorum = config.clone();
+                quorum.list_semantic = watcher::ListSemantic::MostRecent;
+                quorum.page_size = Some(500);
+                stream = watcher::watcher(api.clone(), quorum)
+                    .default_backoff()
+                    .boxed();
+                consistent = true;
+                continue;
+            }
+        }
         match event {
             Err(e) => match refused(&e) {
                 Some(status) => tracing::error!(
@@ -383,6 +415,7 @@ async fn watch_kind<K: Watched>(
                     K::replace(all, &bad, i, &target);
                     i.set_synced(target.kind());
                 });
+                synced = true;
                 stats.count_relist(kind);
             }
             Ok(Event::Apply(Lenient::Ok(k))) => {
@@ -406,14 +439,18 @@ async fn watch_kind<K: Watched>(
 /// Retrying cannot help until an operator acts, so these are reported as
 /// errors naming what is missing rather than as a transient watch failure.
 fn refused(e: &watcher::Error) -> Option<&kube::core::Status> {
-    let status = match e {
+    status_of(e).filter(|s| matches!(s.code, 401 | 403))
+}
+
+/// The API server's status in a watcher error, if it answered with one.
+fn status_of(e: &watcher::Error) -> Option<&kube::core::Status> {
+    match e {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
         | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s,
-        watcher::Error::WatchError(s) => s,
-        _ => return None,
-    };
-    matches!(status.code, 401 | 403).then_some(&**status)
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(&**s),
+        watcher::Error::WatchError(s) => Some(&**s),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
