@@ -10,7 +10,8 @@
 #     IPVS holding N TCP virtual servers), with the proxy's own full-sync
 #     duration next to it (IPVS and the mode's rules; the rest is start-up,
 #     parsing and the model);
-#   - memory: VmRSS and VmHWM once synced;
+#   - memory: VmRSS and VmHWM once synced; CPU time (user: the proxy's
+#     own work; system: mostly the kernel programming IPVS) up to then;
 #   - change latency: one endpoint added to service 0's slice, until
 #     ipvsadm shows it (includes up to 250 ms of the file source's poll);
 #   - partial sync cost: kubeproxy_sync_partial_proxy_rules_duration_seconds
@@ -220,6 +221,13 @@ run() {
 	rss=$(awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")
 	hwm=$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$pid/status")
 	echo "      VmRSS ${rss} MiB, VmHWM ${hwm} MiB"
+	# CPU the proxy used up to here (start, parsing, the model, the first
+	# sync): user time is the proxy's own work, system time mostly the
+	# kernel programming IPVS for it (netlink requests run in its context).
+	# Fields 14 and 15 of /proc/PID/stat, after the ')' that ends comm.
+	read -r cpu_user cpu_sys < <(sed 's/.*) //' "/proc/$pid/stat" |
+		awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f %.2f\n", $12 / hz, $13 / hz }')
+	echo "      CPU so far: user ${cpu_user}s, system ${cpu_sys}s"
 
 	# (c) change latency, (d) partial sync cost over the same changes
 	scrape
@@ -273,8 +281,8 @@ run() {
 	[ -e "$PIN" ] && fail "$mode: --cleanup left pins under $PIN"
 	ns_down
 	rm -rf "$man"
-	ROWS+=("$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$mode" "$n" "$full" "$proxy_full" \
-		"$rss" "$hwm" "$lat_med" "$lat_max" "$partial")")
+	ROWS+=("$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$mode" "$n" "$full" \
+		"$proxy_full" "$cpu_user" "$cpu_sys" "$rss" "$hwm" "$lat_med" "$lat_max" "$partial")")
 }
 
 load_modules ip_vs ip_vs_rr
@@ -293,18 +301,18 @@ for n in $SIZES; do
 	order=$(awk '{ for (i = NF; i > 0; i--) printf "%s%s", $i, (i > 1 ? " " : "\n") }' <<<"$order")
 done
 
-cols=(mode services full_sync_s proxy_full_sync_s rss_mib hwm_mib change_median_ms
-	change_max_ms partial_sync_mean_ms)
+cols=(mode services full_sync_s proxy_full_sync_s cpu_user_s cpu_sys_s rss_mib hwm_mib
+	change_median_ms change_max_ms partial_sync_mean_ms)
 {
 	(IFS=$'\t' && echo "${cols[*]}")
 	printf '%s\n' "${ROWS[@]}" | sort -t "$(printf '\t')" -k2,2n -k1,1
 } >"$TSV"
 step "results (also in $TSV)"
-printf '      %-8s %8s %10s %12s %8s %8s %10s %10s %10s\n' mode services "full s" "proxy full s" \
-	"RSS MiB" "HWM MiB" "chg med ms" "chg max ms" "partial ms"
-tail -n +2 "$TSV" | while IFS=$'\t' read -r mode n full pfull rss hwm med max partial; do
-	printf '      %-8s %8s %10s %12s %8s %8s %10s %10s %10s\n' "$mode" "$n" "$full" "$pfull" \
-		"$rss" "$hwm" "$med" "$max" "$partial"
+printf '      %-8s %8s %8s %12s %7s %7s %8s %8s %10s %10s %10s\n' mode services "full s" \
+	"proxy full s" "user s" "sys s" "RSS MiB" "HWM MiB" "chg med ms" "chg max ms" "partial ms"
+tail -n +2 "$TSV" | while IFS=$'\t' read -r mode n full pfull usr sys rss hwm med max partial; do
+	printf '      %-8s %8s %8s %12s %7s %7s %8s %8s %10s %10s %10s\n' "$mode" "$n" "$full" \
+		"$pfull" "$usr" "$sys" "$rss" "$hwm" "$med" "$max" "$partial"
 done
 
 step "O(change): partial sync at the largest size against the smallest"
