@@ -349,7 +349,10 @@ fn list_response(shared: &Shared, res: Res, params: &Params) -> Response {
 fn watch_response(shared: Arc<Shared>, res: Res, params: Params) -> Response {
     let (tx, rx) = mpsc::channel::<String>(64);
     shared.watches_started.fetch_add(1, Ordering::Relaxed);
-    tokio::spawn(watch_task(shared, res, params, tx));
+    // A stall applies to every stream requested before it, even one whose
+    // task has not run yet.
+    let stall_gen = *shared.stall_tx.borrow();
+    tokio::spawn(watch_task(shared, res, params, tx, stall_gen));
     let body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|line| (Ok::<_, Infallible>(line), rx))
     });
@@ -381,7 +384,13 @@ fn visible(params: &Params, ev: &HistoryEvent) -> Option<(&'static str, Value)> 
     }
 }
 
-async fn watch_task(shared: Arc<Shared>, res: Res, params: Params, tx: mpsc::Sender<String>) {
+async fn watch_task(
+    shared: Arc<Shared>,
+    res: Res,
+    params: Params,
+    tx: mpsc::Sender<String>,
+    stall_gen: u64,
+) {
     let mut dropped = shared.drop_tx.subscribe();
     dropped.borrow_and_update();
     let mut stalled = shared.stall_tx.subscribe();
@@ -427,6 +436,10 @@ async fn watch_task(shared: Arc<Shared>, res: Res, params: Params, tx: mpsc::Sen
             Some(rv) => (rv, Vec::new(), false),
         }
     };
+    if *stalled.borrow() != stall_gen {
+        tx.closed().await;
+        return;
+    }
     for line in initial {
         if tx.send(line).await.is_err() {
             return;
@@ -436,6 +449,12 @@ async fn watch_task(shared: Arc<Shared>, res: Res, params: Params, tx: mpsc::Sen
         return;
     }
     loop {
+        // Checked before every send: a stall and a change arriving together
+        // must not let the change through.
+        if *stalled.borrow() != stall_gen {
+            tx.closed().await;
+            return;
+        }
         let mut lines = Vec::new();
         {
             let store = shared.lock();
@@ -463,11 +482,8 @@ async fn watch_task(shared: Arc<Shared>, res: Res, params: Params, tx: mpsc::Sen
             r = changes.changed() => if r.is_err() { return },
             _ = dropped.changed() => return,
             _ = tx.closed() => return,
-            _ = stalled.changed() => {
-                // Silent until the client gives up on the stream.
-                tx.closed().await;
-                return;
-            }
+            // wakes the loop, whose first check stalls the stream
+            _ = stalled.changed() => {}
             _ = tokio::time::sleep_until(deadline) => return,
             _ = bookmark.tick(), if params.bookmarks => {
                 let obj = json!({
