@@ -15,7 +15,7 @@
 #   - edits (a new port, a Pod going unready and back, an endpoint removed
 #     from a slice) and a delete;
 #   - the fault cases (proxy-k8s-faults.bash): 505 EndpointSlices of one
-#     Service, which a restarted proxy lists in pages, adopting IPVS
+#     Service, which a restarted proxy lists from the watch cache, adopting IPVS
 #     without a request;
 #   - etcd restarted under the live watches: later changes still arrive;
 #   - changes the proxy misses (SIGSTOP), an etcd compaction past its
