@@ -374,6 +374,7 @@ async fn watch_kind<K: Watched>(
             if status_of(e).is_some_and(|s| s.code == 410) {
                 tracing::info!(
                     kind = kind.as_str(),
+                    error = %e,
                     "watch expired (410 Gone): relisting from etcd"
                 );
                 let mut quorum = config.clone();
