@@ -84,14 +84,25 @@ impl Slice {
     }
 
     /// Equal for the proxy's purposes: everything but the resource version.
+    /// Destructured, so a field added to `Slice` must be placed here.
     pub fn same(&self, o: &Slice) -> bool {
-        self.namespace == o.namespace
-            && self.name == o.name
-            && self.labels == o.labels
-            && self.trigger_time == o.trigger_time
-            && self.family == o.family
-            && self.ports == o.ports
-            && self.endpoints == o.endpoints
+        let Slice {
+            namespace,
+            name,
+            resource_version: _,
+            labels,
+            trigger_time,
+            family,
+            ports,
+            endpoints,
+        } = self;
+        *namespace == o.namespace
+            && *name == o.name
+            && *labels == o.labels
+            && *trigger_time == o.trigger_time
+            && *family == o.family
+            && *ports == o.ports
+            && *endpoints == o.endpoints
     }
 }
 
