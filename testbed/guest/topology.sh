@@ -170,7 +170,9 @@ topo_check() {
 
 # topo_nginx POD: start nginx in POD on :80 (both families) answering
 # every request with the pod's name, and /ip with the pod's name and the
-# client address it sees. Stopped by topo_down (netns gone, processes killed by
+# client address it sees; PUT /upload/NAME stores the body (up to 16 MB)
+# as /tmp/ipvsbpf-nginx-POD/upload/NAME and answers 201 only once all of
+# it arrived. Stopped by topo_down (netns gone, processes killed by
 # topo_kill_ns first).
 topo_nginx() {
 	local pod=$1 dir=/tmp/ipvsbpf-nginx-$1
@@ -194,6 +196,12 @@ http {
 		listen [::]:80 ipv6only=on reuseport;
 		location / { return 200 "$pod\n"; }
 		location = /ip { return 200 "$pod \$remote_addr\n"; }
+		location /upload/ {
+			root $dir;
+			dav_methods PUT;
+			create_full_put_path on;
+			client_max_body_size 16m;
+		}
 	}
 }
 NGINX

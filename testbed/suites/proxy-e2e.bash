@@ -4,8 +4,10 @@
 # the manifests in testbed/manifests (file source, copied so the test can
 # edit them), nginx in all four pods, dnsmasq in pod1b and pod2b.
 #   - ClusterIP (from a pod), NodePort, LoadBalancer IP and external IP
-#     (from `client`) reach pods on node and on node2; in ipvs mode also
-#     a ClusterIP from off-cluster and from one of its own backends;
+#     (from `client`) reach pods on node and on node2; 2 MB uploads
+#     through a SNAT NodePort behind a 1280-byte hop learn the path MTU
+#     (v4, v6); in ipvs mode also a ClusterIP from off-cluster and from
+#     one of its own backends;
 #   - eTP=Local: only the local pod, which sees the real client address;
 #     the health-check node port answers with one local endpoint; with
 #     the local pod gone, a pod on the node still reaches the LB address
@@ -84,6 +86,43 @@ if [ "$MODE" = ipvs ]; then
 	step "ClusterIP from client (off-cluster: masqueraded by --cluster-cidr)"
 	reach client http://198.19.0.10/ $ALL
 fi
+
+step "path MTU through a SNAT NodePort: 2 MB uploads from client to pods behind a 1280-byte hop (v4, v6)"
+# node2's side of its pods' veths is narrowed and the pods keep 1500, so
+# they announce an MSS the path cannot carry: the client learns the path
+# MTU only from node2's "fragmentation needed" / "packet too big", which
+# is addressed to node and must find its way back to the client.
+head -c 2000000 /dev/urandom >"$MAN/blob"
+rm -rf /tmp/ipvsbpf-nginx-pod*/upload
+topo_exec node2 ip link set veth-pod2a mtu 1280
+topo_exec node2 ip link set veth-pod2b mtu 1280
+for fam in 4 6; do
+	[ "$fam" = 4 ] && url=http://$NODE:30080 || url="http://[2001:db8::1]:30080"
+	topo_exec client ip -"$fam" route flush cache
+	far=0
+	for i in 1 2 3 4; do
+		code=$(topo_exec client curl -s -m 20 -o /dev/null -w '%{http_code}' \
+			-T "$MAN/blob" "$url/upload/v$fam-$i") || true
+		got=$(cd /tmp && for f in ipvsbpf-nginx-pod*/upload/v$fam-$i; do
+			cmp -s "$f" "$MAN/blob" && echo "${f%%/*}"; done)
+		got=${got#ipvsbpf-nginx-}
+		echo "      upload v$fam-$i: HTTP ${code:-none}, stored whole by ${got:-nobody}"
+		if [ "$code" != 201 ] || [ -z "$got" ]; then
+			topo_exec node nstat -az 2>/dev/null |
+				grep -E 'Icmp6?(In|Out)(Errors|CsumErrors|DestUnreachs|PktTooBigs)|IpExtInCsumErrors' |
+				sed 's/^/      node: /'
+			fail "a 2 MB upload over v$fam did not arrive whole"
+		fi
+		case $got in pod2*) far=$((far + 1)) ;; esac
+	done
+	[ "$far" -ge 1 ] || fail "no v$fam upload went to node2's pods: the narrow hop was never crossed"
+	pmtu=$(topo_exec client ip -"$fam" route get "$( [ "$fam" = 4 ] && echo "$NODE" || echo 2001:db8::1)")
+	echo "      client's route to node: $(echo "$pmtu" | tr -s ' \n' ' ')"
+	echo "$pmtu" | grep -q 'mtu 1280' || fail "client never learned the 1280-byte path (v$fam)"
+done
+topo_exec node2 ip link set veth-pod2a mtu 1500
+topo_exec node2 ip link set veth-pod2b mtu 1500
+rm -rf "$MAN/blob" /tmp/ipvsbpf-nginx-pod*/upload
 
 step "externalTrafficPolicy=Local: the local pod only, with the client's address"
 reach client "http://$NODE:30081/" pod1a
