@@ -105,6 +105,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 &BpfModeConfig {
                     pin_dir: cfg.bpf_pin_path.clone(),
                     uplinks: cfg.uplinks.clone(),
+                    cluster: cidrs(&cfg.cluster_cidrs),
                     port_min: cfg.snat_port_range.min,
                     port_max: cfg.snat_port_range.max,
                     options: Options {
@@ -136,6 +137,12 @@ pub async fn run(cfg: Config) -> Result<()> {
         "StartProxy",
         format!("Starting ipvsbpf-proxy ({mode} mode)."),
     );
+    if matches!(plumbing, Plumbing::Bpf(..)) && cfg.cluster_cidrs.is_empty() {
+        warn!(
+            "no --cluster-cidr: only the uplinks carry the tc programs, so SNAT connections \
+             to local endpoints (and hairpin) go out untranslated"
+        );
+    }
     if let Plumbing::Bpf(bm, _) = &plumbing {
         watch_bpf_trouble(
             events.clone(),
@@ -250,6 +257,7 @@ async fn sync_loop(
     let mut relists_seen = [0u64; 3];
     let mut waited_for_sync = false;
     let mut synced_once = false;
+    let cluster = cidrs(&cfg.cluster_cidrs);
     // EndpointSlice trigger times not yet programmed
     let mut triggers: Vec<SystemTime> = Vec::new();
     // The last sync's filter or mode rules failed to apply
@@ -357,6 +365,16 @@ async fn sync_loop(
         if let (true, Plumbing::Bpf(_, fw)) = (rules_due, &mut plumbing) {
             if let Err(e) = tokio::task::block_in_place(|| fw.sync(syncer.state(), full)) {
                 error!(error = %e, "loadBalancerSourceRanges filter");
+                rules_failed = true;
+                ok = false;
+            }
+        }
+
+        // Every device a SNAT connection may leave by carries the
+        // programs before IPVS can schedule to an endpoint behind it.
+        if let Plumbing::Bpf(bm, _) = &mut plumbing {
+            if let Err(e) = tokio::task::block_in_place(|| bm.follow_cluster_devices(&cluster)) {
+                error!(error = %e, "attaching the tc programs to the cluster CIDR's devices");
                 rules_failed = true;
                 ok = false;
             }

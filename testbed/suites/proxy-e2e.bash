@@ -4,10 +4,11 @@
 # the manifests in testbed/manifests (file source, copied so the test can
 # edit them), nginx in all four pods, dnsmasq in pod1b and pod2b.
 #   - ClusterIP (from a pod), NodePort, LoadBalancer IP and external IP
-#     (from `client`) reach pods on node and on node2; 2 MB uploads
+#     (from `client`) reach pods on node and on node2; a backend reaches
+#     its own Service and itself (hairpin: TCP v4, v6 and UDP); local pods
+#     of a SNAT NodePort see the node, not the client; 2 MB uploads
 #     through a SNAT NodePort behind a 1280-byte hop learn the path MTU
-#     (v4, v6); in ipvs mode also a ClusterIP from off-cluster and from
-#     one of its own backends;
+#     (v4, v6); in ipvs mode also a ClusterIP from off-cluster;
 #   - eTP=Local: only the local pod, which sees the real client address;
 #     the health-check node port answers with one local endpoint; with
 #     the local pod gone, a pod on the node still reaches the LB address
@@ -72,10 +73,20 @@ if [ "$MODE" = ipvs-bpf ]; then
 	echo "      nft vip-forward: $n IPv4 packets rejected"
 	[ "${n:-0}" -ge 1 ] || fail "the forward reject never counted pod1b's SYN"
 fi
-if [ "$MODE" = ipvs ]; then
-	# ipvs-bpf mode does not translate hairpin yet: docs/proxy.md
-	step "ClusterIP from pod1a, one of the backends (hairpin)"
-	reach pod1a http://198.19.0.10/ $ALL
+step "hairpin: a backend reaches its own Service and is scheduled to itself (TCP v4, v6; UDP)"
+# The SNAT connection leaves by the pod's own device: in ipvs-bpf mode
+# the programs follow the cluster CIDR's routes onto it.
+reach pod1a http://198.19.0.10/ $ALL
+reach pod1a "http://[2001:db8:2::10]/" pod1a pod2a
+ans=$(for i in 1 2 3 4 5 6; do
+	topo_exec pod1b dig +short +time=2 +tries=1 @198.19.0.53 which.test A || echo "<error>"
+done | sort | uniq -c)
+echo "$ans" | sed 's/^/      UDP from pod1b:/'
+echo "$ans" | grep -q '<error>' && fail "a DNS query from pod1b through 198.19.0.53 failed"
+echo "$ans" | grep -q " $(topo_ip pod1b 4)\$" || fail "pod1b never got its own answer (UDP hairpin)"
+if [ "$MODE" = ipvs-bpf ]; then
+	devs=$(topo_exec node tc filter show dev veth-pod1a egress)
+	echo "$devs" | grep -q ipvsbpf || fail "no tc program on veth-pod1a: $devs"
 fi
 step "NodePort, LoadBalancer IP and external IP from client"
 reach client "http://$NODE:30080/" $ALL
@@ -160,9 +171,9 @@ ans=$(hits client "http://$NODE:30080/ip" 16 | sort -u)
 echo "$ans" | sed 's/^/      eTP=Cluster, seen by /'
 echo "$ans" | grep -q "^pod2. $CLIENT\$" && fail "eTP=Cluster NodePort traffic to node2 was not source-NATed"
 echo "$ans" | grep -q "^pod2. $NODE\$" || fail "node2's pods never saw the node's address"
-if [ "$MODE" = ipvs ]; then
-	echo "$ans" | grep -q " $CLIENT\$" && fail "eTP=Cluster NodePort traffic was not source-NATed"
-fi
+# Local pods too see the node (ipvs: the address MASQUERADE picks for the
+# pod's device; ipvs-bpf: the SNAT address), never the client.
+echo "$ans" | grep -q " $CLIENT\$" && fail "eTP=Cluster NodePort traffic to a local pod was not source-NATed"
 
 step "loadBalancerSourceRanges: client refused, then allowed once listed"
 topo_exec node ipvsadm -Ln -t 198.19.200.13:80 >/dev/null || fail "web-fw's LB address not in IPVS"

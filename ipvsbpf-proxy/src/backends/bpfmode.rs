@@ -4,7 +4,17 @@
 //! configuration to IPVS, and only then turn `net.ipv4.vs.bpf_mode` on.
 //! The order matters: IPVS must never create a SNAT session whose packets
 //! leave before a program rewrites them.
+//!
+//! A SNAT connection may also leave by a device other than the uplinks:
+//! the pod's own device when IPVS picks a local endpoint (and for hairpin,
+//! where the client is the endpoint), a CNI's bridge, an overlay's tunnel,
+//! a second uplink towards other nodes' pods. Before each sync programs
+//! IPVS, [`BpfMode::follow_cluster_devices`] attaches the programs to
+//! every device that routes part of the cluster CIDR, found from the
+//! routing table, not from a CNI's naming; those that cannot carry them
+//! (not Ethernet: IPIP, WireGuard) are named once in the log.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
@@ -52,6 +62,9 @@ pub struct BpfModeConfig {
     pub pin_dir: PathBuf,
     /// `--uplink`; empty = every device with a default route.
     pub uplinks: Vec<String>,
+    /// `--cluster-cidr`: the devices that route it carry the programs too
+    /// ([`BpfMode::follow_cluster_devices`]); empty = only the uplinks.
+    pub cluster: Vec<(IpAddr, u8)>,
     /// `--snat-port-range`, already checked against the ephemeral range
     /// (`cli::check_snat_range_against`).
     pub port_min: u16,
@@ -64,6 +77,12 @@ pub struct BpfMode {
     dp: Datapath<'static>,
     uplinks: Vec<(String, i32)>,
     snat: Snat,
+    /// Other devices that carry the programs, by ifindex, with the name
+    /// they had when attached.
+    followed: BTreeMap<i32, String>,
+    /// Devices that route cluster addresses but cannot carry the programs,
+    /// already named in the log.
+    refused: BTreeSet<String>,
 }
 
 impl BpfMode {
@@ -148,8 +167,19 @@ impl BpfMode {
             let _filters = dp.attach(*idx)?;
             info!(uplink = %name, ifindex = idx, "tc programs attached");
         }
+        let mut bm = BpfMode {
+            dp,
+            uplinks,
+            snat,
+            followed: BTreeMap::new(),
+            refused: BTreeSet::new(),
+        };
+        // Before IPVS gets the map: after a restart with a new map, the
+        // programs on pods' devices must be the ones that read it.
+        bm.follow_cluster_devices(&cfg.cluster)?;
         hostinfo::reserve_ports(cfg.port_min, cfg.port_max)?;
 
+        let dp = &bm.dp;
         let map_id = dp.skel().maps.ipvs_sessions.info().map(|i| i.info.id).ok();
         match ipvs.bpf()? {
             Some(BpfStatus {
@@ -166,16 +196,78 @@ impl BpfMode {
                      re-attaching (its SNAT connections expire)"
                 );
                 ipvs.detach_bpf()?;
-                attach(ipvs, &dp, snat)?;
+                attach(ipvs, dp, snat)?;
             }
-            None => attach(ipvs, &dp, snat)?,
+            None => attach(ipvs, dp, snat)?,
         }
         hostinfo::write_sysctl(BPF_MODE_SYSCTL, "1")?;
         info!(
             addr4 = ?snat.addr4, addr6 = ?snat.addr6, ports = %format!("{}-{}", snat.port_min, snat.port_max),
             "ipvs-bpf mode on"
         );
-        Ok(BpfMode { dp, uplinks, snat })
+        Ok(bm)
+    }
+
+    /// Attaches the programs to every Ethernet device, other than the
+    /// uplinks, that routes part of `cluster` (the cluster CIDR), and
+    /// detaches them from a device that no longer does. A device gone
+    /// since is forgotten (its filters went with it). Called before each
+    /// sync programs IPVS: a pod's route exists before its endpoint is
+    /// published, so its device carries the programs before IPVS can
+    /// schedule a SNAT connection to it.
+    pub fn follow_cluster_devices(&mut self, cluster: &[(IpAddr, u8)]) -> Result<(), BpfModeError> {
+        if cluster.is_empty() {
+            return Ok(());
+        }
+        let mut now = BTreeMap::new();
+        let mut first_err = None;
+        for name in hostinfo::devices_routing(cluster)? {
+            if self.uplinks.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            // Gone since the routes were read: nothing to attach to.
+            let Ok(idx) = hostinfo::ifindex(&name) else {
+                continue;
+            };
+            if self.followed.get(&idx) == Some(&name) {
+                now.insert(idx, name);
+                continue;
+            }
+            if let Err(e) = hostinfo::check_ethernet(&name) {
+                if self.refused.insert(name.clone()) {
+                    warn!(device = %name, error = %e,
+                          "this device routes part of the cluster CIDR but cannot carry the \
+                           tc programs: SNAT connections leaving by it go out untranslated");
+                }
+                continue;
+            }
+            match self.dp.attach(idx) {
+                Ok(_filters) => {
+                    info!(device = %name, ifindex = idx, "tc programs attached (routes cluster addresses)");
+                    now.insert(idx, name);
+                }
+                // A device deleted under us is not a failure.
+                Err(_) if hostinfo::ifindex(&name).ok() != Some(idx) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        for (idx, name) in &self.followed {
+            if !now.contains_key(idx) && hostinfo::ifindex(name).ok() == Some(*idx) {
+                match datapath::detach(*idx) {
+                    Ok(()) => info!(device = %name, "tc programs detached (no cluster route left)"),
+                    Err(e) => warn!(device = %name, error = %e, "detaching the tc programs"),
+                }
+            }
+        }
+        self.followed = now;
+        first_err.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    /// Devices other than the uplinks that carry the programs.
+    pub fn followed_devices(&self) -> impl Iterator<Item = &str> {
+        self.followed.values().map(String::as_str)
     }
 
     pub fn uplinks(&self) -> impl Iterator<Item = &str> {
@@ -225,11 +317,17 @@ impl BpfMode {
                 Err(e) => info!("IPVS has no BPF attachment to remove ({e})"),
             }
         }
-        let names = if uplinks.is_empty() {
-            hostinfo::default_route_devices().unwrap_or_default()
-        } else {
-            uplinks.to_vec()
-        };
+        // Every device: besides the uplinks, the programs followed the
+        // cluster CIDR's routes (pod devices, bridges, tunnels). Only our
+        // filter (priority and handle) is removed.
+        let mut names = hostinfo::all_devices().unwrap_or_default();
+        if names.is_empty() {
+            names = if uplinks.is_empty() {
+                hostinfo::default_route_devices().unwrap_or_default()
+            } else {
+                uplinks.to_vec()
+            };
+        }
         for name in names {
             if let Ok(idx) = hostinfo::ifindex(&name) {
                 if let Err(e) = datapath::detach(idx) {

@@ -65,49 +65,113 @@ pub fn write_sysctl(name: &str, value: &str) -> Result<(), HostError> {
 /// Devices that carry a default route, IPv4 first, each once, in the
 /// order the kernel lists them.
 pub fn default_route_devices() -> Result<Vec<String>, HostError> {
+    route_devices(|r| r.prefix_len == 0)
+}
+
+/// Devices of the routes that lie inside one of `prefixes` (the cluster
+/// CIDR): pod veths, a CNI's bridge, an overlay's tunnel device, another
+/// uplink towards other nodes' pods, whatever the CNI made. Routes wider
+/// than a prefix (a default route) are not inside it. Each device once,
+/// IPv4's first.
+pub fn devices_routing(prefixes: &[(IpAddr, u8)]) -> Result<Vec<String>, HostError> {
+    route_devices(|r| inside(r, prefixes))
+}
+
+/// Whether route `r` lies inside one of `prefixes`.
+fn inside(r: &Route, prefixes: &[(IpAddr, u8)]) -> bool {
+    prefixes
+        .iter()
+        .any(|&(net, len)| r.prefix_len >= len && same_prefix(r.dst, net, len))
+}
+
+/// Whether `a` and `b` agree in their first `len` bits (never across
+/// families).
+fn same_prefix(a: IpAddr, b: IpAddr, len: u8) -> bool {
+    let bits = |x: &[u8], y: &[u8]| {
+        let len = usize::from(len).min(x.len() * 8);
+        let (whole, rest) = (len / 8, len % 8);
+        x[..whole] == y[..whole] && (rest == 0 || (x[whole] ^ y[whole]) >> (8 - rest) == 0)
+    };
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => bits(&a.octets(), &b.octets()),
+        (IpAddr::V6(a), IpAddr::V6(b)) => bits(&a.octets(), &b.octets()),
+        _ => false,
+    }
+}
+
+/// One usable route of the main table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Route {
+    dst: IpAddr,
+    prefix_len: u8,
+    dev: String,
+}
+
+fn route_devices(keep: impl Fn(&Route) -> bool) -> Result<Vec<String>, HostError> {
     let v4 = read(Path::new("/proc/net/route"))?;
     let v6 = read(Path::new("/proc/net/ipv6_route")).unwrap_or_default();
     let mut out = Vec::new();
-    for dev in parse_route_v4(&v4).into_iter().chain(parse_route_v6(&v6)) {
-        if !out.contains(&dev) {
-            out.push(dev);
+    for r in parse_routes_v4(&v4).into_iter().chain(parse_routes_v6(&v6)) {
+        if keep(&r) && !out.contains(&r.dev) {
+            out.push(r.dev);
         }
     }
     Ok(out)
 }
 
-/// Default routes of /proc/net/route: destination and mask 0, route up.
-fn parse_route_v4(text: &str) -> Vec<String> {
+/// Routes of /proc/net/route that are up. Destination and mask are the
+/// network-order words printed as native integers.
+fn parse_routes_v4(text: &str) -> Vec<Route> {
     text.lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let up = f
-                .get(3)
-                .and_then(|x| u16::from_str_radix(x, 16).ok())
-                .is_some_and(|flags| flags & 1 != 0);
-            (f.len() >= 8 && f[1] == "00000000" && f[7] == "00000000" && up)
-                .then(|| f[0].to_string())
+            let word = |i: usize| {
+                f.get(i)
+                    .and_then(|x| u32::from_str_radix(x, 16).ok())
+                    .map(u32::to_ne_bytes)
+            };
+            let flags = f.get(3).and_then(|x| u16::from_str_radix(x, 16).ok())?;
+            let (dst, mask) = (word(1)?, word(7)?);
+            (flags & 1 != 0).then(|| Route {
+                dst: IpAddr::from(dst),
+                prefix_len: u32::from_be_bytes(mask).leading_ones() as u8,
+                dev: f[0].to_string(),
+            })
         })
         .collect()
 }
 
-/// Default routes of /proc/net/ipv6_route: ::/0, not a reject route
-/// (the kernel keeps an unreachable default on `lo`).
-fn parse_route_v6(text: &str) -> Vec<String> {
+/// Routes of /proc/net/ipv6_route, but reject routes and `lo`'s (the
+/// kernel keeps an unreachable default there).
+fn parse_routes_v6(text: &str) -> Vec<Route> {
     const RTF_REJECT: u32 = 0x0200;
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let flags = f.get(8).and_then(|x| u32::from_str_radix(x, 16).ok())?;
-            (f.len() >= 10
-                && f[0].bytes().all(|b| b == b'0')
-                && f[1] == "00"
-                && flags & RTF_REJECT == 0
-                && f[9] != "lo")
-                .then(|| f[9].to_string())
+            let dst = u128::from_str_radix(f.first()?, 16).ok()?;
+            let prefix_len = u8::from_str_radix(f.get(1)?, 16).ok()?;
+            (f.len() >= 10 && flags & RTF_REJECT == 0 && f[9] != "lo").then(|| Route {
+                dst: IpAddr::V6(Ipv6Addr::from(dst)),
+                prefix_len,
+                dev: f[9].to_string(),
+            })
         })
         .collect()
+}
+
+/// Every network device of this namespace, by name (/sys/class/net; a
+/// namespace's own when /sys was mounted in it, as `ip netns exec` does).
+pub fn all_devices() -> Result<Vec<String>, HostError> {
+    let dir = Path::new("/sys/class/net");
+    let entries = std::fs::read_dir(dir).map_err(|source| HostError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
+    Ok(entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect())
 }
 
 /// ifindex of `dev` in the calling thread's network namespace.
@@ -255,6 +319,76 @@ fn format_port_list(ports: &BTreeSet<(u16, u16)>) -> String {
 mod tests {
     use super::*;
 
+    fn defaults(routes: Vec<Route>) -> Vec<String> {
+        routes
+            .into_iter()
+            .filter(|r| r.prefix_len == 0)
+            .map(|r| r.dev)
+            .collect()
+    }
+
+    #[test]
+    fn routes_inside_the_cluster_cidr() {
+        let v4 =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                  eth0\t00000000\t640200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                  veth-a\t020112C6\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
+                  eth0\t000212C6\t020200C0\t0003\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                  cni0\t000012C6\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+                  down0\t000312C6\t00000000\t0000\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                  eth1\t000013C6\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+        let r = parse_routes_v4(v4);
+        assert_eq!(
+            r[1],
+            Route {
+                dst: "198.18.1.2".parse().unwrap(),
+                prefix_len: 32,
+                dev: "veth-a".into()
+            }
+        );
+        assert_eq!(r.len(), 5, "the route that is down is left out");
+        let cluster = [("198.18.0.0".parse().unwrap(), 16)];
+        let found: Vec<_> = r
+            .iter()
+            .filter(|r| inside(r, &cluster))
+            .map(|r| r.dev.as_str())
+            .collect();
+        // not the default route, not 198.19.0.0/16
+        assert_eq!(found, ["veth-a", "eth0", "cni0"]);
+
+        let z = "00000000000000000000000000000000";
+        let v6 = format!(
+            "20010db8000100010000000000000002 80 {z} 00 {z} 00000400 00000001 00000000 00000001   veth-a\n\
+             20010db8000100020000000000000000 40 {z} 00 20010db8000000000000000000000002 00000400 00000001 00000000 00000003     eth0\n\
+             20010db8000100030000000000000000 40 {z} 00 {z} 00000400 00000001 00000000 00200200     eth0\n\
+             20010db8000000000000000000000000 40 {z} 00 {z} 00000100 00000001 00000000 00000001     eth0\n"
+        );
+        let r = parse_routes_v6(&v6);
+        assert_eq!(r.len(), 3, "the reject route is left out");
+        let cluster = [("2001:db8:1::".parse().unwrap(), 48)];
+        let found: Vec<_> = r
+            .iter()
+            .filter(|r| inside(r, &cluster))
+            .map(|r| r.dev.as_str())
+            .collect();
+        assert_eq!(found, ["veth-a", "eth0"]);
+    }
+
+    #[test]
+    fn prefixes_compare_by_bits_and_family() {
+        let a: IpAddr = "198.18.1.2".parse().unwrap();
+        assert!(same_prefix(a, "198.18.0.0".parse().unwrap(), 16));
+        assert!(same_prefix(a, "198.19.0.0".parse().unwrap(), 15));
+        assert!(!same_prefix(a, "198.19.0.0".parse().unwrap(), 16));
+        assert!(same_prefix(a, "0.0.0.0".parse().unwrap(), 0));
+        assert!(!same_prefix(a, "::".parse().unwrap(), 0));
+        assert!(same_prefix(a, a, 32));
+        assert!(
+            same_prefix(a, a, 200),
+            "a length past the address is the whole address"
+        );
+    }
+
     #[test]
     fn v4_default_routes() {
         let t =
@@ -263,8 +397,8 @@ mod tests {
                  eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
                  eth1\t00000000\t010200C0\t0002\t0\t0\t0\t00000000\t0\t0\t0\n\
                  bond0\t00000000\t010300C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n";
-        assert_eq!(parse_route_v4(t), ["eth0", "bond0"]);
-        assert!(parse_route_v4("Iface\n").is_empty());
+        assert_eq!(defaults(parse_routes_v4(t)), ["eth0", "bond0"]);
+        assert!(parse_routes_v4("Iface\n").is_empty());
     }
 
     #[test]
@@ -276,7 +410,7 @@ mod tests {
              {z} 00 {z} 00 {z} ffffffff 00000001 00000000 00200200       lo\n\
              {z} 00 {z} 00 {z} 00000400 00000001 00000000 00000003     eth2\n"
         );
-        assert_eq!(parse_route_v6(&t), ["eth0", "eth2"]);
+        assert_eq!(defaults(parse_routes_v6(&t)), ["eth0", "eth2"]);
     }
 
     #[test]
