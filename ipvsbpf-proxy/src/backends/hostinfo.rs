@@ -110,13 +110,21 @@ struct Route {
 fn route_devices(keep: impl Fn(&Route) -> bool) -> Result<Vec<String>, HostError> {
     let v4 = read(Path::new("/proc/net/route"))?;
     let v6 = read(Path::new("/proc/net/ipv6_route")).unwrap_or_default();
+    Ok(pick_devices(
+        parse_routes_v4(&v4).into_iter().chain(parse_routes_v6(&v6)),
+        keep,
+    ))
+}
+
+/// The devices of the routes `keep` takes, each once, in route order.
+fn pick_devices(routes: impl Iterator<Item = Route>, keep: impl Fn(&Route) -> bool) -> Vec<String> {
     let mut out = Vec::new();
-    for r in parse_routes_v4(&v4).into_iter().chain(parse_routes_v6(&v6)) {
+    for r in routes {
         if keep(&r) && !out.contains(&r.dev) {
             out.push(r.dev);
         }
     }
-    Ok(out)
+    out
 }
 
 /// Routes of /proc/net/route that are up. Destination and mask are the
@@ -320,11 +328,7 @@ mod tests {
     use super::*;
 
     fn defaults(routes: Vec<Route>) -> Vec<String> {
-        routes
-            .into_iter()
-            .filter(|r| r.prefix_len == 0)
-            .map(|r| r.dev)
-            .collect()
+        pick_devices(routes.into_iter(), |r| r.prefix_len == 0)
     }
 
     #[test]
@@ -348,13 +352,11 @@ mod tests {
         );
         assert_eq!(r.len(), 5, "the route that is down is left out");
         let cluster = [("198.18.0.0".parse().unwrap(), 16)];
-        let found: Vec<_> = r
-            .iter()
-            .filter(|r| inside(r, &cluster))
-            .map(|r| r.dev.as_str())
-            .collect();
         // not the default route, not 198.19.0.0/16
-        assert_eq!(found, ["veth-a", "eth0", "cni0"]);
+        assert_eq!(
+            pick_devices(r.into_iter(), |r| inside(r, &cluster)),
+            ["veth-a", "eth0", "cni0"]
+        );
 
         let z = "00000000000000000000000000000000";
         let v6 = format!(
@@ -366,12 +368,10 @@ mod tests {
         let r = parse_routes_v6(&v6);
         assert_eq!(r.len(), 3, "the reject route is left out");
         let cluster = [("2001:db8:1::".parse().unwrap(), 48)];
-        let found: Vec<_> = r
-            .iter()
-            .filter(|r| inside(r, &cluster))
-            .map(|r| r.dev.as_str())
-            .collect();
-        assert_eq!(found, ["veth-a", "eth0"]);
+        assert_eq!(
+            pick_devices(r.into_iter(), |r| inside(r, &cluster)),
+            ["veth-a", "eth0"]
+        );
     }
 
     #[test]
