@@ -373,7 +373,9 @@ async fn sync_loop(
         // Every device a SNAT connection may leave by carries the
         // programs before IPVS can schedule to an endpoint behind it.
         if let Plumbing::Bpf(bm, _) = &mut plumbing {
-            if let Err(e) = tokio::task::block_in_place(|| bm.follow_cluster_devices(&cluster)) {
+            if let Err(e) =
+                tokio::task::block_in_place(|| bm.follow_cluster_devices(&cluster, full))
+            {
                 error!(error = %e, "attaching the tc programs to the cluster CIDR's devices");
                 rules_failed = true;
                 ok = false;

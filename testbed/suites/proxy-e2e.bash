@@ -376,7 +376,12 @@ topo_exec node iptables-save | grep -q 'KUBE-' && fail "KUBE- iptables rules lef
 topo_exec node ipset list -n 2>/dev/null | grep -q '^KUBE-' && fail "ipsets left"
 topo_exec node nft list tables | grep -q ipvsbpf-proxy && fail "nftables table left"
 topo_exec node ip link show kube-ipvs0 >/dev/null 2>&1 && fail "kube-ipvs0 left"
-topo_exec node tc filter show dev eth0 egress | grep -q . && fail "tc filters left"
+for dev in eth0 veth-pod1a veth-pod1b; do
+	for dir in egress ingress; do
+		topo_exec node tc filter show dev "$dev" "$dir" | grep -q . &&
+			fail "tc filters left on $dev ($dir)"
+	done
+done
 [ -e "$PIN" ] && fail "pins left under $PIN"
 [ "$(topo_exec node cat /proc/sys/net/ipv4/vs/bpf_mode 2>/dev/null || echo 0)" = 0 ] ||
 	fail "bpf_mode still on"

@@ -80,9 +80,11 @@ pub struct BpfMode {
     /// Other devices that carry the programs, by ifindex, with the name
     /// they had when attached.
     followed: BTreeMap<i32, String>,
-    /// Devices that route cluster addresses but cannot carry the programs,
-    /// already named in the log.
-    refused: BTreeSet<String>,
+    /// Devices (name, ifindex) that route cluster addresses but could not
+    /// take the programs at the last sync, already named in the log.
+    refused: BTreeSet<(String, i32)>,
+    /// Followed devices missing from the last read of the routes.
+    absent: BTreeSet<i32>,
 }
 
 impl BpfMode {
@@ -173,10 +175,11 @@ impl BpfMode {
             snat,
             followed: BTreeMap::new(),
             refused: BTreeSet::new(),
+            absent: BTreeSet::new(),
         };
         // Before IPVS gets the map: after a restart with a new map, the
         // programs on pods' devices must be the ones that read it.
-        bm.follow_cluster_devices(&cfg.cluster)?;
+        bm.follow_cluster_devices(&cfg.cluster, true)?;
         hostinfo::reserve_ports(cfg.port_min, cfg.port_max)?;
 
         let dp = &bm.dp;
@@ -210,17 +213,29 @@ impl BpfMode {
 
     /// Attaches the programs to every Ethernet device, other than the
     /// uplinks, that routes part of `cluster` (the cluster CIDR), and
-    /// detaches them from a device that no longer does. A device gone
-    /// since is forgotten (its filters went with it). Called before each
-    /// sync programs IPVS: a pod's route exists before its endpoint is
-    /// published, so its device carries the programs before IPVS can
-    /// schedule a SNAT connection to it.
-    pub fn follow_cluster_devices(&mut self, cluster: &[(IpAddr, u8)]) -> Result<(), BpfModeError> {
+    /// detaches them from a device that no longer does in two reads in a
+    /// row (one read of /proc/net/ipv6_route can miss routes while the
+    /// table changes). A device gone since is forgotten (its filters went
+    /// with it). `refresh` attaches again to devices already followed
+    /// (the replace is idempotent), so filters someone removed come back
+    /// at the next full sync.
+    ///
+    /// Called before each sync programs IPVS: a pod's route exists before
+    /// its endpoint is published, so its device carries the programs
+    /// before IPVS can schedule a SNAT connection to it. A device that
+    /// cannot carry them (not Ethernet, or the kernel refuses the filter)
+    /// is named once in the log and tried again at the next sync; it
+    /// never fails the sync, only an unreadable routing table does.
+    pub fn follow_cluster_devices(
+        &mut self,
+        cluster: &[(IpAddr, u8)],
+        refresh: bool,
+    ) -> Result<(), BpfModeError> {
         if cluster.is_empty() {
             return Ok(());
         }
         let mut now = BTreeMap::new();
-        let mut first_err = None;
+        let mut refused = BTreeSet::new();
         for name in hostinfo::devices_routing(cluster)? {
             if self.uplinks.iter().any(|(n, _)| *n == name) {
                 continue;
@@ -229,40 +244,54 @@ impl BpfMode {
             let Ok(idx) = hostinfo::ifindex(&name) else {
                 continue;
             };
-            if self.followed.get(&idx) == Some(&name) {
+            let gone = || hostinfo::ifindex(&name).ok() != Some(idx);
+            if !refresh && self.followed.get(&idx) == Some(&name) {
                 now.insert(idx, name);
                 continue;
             }
-            if let Err(e) = hostinfo::check_ethernet(&name) {
-                if self.refused.insert(name.clone()) {
-                    warn!(device = %name, error = %e,
-                          "this device routes part of the cluster CIDR but cannot carry the \
-                           tc programs: SNAT connections leaving by it go out untranslated");
-                }
-                continue;
-            }
-            match self.dp.attach(idx) {
-                Ok(_filters) => {
-                    info!(device = %name, ifindex = idx, "tc programs attached (routes cluster addresses)");
+            let res = match hostinfo::check_ethernet(&name) {
+                Ok(()) => self.dp.attach(idx).map(drop).map_err(BpfModeError::from),
+                Err(e) => Err(e.into()),
+            };
+            match res {
+                Ok(()) => {
+                    if self.followed.get(&idx) != Some(&name) {
+                        info!(device = %name, ifindex = idx, "tc programs attached (routes cluster addresses)");
+                    }
                     now.insert(idx, name);
                 }
                 // A device deleted under us is not a failure.
-                Err(_) if hostinfo::ifindex(&name).ok() != Some(idx) => {}
+                Err(_) if gone() => {}
                 Err(e) => {
-                    first_err.get_or_insert(e);
+                    let key = (name, idx);
+                    if !self.refused.contains(&key) {
+                        warn!(device = %key.0, ifindex = idx, error = %e,
+                              "this device routes part of the cluster CIDR but cannot carry the \
+                               tc programs: SNAT connections leaving by it go out untranslated");
+                    }
+                    refused.insert(key);
                 }
             }
         }
+        let mut absent = BTreeSet::new();
         for (idx, name) in &self.followed {
-            if !now.contains_key(idx) && hostinfo::ifindex(name).ok() == Some(*idx) {
-                match datapath::detach(*idx) {
-                    Ok(()) => info!(device = %name, "tc programs detached (no cluster route left)"),
-                    Err(e) => warn!(device = %name, error = %e, "detaching the tc programs"),
-                }
+            if now.contains_key(idx) || hostinfo::ifindex(name).ok() != Some(*idx) {
+                continue;
+            }
+            if !self.absent.contains(idx) {
+                absent.insert(*idx);
+                now.insert(*idx, name.clone());
+                continue;
+            }
+            match datapath::detach(*idx) {
+                Ok(()) => info!(device = %name, "tc programs detached (no cluster route left)"),
+                Err(e) => warn!(device = %name, error = %e, "detaching the tc programs"),
             }
         }
         self.followed = now;
-        first_err.map_or(Ok(()), |e| Err(e.into()))
+        self.absent = absent;
+        self.refused = refused;
+        Ok(())
     }
 
     /// Devices other than the uplinks that carry the programs.
