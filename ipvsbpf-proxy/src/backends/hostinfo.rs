@@ -68,20 +68,23 @@ pub fn default_route_devices() -> Result<Vec<String>, HostError> {
     route_devices(|r| r.prefix_len == 0)
 }
 
-/// Devices of the routes that lie inside one of `prefixes` (the cluster
+/// Devices of the routes that overlap one of `prefixes` (the cluster
 /// CIDR): pod veths, a CNI's bridge, an overlay's tunnel device, another
-/// uplink towards other nodes' pods, whatever the CNI made. Routes wider
-/// than a prefix (a default route) are not inside it. Each device once,
+/// uplink towards other nodes' pods, whatever the CNI made; also a route
+/// wider than the prefix that holds it (`10.0.0.0/8 dev eth1` for a
+/// cluster in 10.244.0.0/16), but not a default route. Each device once,
 /// IPv4's first.
 pub fn devices_routing(prefixes: &[(IpAddr, u8)]) -> Result<Vec<String>, HostError> {
     route_devices(|r| inside(r, prefixes))
 }
 
-/// Whether route `r` lies inside one of `prefixes`.
+/// Whether route `r` overlaps one of `prefixes`: one holds the other. A
+/// default route overlaps everything and is left out.
 fn inside(r: &Route, prefixes: &[(IpAddr, u8)]) -> bool {
-    prefixes
-        .iter()
-        .any(|&(net, len)| r.prefix_len >= len && same_prefix(r.dst, net, len))
+    r.prefix_len > 0
+        && prefixes
+            .iter()
+            .any(|&(net, len)| same_prefix(r.dst, net, len.min(r.prefix_len)))
 }
 
 /// Whether `a` and `b` agree in their first `len` bits (never across
@@ -340,7 +343,8 @@ mod tests {
                   eth0\t000212C6\t020200C0\t0003\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
                   cni0\t000012C6\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
                   down0\t000312C6\t00000000\t0000\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
-                  eth1\t000013C6\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+                  eth1\t000013C6\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+                  eth2\t000000C6\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0\n";
         let r = parse_routes_v4(v4);
         assert_eq!(
             r[1],
@@ -350,12 +354,12 @@ mod tests {
                 dev: "veth-a".into()
             }
         );
-        assert_eq!(r.len(), 5, "the route that is down is left out");
+        assert_eq!(r.len(), 6, "the route that is down is left out");
         let cluster = [("198.18.0.0".parse().unwrap(), 16)];
-        // not the default route, not 198.19.0.0/16
+        // not the default route, not 198.19.0.0/16; 198.0.0.0/8 holds it
         assert_eq!(
             pick_devices(r.into_iter(), |r| inside(r, &cluster)),
-            ["veth-a", "eth0", "cni0"]
+            ["veth-a", "eth0", "cni0", "eth2"]
         );
 
         let z = "00000000000000000000000000000000";
