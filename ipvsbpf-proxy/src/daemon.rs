@@ -198,6 +198,15 @@ pub async fn run(cfg: Config) -> Result<()> {
     let inv = SharedInventory::new_shared();
     let stats = Arc::new(SourceStats::default());
     let source = start_source(&cfg, client, &node_name, inv.clone(), stats.clone())?;
+    if matches!(plumbing, Plumbing::Bpf(..)) && !cfg.cluster_cidrs.is_empty() {
+        // A route change (a pod's device made or moved, an overlay or a
+        // second uplink brought up) makes a sync, whose first step moves
+        // the programs; IPVS has nothing to change then.
+        let inv = inv.clone();
+        if let Err(e) = hostinfo::watch_routes(move || inv.changed.notify_one()) {
+            warn!(error = %e, "cannot watch route changes: devices are followed at full syncs only");
+        }
+    }
 
     // Reconciler: adopt what a previous run programmed, flush nothing
     let mut reconciler = Reconciler::new(

@@ -185,6 +185,35 @@ pub fn all_devices() -> Result<Vec<String>, HostError> {
         .collect())
 }
 
+/// Calls `changed` whenever this network namespace's IPv4 or IPv6 routes
+/// change (rtnetlink's route groups), from a thread of its own for the
+/// life of the process. A lost burst (ENOBUFS) counts as a change. Only
+/// the wake-up matters: the caller reads the routes again.
+pub fn watch_routes(changed: impl Fn() + Send + 'static) -> io::Result<()> {
+    use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+    const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+    const RTMGRP_IPV6_ROUTE: u32 = 0x400;
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind(&SocketAddr::new(0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))?;
+    std::thread::Builder::new()
+        .name("route-watch".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match sock.recv(&mut &mut buf[..], 0) {
+                    Ok(_) => changed(),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => changed(),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "route watch stopped: route changes are seen at full syncs only");
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
 /// ifindex of `dev` in the calling thread's network namespace.
 pub fn ifindex(dev: &str) -> Result<i32, HostError> {
     let name = std::ffi::CString::new(dev).map_err(|_| HostError::NoDevice(dev.to_string()))?;

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+# Suite proxy-topologies: ipvsbpf-proxy in ipvs-bpf mode on nodes whose
+# pods are not all behind the uplink, and behind a stateful firewall.
+#   - overlay: node and node2 reach each other's pods only over VXLAN
+#     (flannel's way: a point-to-point VXLAN device, pod CIDR routes on
+#     it); a SNAT NodePort to node2's pods works and they see the node;
+#   - a second uplink: the pod CIDR routes go over a second link between
+#     node and node2; the same checks;
+#   - a stateful FORWARD firewall (policy drop, ESTABLISHED,RELATED
+#     accepted, new connections to the pods' port allowed, as a CNI's
+#     policy or a host firewall would have it): Service replies are
+#     untracked in ipvs-bpf mode and are dropped, until the rule
+#     docs/operations.md gives (`-m ipvs --ipvs -j ACCEPT`) is added;
+#     `ct state untracked accept` in nftables works the same. In ipvs mode
+#     (conntrack) the same firewall lets Service traffic through as is.
+# Each case asserts on traffic, and that it took the path it is about.
+MODE=ipvs-bpf
+. "$(dirname "$0")/lib.sh"
+need ipvsadm curl nginx conntrack dig dnsmasq iptables-save ipset bc bpftool
+
+. "$(dirname "$0")/proxy-lib.bash"
+
+proxy_cluster_up
+step "ipvsbpf-proxy --proxy-mode ipvs-bpf on node"
+start_proxy
+
+# tx_packets NS DEV
+tx_packets() { topo_exec "$1" cat "/sys/class/net/$2/statistics/tx_packets"; }
+
+# via_node2 DEV: 16 NodePort requests from client reach node2's pods over
+# DEV (node's route to 198.18.2.0/24 uses it, and its packet counter
+# moves), every request is answered, and node2's pods see the node.
+via_node2() {
+	local dev=$1 before after ans
+	topo_exec node ip route get 198.18.2.2 | grep -q "dev $dev" ||
+		fail "node does not route node2's pods over $dev: $(topo_exec node ip route get 198.18.2.2)"
+	# The route change itself wakes the proxy (its route watch): nothing
+	# in the Services changed, and the next full sync is 30 s away.
+	for i in $(seq 1 50); do
+		topo_exec node tc filter show dev "$dev" egress | grep -q ipvsbpf && break
+		sleep 0.2
+	done
+	topo_exec node tc filter show dev "$dev" egress | grep -q ipvsbpf ||
+		fail "no tc program on $dev"
+	before=$(tx_packets node "$dev")
+	ans=$(hits client "http://$NODE:30080/ip" 16 | sort | uniq -c)
+	after=$(tx_packets node "$dev")
+	echo "$ans" | sed 's/^/      /'
+	echo "      $dev sent $((after - before)) packets"
+	echo "$ans" | grep -q '<error>' && fail "a NodePort request failed with node2's pods over $dev"
+	echo "$ans" | grep -qE "pod2. $CLIENT\$" && fail "node2's pods saw the client: not source-NATed on $dev"
+	echo "$ans" | grep -qE "pod2. $NODE\$" || fail "node2's pods never answered over $dev"
+	[ "$((after - before))" -ge 16 ] || fail "$dev carried $((after - before)) packets: not the path"
+}
+
+# pod_routes_via NODE_GW NODE2_GW DEV: point each node's route to the
+# other's pods at GW on DEV (node's side, node2's side).
+pod_routes_via() {
+	topo_exec node ip route replace 198.18.2.0/24 via "$1" dev "$3" onlink
+	topo_exec node2 ip route replace 198.18.1.0/24 via "$2" dev "$3" onlink
+}
+
+step "overlay: node2's pods only over VXLAN (a flannel-like vxlan device per node)"
+for n in node node2; do
+	[ "$n" = node ] && { me=$(topo_ip node 4); peer=$(topo_ip node2 4); a=198.18.1.0; } ||
+		{ me=$(topo_ip node2 4); peer=$(topo_ip node 4); a=198.18.2.0; }
+	topo_exec "$n" ip link add vxlan0 type vxlan id 42 dstport 4789 local "$me" remote "$peer" dev eth0 ||
+		fail "vxlan0 in $n"
+	topo_exec "$n" ip link set vxlan0 mtu 1450 up
+	topo_exec "$n" ip addr add "$a/32" dev vxlan0
+done
+pod_routes_via 198.18.2.0 198.18.1.0 vxlan0
+via_node2 vxlan0
+
+step "a second uplink: node2's pods over a link of their own (eth1)"
+ip link add eth1 netns node type veth peer name eth1 netns node2
+topo_exec node ip addr add 198.51.100.1/24 dev eth1
+topo_exec node2 ip addr add 198.51.100.2/24 dev eth1
+topo_exec node ip link set eth1 up
+topo_exec node2 ip link set eth1 up
+pod_routes_via 198.51.100.2 198.51.100.1 eth1
+via_node2 eth1
+# The VXLAN device no longer routes cluster addresses: its programs go
+# after two reads of the routes without it, that is two route changes.
+topo_exec node ip route add 198.18.250.0/24 dev eth1
+sleep 1
+topo_exec node ip route del 198.18.250.0/24 dev eth1
+for i in $(seq 1 50); do
+	topo_exec node tc filter show dev vxlan0 egress | grep -q . || break
+	sleep 0.2
+done
+topo_exec node tc filter show dev vxlan0 egress | grep -q . &&
+	fail "vxlan0 routes no cluster address any more but keeps the programs"
+pod_routes_via "$(topo_ip node2 4)" "$(topo_ip node 4)" eth0
+
+# firewall: the stateful FORWARD policy on node, in iptables.
+firewall() {
+	topo_exec node iptables -P FORWARD DROP
+	topo_exec node iptables -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+	topo_exec node iptables -A FORWARD -d 198.18.0.0/16 -p tcp --dport 80 -j ACCEPT
+}
+firewall_off() {
+	topo_exec node iptables -P FORWARD ACCEPT
+	topo_exec node iptables -D FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT 2>/dev/null
+	topo_exec node iptables -D FORWARD -d 198.18.0.0/16 -p tcp --dport 80 -j ACCEPT 2>/dev/null
+	topo_exec node nft delete table inet ipvsbpf-test-fw 2>/dev/null
+	return 0
+}
+
+# served N: how many of N NodePort requests from client were answered
+# (short timeouts: an unanswered one is a dropped reply).
+served() {
+	local i n=0
+	for i in $(seq 1 "$1"); do
+		topo_exec client curl -s -m 2 -o /dev/null "http://$NODE:30080/" && n=$((n + 1))
+	done
+	echo "$n"
+}
+
+step "stateful FORWARD firewall, ipvs-bpf mode: untracked replies are dropped without the rule"
+firewall
+n=$(served 4)
+echo "      answered: $n of 4"
+[ "$n" = 0 ] || fail "$n requests answered through a stateful firewall that should drop untracked replies"
+step "  ... and pass with iptables -m ipvs --ipvs -j ACCEPT (docs/operations.md)"
+topo_exec node iptables -I FORWARD 1 -m ipvs --ipvs -j ACCEPT || fail "the xt_ipvs match"
+reach client "http://$NODE:30080/" pod1a pod1b pod2a pod2b
+topo_exec node iptables -D FORWARD -m ipvs --ipvs -j ACCEPT
+step "  ... or with nftables' ct state untracked accept, in the filter's own table"
+# An accept in another table does not stop iptables' policy drop: the
+# rule must sit where the drop is. This firewall is nftables' own.
+firewall_off
+topo_exec node nft -f - <<'NFT' || fail "nftables firewall"
+table inet ipvsbpf-test-fw {
+	chain forward {
+		type filter hook forward priority 0; policy drop;
+		ct state established,related accept
+		ip daddr 198.18.0.0/16 tcp dport 80 accept
+		ct state untracked accept
+	}
+}
+NFT
+reach client "http://$NODE:30080/" pod1a pod1b pod2a pod2b
+firewall_off
+
+step "stateful FORWARD firewall, ipvs mode: conntrack lets Service traffic through as is"
+stop_proxy
+proxy_set_mode ipvs
+start_proxy
+firewall
+reach client "http://$NODE:30080/" pod1a pod1b pod2a pod2b
+firewall_off
+
+step "PASS: overlay, second uplink and stateful firewall"
