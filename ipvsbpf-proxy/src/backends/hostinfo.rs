@@ -111,8 +111,10 @@ struct Route {
 }
 
 fn route_devices(keep: impl Fn(&Route) -> bool) -> Result<Vec<String>, HostError> {
-    let v4 = read(Path::new("/proc/net/route"))?;
-    let v6 = read(Path::new("/proc/net/ipv6_route")).unwrap_or_default();
+    // The calling thread's namespace (/proc/net is the process's main
+    // thread's): the same for the daemon, not for a test in a namespace.
+    let v4 = read(Path::new("/proc/thread-self/net/route"))?;
+    let v6 = read(Path::new("/proc/thread-self/net/ipv6_route")).unwrap_or_default();
     Ok(pick_devices(
         parse_routes_v4(&v4).into_iter().chain(parse_routes_v6(&v6)),
         keep,
