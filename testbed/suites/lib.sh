@@ -121,6 +121,8 @@ tcp_moved() {
 # unload_ipvs: every ip_vs module, schedulers first.
 unload_ipvs() {
 	local m
+	# xt_ipvs (iptables' -m ipvs) holds ip_vs too
+	if lsmod | grep -q '^xt_ipvs '; then rmmod xt_ipvs || return 1; fi
 	for m in $(lsmod | awk 'NR > 1 && $1 ~ /^ip_vs_/ { print $1 }'); do
 		rmmod "$m" || return 1
 	done

@@ -55,6 +55,10 @@ for ko in $(dpkg -L "$pkg" | grep '\.ko\.xz$'); do
 	m=$(basename "$ko" .ko.xz)
 	[ "$(modinfo -n "$m")" = "$ko" ] || fail "modprobe finds $m at $(modinfo -n "$m"), not $ko"
 done
+# Debian's xt_ipvs does not load against a patched ip_vs (symbol
+# versions): the package's must, or `iptables -m ipvs` breaks on the node.
+modprobe xt_ipvs || fail "the package's xt_ipvs does not load"
+echo "      xt_ipvs from $(modinfo -n xt_ipvs) loads"
 
 step "the package's ip_vs serves a NAT virtual server with bpf_mode on"
 topo_up
