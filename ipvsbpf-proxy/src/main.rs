@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&cfg);
+    limit_malloc_arenas();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -64,5 +65,22 @@ fn init_logging(cfg: &Config) {
     match cfg.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// glibc gives threads that allocate at once arenas of their own (up to
+/// eight per core) and keeps each one's free memory. Two are enough for a
+/// proxy whose work is one sync at a time: at 10,000 Services, VmRSS 115
+/// -> 93 MiB and VmHWM 149 -> 122 MiB in `make bench-proxy`, sync times
+/// unchanged (docs/proxy.md). Called before any thread starts;
+/// `MALLOC_ARENA_MAX` in the environment still decides when set.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; no thread
+        // but this one exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
     }
 }
