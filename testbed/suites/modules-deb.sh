@@ -59,6 +59,8 @@ done
 # versions): the package's must, or `iptables -m ipvs` breaks on the node.
 modprobe xt_ipvs || fail "the package's xt_ipvs does not load"
 echo "      xt_ipvs from $(modinfo -n xt_ipvs) loads"
+# and goes again: it holds ip_vs, which later suites unload
+rmmod xt_ipvs || fail "rmmod xt_ipvs"
 
 step "the package's ip_vs serves a NAT virtual server with bpf_mode on"
 topo_up

@@ -127,6 +127,14 @@ step "  ... and pass with iptables -m ipvs --ipvs -j ACCEPT (docs/operations.md)
 topo_exec node iptables -I FORWARD 1 -m ipvs --ipvs -j ACCEPT || fail "the xt_ipvs match"
 reach client "http://$NODE:30080/" pod1a pod1b pod2a pod2b
 topo_exec node iptables -D FORWARD -m ipvs --ipvs -j ACCEPT
+# xt_ipvs holds ip_vs, which later suites unload; nft may drop its last
+# reference a moment after the rule goes.
+for i in $(seq 1 20); do
+	lsmod | grep -q '^xt_ipvs ' || break
+	rmmod xt_ipvs 2>/dev/null && break
+	sleep 0.2
+done
+lsmod | grep -q '^xt_ipvs ' && fail "xt_ipvs still loaded after its rule went"
 step "  ... or with nftables' ct state untracked accept, in the filter's own table"
 # An accept in another table does not stop iptables' policy drop: the
 # rule must sit where the drop is. This firewall is nftables' own.

@@ -94,7 +94,7 @@ for ((r = 1; r <= rounds; r++)); do
 		topo_exec node sysctl -qw net.ipv4.vs.bpf_mode=1
 		sleep 0.5
 		topo_exec node ipvsadm -C
-		modprobe -r ip_vs_rr ip_vs || fail "round $r: rmmod ip_vs"
+		unload_ipvs || fail "round $r: rmmod ip_vs ($(lsmod | awk '$1 ~ /ip_vs/ { print $1 "(" $3 ")" }' | xargs))"
 		modprobe ip_vs || fail "round $r: modprobe ip_vs"
 		services || fail "round $r: services after reload"
 		step "round $r: ip_vs unloaded with the map attached and loaded again"
