@@ -105,7 +105,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 &BpfModeConfig {
                     pin_dir: cfg.bpf_pin_path.clone(),
                     uplinks: cfg.uplinks.clone(),
-                    cluster: cidrs(&cfg.cluster_cidrs),
+                    cluster: cfg.cluster_cidrs.clone(),
                     port_min: cfg.snat_port_range.min,
                     port_max: cfg.snat_port_range.max,
                     options: Options {
@@ -137,12 +137,6 @@ pub async fn run(cfg: Config) -> Result<()> {
         "StartProxy",
         format!("Starting ipvsbpf-proxy ({mode} mode)."),
     );
-    if matches!(plumbing, Plumbing::Bpf(..)) && cfg.cluster_cidrs.is_empty() {
-        warn!(
-            "no --cluster-cidr: only the uplinks carry the tc programs, so SNAT connections \
-             to local endpoints (and hairpin) go out untranslated"
-        );
-    }
     if let Plumbing::Bpf(bm, _) = &plumbing {
         watch_bpf_trouble(
             events.clone(),
@@ -198,13 +192,20 @@ pub async fn run(cfg: Config) -> Result<()> {
     let inv = SharedInventory::new_shared();
     let stats = Arc::new(SourceStats::default());
     let source = start_source(&cfg, client, &node_name, inv.clone(), stats.clone())?;
-    if matches!(plumbing, Plumbing::Bpf(..)) && !cfg.cluster_cidrs.is_empty() {
-        // A route change (a pod's device made or moved, an overlay or a
-        // second uplink brought up) makes a sync, whose first step moves
-        // the programs; IPVS has nothing to change then.
-        let inv = inv.clone();
-        if let Err(e) = hostinfo::watch_routes(move || inv.changed.notify_one()) {
-            warn!(error = %e, "cannot watch route changes: devices are followed at full syncs only");
+    if matches!(plumbing, Plumbing::Bpf(..)) {
+        if cfg.cluster_cidrs.is_empty() {
+            warn!(
+                "no --cluster-cidr: only the uplinks carry the tc programs, so SNAT connections \
+                 to local endpoints (and hairpin) go out untranslated"
+            );
+        } else {
+            // A route change (a pod's device made or moved, an overlay or a
+            // second uplink brought up) makes a sync, whose first step moves
+            // the programs; IPVS has nothing to change then.
+            let inv = inv.clone();
+            if let Err(e) = hostinfo::watch_routes(move || inv.changed.notify_one()) {
+                warn!(error = %e, "cannot watch route changes: devices are followed at full syncs only");
+            }
         }
     }
 
@@ -266,7 +267,6 @@ async fn sync_loop(
     let mut relists_seen = [0u64; 3];
     let mut waited_for_sync = false;
     let mut synced_once = false;
-    let cluster = cidrs(&cfg.cluster_cidrs);
     // EndpointSlice trigger times not yet programmed
     let mut triggers: Vec<SystemTime> = Vec::new();
     // The last sync's filter or mode rules failed to apply
@@ -383,7 +383,7 @@ async fn sync_loop(
         // programs before IPVS can schedule to an endpoint behind it.
         if let Plumbing::Bpf(bm, _) = &mut plumbing {
             if let Err(e) =
-                tokio::task::block_in_place(|| bm.follow_cluster_devices(&cluster, full))
+                tokio::task::block_in_place(|| bm.follow_cluster_devices(&cfg.cluster_cidrs, full))
             {
                 error!(error = %e, "attaching the tc programs to the cluster CIDR's devices");
                 rules_failed = true;

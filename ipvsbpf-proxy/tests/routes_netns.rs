@@ -51,14 +51,14 @@ fn devices_that_route_the_cluster_cidr() {
             &["-6", "route", "add", "2001:db8:1:1::2/128", "dev", "pod0"],
         );
         let cluster = [
-            ("198.18.0.0".parse().unwrap(), 16),
-            ("2001:db8:1::".parse().unwrap(), 48),
+            "198.18.0.0/16".parse().unwrap(),
+            "2001:db8:1::/48".parse().unwrap(),
         ];
         let found = hostinfo::devices_routing(&cluster).expect("reading the routes");
         assert_eq!(found, ["pod0", "tun0"]);
         assert_eq!(hostinfo::default_route_devices().unwrap(), ["up0"]);
         // IPv6 only: the pod's /128 alone makes pod0 count.
-        let v6 = [("2001:db8:1::".parse().unwrap(), 48)];
+        let v6 = ["2001:db8:1::/48".parse().unwrap()];
         assert_eq!(hostinfo::devices_routing(&v6).unwrap(), ["pod0"]);
     });
 }

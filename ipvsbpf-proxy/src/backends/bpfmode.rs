@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use crate::backends::datapath::{self, Datapath, Direction, Options, Reason};
 use crate::backends::hostinfo::{self, HostError};
+use crate::model::desired::Cidr;
 
 /// The sysctl the kernel series adds; its presence is the feature test.
 pub const BPF_MODE_SYSCTL: &str = "net.ipv4.vs.bpf_mode";
@@ -64,7 +65,7 @@ pub struct BpfModeConfig {
     pub uplinks: Vec<String>,
     /// `--cluster-cidr`: the devices that route it carry the programs too
     /// ([`BpfMode::follow_cluster_devices`]); empty = only the uplinks.
-    pub cluster: Vec<(IpAddr, u8)>,
+    pub cluster: Vec<Cidr>,
     /// `--snat-port-range`, already checked against the ephemeral range
     /// (`cli::check_snat_range_against`).
     pub port_min: u16,
@@ -228,7 +229,7 @@ impl BpfMode {
     /// never fails the sync, only an unreadable routing table does.
     pub fn follow_cluster_devices(
         &mut self,
-        cluster: &[(IpAddr, u8)],
+        cluster: &[Cidr],
         refresh: bool,
     ) -> Result<(), BpfModeError> {
         if cluster.is_empty() {
@@ -292,11 +293,6 @@ impl BpfMode {
         self.absent = absent;
         self.refused = refused;
         Ok(())
-    }
-
-    /// Devices other than the uplinks that carry the programs.
-    pub fn followed_devices(&self) -> impl Iterator<Item = &str> {
-        self.followed.values().map(String::as_str)
     }
 
     pub fn uplinks(&self) -> impl Iterator<Item = &str> {

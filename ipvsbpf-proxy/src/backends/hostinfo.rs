@@ -7,6 +7,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
+use crate::model::desired::Cidr;
+
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error("reading {path}: {source}")]
@@ -65,7 +67,7 @@ pub fn write_sysctl(name: &str, value: &str) -> Result<(), HostError> {
 /// Devices that carry a default route, IPv4 first, each once, in the
 /// order the kernel lists them.
 pub fn default_route_devices() -> Result<Vec<String>, HostError> {
-    route_devices(|r| r.prefix_len == 0)
+    route_devices(|r| r.net.prefix_len == 0)
 }
 
 /// Devices of the routes that overlap one of `prefixes` (the cluster
@@ -74,39 +76,21 @@ pub fn default_route_devices() -> Result<Vec<String>, HostError> {
 /// wider than the prefix that holds it (`10.0.0.0/8 dev eth1` for a
 /// cluster in 10.244.0.0/16), but not a default route. Each device once,
 /// IPv4's first.
-pub fn devices_routing(prefixes: &[(IpAddr, u8)]) -> Result<Vec<String>, HostError> {
+pub fn devices_routing(prefixes: &[Cidr]) -> Result<Vec<String>, HostError> {
     route_devices(|r| inside(r, prefixes))
 }
 
 /// Whether route `r` overlaps one of `prefixes`: one holds the other. A
 /// default route overlaps everything and is left out.
-fn inside(r: &Route, prefixes: &[(IpAddr, u8)]) -> bool {
-    r.prefix_len > 0
-        && prefixes
-            .iter()
-            .any(|&(net, len)| same_prefix(r.dst, net, len.min(r.prefix_len)))
-}
-
-/// Whether `a` and `b` agree in their first `len` bits (never across
-/// families).
-fn same_prefix(a: IpAddr, b: IpAddr, len: u8) -> bool {
-    let bits = |x: &[u8], y: &[u8]| {
-        let len = usize::from(len).min(x.len() * 8);
-        let (whole, rest) = (len / 8, len % 8);
-        x[..whole] == y[..whole] && (rest == 0 || (x[whole] ^ y[whole]) >> (8 - rest) == 0)
-    };
-    match (a, b) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => bits(&a.octets(), &b.octets()),
-        (IpAddr::V6(a), IpAddr::V6(b)) => bits(&a.octets(), &b.octets()),
-        _ => false,
-    }
+fn inside(r: &Route, prefixes: &[Cidr]) -> bool {
+    r.net.prefix_len > 0 && prefixes.iter().any(|p| p.overlaps(&r.net))
 }
 
 /// One usable route of the main table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Route {
-    dst: IpAddr,
-    prefix_len: u8,
+    /// Destination, host bits clear (the kernel keeps routes so).
+    net: Cidr,
     dev: String,
 }
 
@@ -147,8 +131,10 @@ fn parse_routes_v4(text: &str) -> Vec<Route> {
             let flags = f.get(3).and_then(|x| u16::from_str_radix(x, 16).ok())?;
             let (dst, mask) = (word(1)?, word(7)?);
             (flags & 1 != 0).then(|| Route {
-                dst: IpAddr::from(dst),
-                prefix_len: u32::from_be_bytes(mask).leading_ones() as u8,
+                net: Cidr {
+                    addr: IpAddr::from(dst),
+                    prefix_len: u32::from_be_bytes(mask).leading_ones() as u8,
+                },
                 dev: f[0].to_string(),
             })
         })
@@ -166,8 +152,10 @@ fn parse_routes_v6(text: &str) -> Vec<Route> {
             let dst = u128::from_str_radix(f.first()?, 16).ok()?;
             let prefix_len = u8::from_str_radix(f.get(1)?, 16).ok()?;
             (f.len() >= 10 && flags & RTF_REJECT == 0 && f[9] != "lo").then(|| Route {
-                dst: IpAddr::V6(Ipv6Addr::from(dst)),
-                prefix_len,
+                net: Cidr {
+                    addr: IpAddr::V6(Ipv6Addr::from(dst)),
+                    prefix_len,
+                },
                 dev: f[9].to_string(),
             })
         })
@@ -362,7 +350,7 @@ mod tests {
     use super::*;
 
     fn defaults(routes: Vec<Route>) -> Vec<String> {
-        pick_devices(routes.into_iter(), |r| r.prefix_len == 0)
+        pick_devices(routes.into_iter(), |r| r.net.prefix_len == 0)
     }
 
     #[test]
@@ -380,13 +368,12 @@ mod tests {
         assert_eq!(
             r[1],
             Route {
-                dst: "198.18.1.2".parse().unwrap(),
-                prefix_len: 32,
+                net: "198.18.1.2/32".parse().unwrap(),
                 dev: "veth-a".into()
             }
         );
         assert_eq!(r.len(), 6, "the route that is down is left out");
-        let cluster = [("198.18.0.0".parse().unwrap(), 16)];
+        let cluster = ["198.18.0.0/16".parse().unwrap()];
         // not the default route, not 198.19.0.0/16; 198.0.0.0/8 holds it
         assert_eq!(
             pick_devices(r.into_iter(), |r| inside(r, &cluster)),
@@ -402,25 +389,10 @@ mod tests {
         );
         let r = parse_routes_v6(&v6);
         assert_eq!(r.len(), 3, "the reject route is left out");
-        let cluster = [("2001:db8:1::".parse().unwrap(), 48)];
+        let cluster = ["2001:db8:1::/48".parse().unwrap()];
         assert_eq!(
             pick_devices(r.into_iter(), |r| inside(r, &cluster)),
             ["veth-a", "eth0"]
-        );
-    }
-
-    #[test]
-    fn prefixes_compare_by_bits_and_family() {
-        let a: IpAddr = "198.18.1.2".parse().unwrap();
-        assert!(same_prefix(a, "198.18.0.0".parse().unwrap(), 16));
-        assert!(same_prefix(a, "198.19.0.0".parse().unwrap(), 15));
-        assert!(!same_prefix(a, "198.19.0.0".parse().unwrap(), 16));
-        assert!(same_prefix(a, "0.0.0.0".parse().unwrap(), 0));
-        assert!(!same_prefix(a, "::".parse().unwrap(), 0));
-        assert!(same_prefix(a, a, 32));
-        assert!(
-            same_prefix(a, a, 200),
-            "a length past the address is the whole address"
         );
     }
 

@@ -162,6 +162,17 @@ impl Cidr {
         }
     }
 
+    /// Whether the two prefixes share an address: the wider holds the
+    /// other's network (never across families).
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        let (wide, narrow) = if self.prefix_len <= other.prefix_len {
+            (self, other)
+        } else {
+            (other, self)
+        };
+        wide.contains(narrow.addr)
+    }
+
     pub fn is_ipv4(&self) -> bool {
         self.addr.is_ipv4()
     }
@@ -210,5 +221,29 @@ impl FromStr for Cidr {
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cidr;
+
+    #[test]
+    fn prefixes_overlap_when_one_holds_the_other() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        let cluster = c("198.18.0.0/16");
+        assert!(c("198.18.1.2/32").overlaps(&cluster));
+        assert!(cluster.overlaps(&c("198.18.1.2/32")));
+        assert!(
+            c("198.0.0.0/8").overlaps(&cluster),
+            "a wider route that holds it"
+        );
+        assert!(c("198.18.0.0/15").overlaps(&cluster));
+        assert!(!c("198.19.0.0/16").overlaps(&cluster));
+        assert!(c("0.0.0.0/0").overlaps(&cluster));
+        assert!(!c("::/0").overlaps(&cluster), "never across families");
+        let v6 = c("2001:db8:1::/48");
+        assert!(c("2001:db8:1:1::2/128").overlaps(&v6));
+        assert!(!c("2001:db8::/64").overlaps(&v6));
     }
 }
