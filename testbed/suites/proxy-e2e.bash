@@ -108,7 +108,8 @@ rm -rf /tmp/ipvsbpf-nginx-pod*/upload
 topo_exec node2 ip link set veth-pod2a mtu 1280
 topo_exec node2 ip link set veth-pod2b mtu 1280
 for fam in 4 6; do
-	[ "$fam" = 4 ] && url=http://$NODE:30080 || url="http://[2001:db8::1]:30080"
+	[ "$fam" = 4 ] && { to=$NODE; url=http://$NODE:30080; } ||
+		{ to=2001:db8::1; url="http://[$to]:30080"; }
 	topo_exec client ip -"$fam" route flush cache
 	far=0
 	for i in 1 2 3 4; do
@@ -127,7 +128,7 @@ for fam in 4 6; do
 		case $got in pod2*) far=$((far + 1)) ;; esac
 	done
 	[ "$far" -ge 1 ] || fail "no v$fam upload went to node2's pods: the narrow hop was never crossed"
-	pmtu=$(topo_exec client ip -"$fam" route get "$( [ "$fam" = 4 ] && echo "$NODE" || echo 2001:db8::1)")
+	pmtu=$(topo_exec client ip -"$fam" route get "$to")
 	echo "      client's route to node: $(echo "$pmtu" | tr -s ' \n' ' ')"
 	echo "$pmtu" | grep -q 'mtu 1280' || fail "client never learned the 1280-byte path (v$fam)"
 done
