@@ -6,6 +6,7 @@ benchmark (suite proxy-bench), read by ipvsbpf-proxy --source file.
     proxy-bench-manifests.py --services N --endpoints E --out DIR
                              [--chunk 1000] [--format json|yaml] [--node-ip IP]
     proxy-bench-manifests.py --change-only --extra K --endpoints E --out DIR
+    proxy-bench-manifests.py --for-api --services N --endpoints E --out DIR
 
 The first form fills DIR (new or empty) with N ClusterIP Services, TCP port
 80, and one EndpointSlice each with E ready endpoints on `node` and `node2`
@@ -28,6 +29,15 @@ within each Service, shared across Services beyond 6,477 of them at E=10,
 as pods backing several Services are. The extra endpoints of the second form
 are 198.18.255.K, outside that range. None of them needs to exist.
 
+With --for-api the objects are for a real API server (testbed/k8s/seed
+creates them there): namespace.json holds the Namespace; Services have no
+selector and their slices are managed by `ipvsbpf-bench.testbed` (the
+EndpointSlice controller leaves both alone, as it does for any
+selectorless Service); service 0's slice is among the others (a benchmark
+changes it through the API); there is no node.yaml (the suite registers
+its nodes) and cluster IPs start one further, at 198.19.0.2 (198.19.0.1
+is the `kubernetes` Service's).
+
 Prints `vip0=...` (service 0's cluster IP), and with --change-only
 `added=...` (the new endpoint's address), for the benchmark to poll.
 """
@@ -46,6 +56,9 @@ EP_HOSTS = 254  # .1 .. .254
 EP_SPACE = EP_THIRD_OCTETS * EP_HOSTS
 EXTRA_MAX = 254  # 198.18.255.1 .. .254
 NODES = ("node", "node2")
+# --for-api (see the docstring)
+FOR_API = False
+API_MANAGER = "ipvsbpf-bench.testbed"
 
 
 def svc_name(i):
@@ -53,7 +66,7 @@ def svc_name(i):
 
 
 def vip(i):
-    return str(VIP_BASE + i + 1)
+    return str(VIP_BASE + i + (2 if FOR_API else 1))
 
 
 def endpoint_ip(idx):
@@ -67,17 +80,20 @@ def extra_ip(k):
 
 def service(i):
     name = svc_name(i)
+    spec = {
+        "type": "ClusterIP",
+        "selector": {"app": name},
+        "clusterIP": vip(i),
+        "clusterIPs": [vip(i)],
+        "ports": [{"name": "http", "protocol": "TCP", "port": PORT, "targetPort": PORT}],
+    }
+    if FOR_API:
+        del spec["selector"]
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "type": "ClusterIP",
-            "selector": {"app": name},
-            "clusterIP": vip(i),
-            "clusterIPs": [vip(i)],
-            "ports": [{"name": "http", "protocol": "TCP", "port": PORT, "targetPort": PORT}],
-        },
+        "spec": spec,
     }
 
 
@@ -101,7 +117,8 @@ def endpoint_slice(i, e, extra=0):
             "namespace": NAMESPACE,
             "labels": {
                 "kubernetes.io/service-name": name,
-                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+                "endpointslice.kubernetes.io/managed-by": API_MANAGER if FOR_API
+                else "endpointslice-controller.k8s.io",
             },
         },
         "addressType": "IPv4",
@@ -175,8 +192,13 @@ def main():
                     help="services and slices files: JSON `kind: List` (default) or multi-document YAML")
     ap.add_argument("--node-ip", default="192.0.2.1", help="InternalIP of the Node `node`")
     ap.add_argument("--change-only", action="store_true", help="rewrite change.yaml only")
+    ap.add_argument("--for-api", action="store_true", help="objects for a real API server (see above)")
     ap.add_argument("--extra", type=int, default=0, help="with --change-only: extra endpoints of service 0")
     a = ap.parse_args()
+    global FOR_API
+    FOR_API = a.for_api
+    if FOR_API and a.change_only:
+        ap.error("--for-api objects change through the API, not change.yaml")
 
     if a.endpoints < 1 or a.endpoints > EP_SPACE:
         ap.error(f"--endpoints must be 1..{EP_SPACE}")
@@ -191,8 +213,9 @@ def main():
             print(f"added={extra_ip(a.extra)}")
         return 0
 
-    if a.services is None or not 1 <= a.services <= 65534:
-        ap.error("--services must be 1..65534 (198.19.0.0/16)")
+    most = 65533 if FOR_API else 65534
+    if a.services is None or not 1 <= a.services <= most:
+        ap.error(f"--services must be 1..{most} (198.19.0.0/16)")
     if a.chunk < 1 or a.extra:
         ap.error("--chunk must be positive; --extra goes with --change-only")
     os.makedirs(a.out, exist_ok=True)
@@ -200,14 +223,19 @@ def main():
         ap.error(f"{a.out} is not empty")
 
     ext = a.format
-    write(os.path.join(a.out, "node.yaml"), to_yaml(node(a.node_ip)) + "\n")
+    if FOR_API:
+        ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+        write(os.path.join(a.out, "namespace.json"), json.dumps(ns) + "\n")
+    else:
+        write(os.path.join(a.out, "node.yaml"), to_yaml(node(a.node_ip)) + "\n")
     for c, start in enumerate(range(0, a.services, a.chunk)):
         ids = range(start, min(start + a.chunk, a.services))
         write_objects(os.path.join(a.out, f"services-{c:03d}.{ext}"), [service(i) for i in ids], ext)
-        slices = [endpoint_slice(i, a.endpoints) for i in ids if i != 0]
+        slices = [endpoint_slice(i, a.endpoints) for i in ids if FOR_API or i != 0]
         if slices:
             write_objects(os.path.join(a.out, f"slices-{c:03d}.{ext}"), slices, ext)
-    write_change(a.out, a.endpoints, 0)
+    if not FOR_API:
+        write_change(a.out, a.endpoints, 0)
     print(f"vip0={vip(0)}")
     return 0
 
