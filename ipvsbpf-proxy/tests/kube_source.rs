@@ -107,17 +107,20 @@ async fn initial_list() {
         "/apis/discovery.k8s.io/v1/endpointslices",
     ] {
         let reqs: Vec<_> = logged.iter().filter(|r| r.path == path).collect();
-        // Lists come from the watch cache, as client-go's do.
+        // The listing is a streaming list from the watch cache, as
+        // client-go's informers' is where the server has WatchList: no list
+        // request at all.
         assert!(
-            reqs.iter()
-                .any(|r| r.param("watch").is_none() && r.param("resourceVersion") == Some("0")),
-            "{path}: a list at resourceVersion 0: {logged:#?}"
+            reqs.first()
+                .is_some_and(|r| r.param("watch") == Some("true")
+                    && r.param("sendInitialEvents") == Some("true")
+                    && r.param("resourceVersion") == Some("0")
+                    && r.param("resourceVersionMatch") == Some("NotOlderThan")),
+            "{path}: a streaming list at resourceVersion 0 first: {logged:#?}"
         );
         assert!(
-            reqs.iter()
-                .filter(|r| r.param("watch").is_none())
-                .all(|r| r.param("resourceVersion") == Some("0")),
-            "{path}: every list at resourceVersion 0: {logged:#?}"
+            reqs.iter().all(|r| r.param("watch") == Some("true")),
+            "{path}: no list request: {logged:#?}"
         );
         assert!(
             reqs.iter()
@@ -141,7 +144,13 @@ async fn initial_list() {
         .iter()
         .filter(|r| r.path == "/api/v1/nodes")
         .collect();
-    assert!(nodes.len() >= 2, "{logged:#?}");
+    // one streaming list, which goes on as the watch
+    assert!(
+        nodes
+            .first()
+            .is_some_and(|r| r.param("sendInitialEvents") == Some("true")),
+        "{logged:#?}"
+    );
     assert!(
         nodes
             .iter()
@@ -149,6 +158,115 @@ async fn initial_list() {
         "{logged:#?}"
     );
     no_unexpected(&server);
+}
+
+/// A server without streaming lists (the WatchList feature gate off, as
+/// before Kubernetes 1.32) refuses them with 422: the proxy lists instead,
+/// from the watch cache, and follows changes as before.
+#[tokio::test]
+async fn streaming_list_refused_falls_back_to_list() {
+    let server = ApiServer::start().await;
+    server.refuse_watch_list();
+    let [a, b, sa, sb, n1] = populate(&server);
+    let src = start_source(&server, None);
+    converge(
+        &src.inv,
+        &expect(&[
+            ("Service default/a", a),
+            ("Service kube-system/b", b),
+            ("EndpointSlice default/a-x1", sa),
+            ("EndpointSlice kube-system/b-x1", sb),
+            ("Node node-1", n1),
+        ]),
+        "listed after the refusal",
+    )
+    .await;
+    let c = server.apply(service("default", "c", 9090, json!({})));
+    converge(
+        &src.inv,
+        &expect(&[
+            ("Service default/a", a),
+            ("Service kube-system/b", b),
+            ("Service default/c", c),
+            ("EndpointSlice default/a-x1", sa),
+            ("EndpointSlice kube-system/b-x1", sb),
+            ("Node node-1", n1),
+        ]),
+        "a change after the fallback",
+    )
+    .await;
+    let logged = server.logged();
+    for path in [
+        "/api/v1/services",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/api/v1/nodes",
+    ] {
+        let reqs: Vec<_> = logged.iter().filter(|r| r.path == path).collect();
+        let streamed = reqs
+            .iter()
+            .filter(|r| r.param("sendInitialEvents").is_some())
+            .count();
+        // One refusal per kind, then lists: no retry loop on a refusal.
+        assert_eq!(streamed, 1, "{path}: {reqs:#?}");
+        assert!(
+            reqs.iter().any(|r| r.param("watch").is_none()
+                && r.param("resourceVersion") == Some("0")
+                && r.param("limit").is_none()),
+            "{path}: a list from the watch cache: {reqs:#?}"
+        );
+    }
+    assert_eq!(src.stats.relists(), 3);
+}
+
+/// A server that ignores `sendInitialEvents` answers a plain watch that
+/// never marks the end of the listing; when it ends (its timeout), the
+/// proxy lists instead of streaming again forever.
+#[tokio::test]
+async fn streaming_list_without_end_falls_back_to_list() {
+    let server = ApiServer::start().await;
+    server.ignore_watch_list();
+    let [a, b, sa, sb, n1] = populate(&server);
+    let src = start_source_with(
+        &server,
+        None,
+        WatchOptions {
+            timeout_secs: 1,
+            ..WatchOptions::default()
+        },
+    );
+    converge(
+        &src.inv,
+        &expect(&[
+            ("Service default/a", a),
+            ("Service kube-system/b", b),
+            ("EndpointSlice default/a-x1", sa),
+            ("EndpointSlice kube-system/b-x1", sb),
+            ("Node node-1", n1),
+        ]),
+        "listed after the unfinished stream",
+    )
+    .await;
+    // Per kind: the stream that ended, the one that began again (its
+    // Init is what the proxy sees), then lists from the watch cache.
+    let logged = server.logged();
+    for path in [
+        "/api/v1/services",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/api/v1/nodes",
+    ] {
+        let reqs: Vec<_> = logged.iter().filter(|r| r.path == path).collect();
+        let streamed = reqs
+            .iter()
+            .filter(|r| r.param("sendInitialEvents").is_some())
+            .count();
+        assert_eq!(streamed, 2, "{path}: {reqs:#?}");
+        assert!(
+            reqs.iter()
+                .any(|r| r.param("watch").is_none() && r.param("resourceVersion") == Some("0")),
+            "{path}: a list from the watch cache: {reqs:#?}"
+        );
+    }
+    assert_eq!(src.stats.relists(), 3);
 }
 
 #[tokio::test]
@@ -270,19 +388,28 @@ async fn gone_on_watch_relists_and_converges() {
     .await;
     assert!(src.stats.relists() >= relists + 2, "410 must cause relists");
     // The relists went to etcd (no resourceVersion=0): a lagging watch
-    // cache must not take back what the proxy already applied.
-    let lists: Vec<_> = server
+    // cache must not take back what the proxy already applied. The first
+    // listings were streaming lists from the watch cache.
+    let logged: Vec<_> = server
         .logged()
         .into_iter()
-        .filter(|r| r.param("watch").is_none() && r.path != "/api/v1/nodes")
+        .filter(|r| r.path != "/api/v1/nodes")
         .collect();
-    let (first, relisted) = lists.split_at(2);
+    let first: Vec<_> = logged
+        .iter()
+        .filter(|r| r.param("sendInitialEvents").is_some())
+        .collect();
     assert!(
-        first
-            .iter()
-            .all(|r| r.param("resourceVersion") == Some("0")),
-        "first lists from the watch cache: {first:#?}"
+        first.len() == 2
+            && first
+                .iter()
+                .all(|r| r.param("resourceVersion") == Some("0")),
+        "first listings streamed from the watch cache: {first:#?}"
     );
+    let relisted: Vec<_> = logged
+        .iter()
+        .filter(|r| r.param("watch").is_none())
+        .collect();
     assert!(
         !relisted.is_empty()
             && relisted
@@ -335,7 +462,14 @@ async fn dead_watch_connection_is_noticed() {
     // Quiet streams: only the stall may make them silent.
     server.set_bookmark_interval(Duration::from_secs(3600));
     let [_, b, sa, sb, n1] = populate(&server);
-    let src = start_source_with(&server, None, WatchOptions { timeout_secs: 1 });
+    let src = start_source_with(
+        &server,
+        None,
+        WatchOptions {
+            timeout_secs: 1,
+            ..WatchOptions::default()
+        },
+    );
     wait_for("synced", || src.inv.lock().synced()).await;
     let relists = src.stats.relists();
     // Counted before the stall: every watch requested up to it is stalled,

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0
 # The fault cases of suite proxy-k8s (sourced by it, with its helpers and
 # the proxy running as $PID): 505 EndpointSlices listed by a restarted
-# proxy from the watch cache (resourceVersion=0, one request, as
-# client-go's first list) that adopts IPVS; etcd restarted under the live
+# proxy from the watch cache (a streaming list at resourceVersion=0: one
+# watch request and no list, as client-go's informers on a server with
+# WatchList) that adopts IPVS; etcd restarted under the live
 # watches; changes missed while stopped, etcd compacted past them and
 # kube-apiserver restarted: 410 Gone, relist, IPVS not rewritten; the
 # ClusterRole without watch on EndpointSlices, then fixed.
@@ -29,17 +30,17 @@ echo "      created in $(( $(date +%s) - t0 ))s"
 many() { ipvs | grep -c -- '^-a -t 198.19.0.30:80 ' || true; }
 wait_for 120 eval '[ "$(many)" = 505 ]' || fail "IPVS has $(many) real servers for many, expected 505"
 echo "      IPVS: 505 real servers behind 198.19.0.30:80 after $(( $(date +%s) - t0 ))s"
-step "restart the proxy: it lists the slices from the watch cache and adopts IPVS"
-cached0=$(k8s_audit_count "$SA" list endpointslices 'resourceVersion=0')
-pages0=$(k8s_audit_count "$SA" list endpointslices 'continue=')
+step "restart the proxy: it streams the slices from the watch cache and adopts IPVS"
+streamed0=$(k8s_audit_count "$SA" watch endpointslices 'sendInitialEvents=true')
+lists0=$(k8s_audit_count "$SA" list endpointslices)
 end_proxy
 start_proxy
-cached=$(( $(k8s_audit_count "$SA" list endpointslices 'resourceVersion=0') - cached0 ))
-pages=$(( $(k8s_audit_count "$SA" list endpointslices 'continue=') - pages0 ))
-echo "      slice lists at resourceVersion=0: $cached; follow-up pages (continue=): $pages;" \
+streamed=$(( $(k8s_audit_count "$SA" watch endpointslices 'sendInitialEvents=true') - streamed0 ))
+lists=$(( $(k8s_audit_count "$SA" list endpointslices) - lists0 ))
+echo "      slice streaming lists (watch, sendInitialEvents=true): $streamed; lists: $lists;" \
 	"IPVS requests: $(requests)"
-[ "$cached" -ge 1 ] || fail "the restarted proxy's slice list did not ask the watch cache"
-[ "$pages" = 0 ] || fail "the proxy's list of 508 slices came in pages (a list from etcd)"
+[ "$streamed" -ge 1 ] || fail "the restarted proxy did not stream its slices from the watch cache"
+[ "$lists" = 0 ] || fail "the restarted proxy listed the slices ($lists list requests)"
 [ "$(many)" = 505 ] || fail "after the restart IPVS has $(many) real servers for many"
 [ "$(requests)" = 0 ] || fail "the restarted proxy rewrote IPVS ($(requests) requests)"
 

@@ -15,7 +15,8 @@
 #   - edits (a new port, a Pod going unready and back, an endpoint removed
 #     from a slice) and a delete;
 #   - the fault cases (proxy-k8s-faults.bash): 505 EndpointSlices of one
-#     Service, which a restarted proxy lists from the watch cache, adopting IPVS
+#     Service, which a restarted proxy streams from the watch cache (a
+#     streaming list, no list request), adopting IPVS
 #     without a request;
 #   - etcd restarted under the live watches: later changes still arrive;
 #   - changes the proxy misses (SIGSTOP), an etcd compaction past its
@@ -212,7 +213,8 @@ echo "      env: ${envs[*]}"
 kc -n kube-system create token ipvsbpf-proxy --duration=2h >"$ds/sa/token" || fail "a token for the DaemonSet"
 cp "$K8S/pki/ca.crt" "$ds/sa/ca.crt"
 echo kube-system >"$ds/sa/namespace"
-lists0=$(k8s_audit_count "$SA" list services)
+# (the proxy's listing is a streaming list: a watch with sendInitialEvents)
+lists0=$(k8s_audit_count "$SA" watch services 'sendInitialEvents=true')
 end_proxy
 # The container's filesystem, in a mount namespace of the proxy's own: the
 # ConfigMap at /var/lib/ipvsbpf-proxy, the ServiceAccount volume at
@@ -237,9 +239,9 @@ start_proxy_with unshare -m -- sh -c '
 	"${envs[@]}" -- "$proxy" "${args[@]}"
 echo "      ipvsbpf-proxy ${args[*]}"
 grep -E 'ignored because --config|unknown field' "$LOG" && fail "the proxy warned about its config"
-lists=$(( $(k8s_audit_count "$SA" list services) - lists0 ))
-echo "      healthy; Service lists as the ServiceAccount: $lists; IPVS requests: $(requests)"
-[ "$lists" -ge 1 ] || fail "the API server saw no list by the ServiceAccount"
+lists=$(( $(k8s_audit_count "$SA" watch services 'sendInitialEvents=true') - lists0 ))
+echo "      healthy; Service listings (streaming) as the ServiceAccount: $lists; IPVS requests: $(requests)"
+[ "$lists" -ge 1 ] || fail "the API server saw no listing by the ServiceAccount"
 [ "$(requests)" = 0 ] || fail "the DaemonSet's proxy rewrote IPVS ($(requests) requests): its config differs"
 [ -e "$PIN/ipvs_sessions" ] || fail "no session map pinned at the DaemonSet's /sys/fs/bpf/ipvsbpf"
 reach pod1b http://198.19.0.10/ pod1a pod2a

@@ -27,7 +27,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::{label_selector, ObjectKind, SourceError, SourceStats};
 use crate::model::desired::ServiceName;
-use crate::model::inventory::{IntoSlice, Inventory, Kind, Shared};
+use crate::model::inventory::{slim_service, IntoSlice, Inventory, Kind, Shared};
 use crate::model::slice::Slice;
 
 /// An object as received, or the metadata of one that did not parse.
@@ -154,6 +154,11 @@ pub struct WatchOptions {
     /// reconnects, so it bounds how long a dead connection (an API server
     /// or load balancer gone without a FIN) goes unnoticed.
     pub timeout_secs: u32,
+    /// The first listing of each kind as a streaming list (a watch with
+    /// `sendInitialEvents=true`, KEP 3157, beta and on by default since
+    /// Kubernetes 1.32, what client-go's informers and so kube-proxy use
+    /// there). Falls back to a list where the server refuses it.
+    pub streaming_lists: bool,
 }
 
 impl Default for WatchOptions {
@@ -163,21 +168,41 @@ impl Default for WatchOptions {
     /// resumed from the last resourceVersion (the watch cache serves it, no
     /// list), where client-go makes one every 5 to 10 minutes.
     fn default() -> WatchOptions {
-        WatchOptions { timeout_secs: 55 }
+        WatchOptions {
+            timeout_secs: 55,
+            streaming_lists: true,
+        }
     }
 }
 
 impl WatchOptions {
-    /// The first list at resourceVersion=0 ("any"), as client-go's
-    /// informers' first list: the API server's watch cache answers, so a
-    /// DaemonSet rollout or an API server restart does not send every
-    /// node's list to etcd. The list may be a little older than the newest
-    /// state; the watch that follows starts from its resourceVersion and
-    /// catches up. Relists after a 410 Gone go to etcd (`watch_kind`). Unpaged:
-    /// kube-rs drops resourceVersion=0 from a paged list (which etcd then
-    /// serves), and the watch cache ignores a limit at resourceVersion=0
-    /// anyway, so client-go's paged request gets the whole list too.
+    /// The first listing, from the API server's watch cache as client-go's
+    /// informers' first list is (resourceVersion=0, "any"), so a DaemonSet
+    /// rollout or an API server restart does not send every node's list to
+    /// etcd. The listing may be a little older than the newest state; the
+    /// watch that follows starts from its resourceVersion and catches up.
+    ///
+    /// A streaming list sends the objects one by one as watch events, so
+    /// neither side holds the whole list at once: at 10,000 EndpointSlices
+    /// a list response is tens of megabytes the proxy would hold, whole
+    /// and decoded, at its start. Where the server refuses streaming lists
+    /// the proxy lists ([`WatchOptions::list_config`]). Relists after a 410
+    /// Gone go to etcd (`watch_kind`).
     fn config(&self) -> watcher::Config {
+        if self.streaming_lists {
+            watcher::Config::default()
+                .streaming_lists()
+                .timeout(self.timeout_secs)
+        } else {
+            self.list_config()
+        }
+    }
+
+    /// A plain list at resourceVersion=0, unpaged: kube-rs drops
+    /// resourceVersion=0 from a paged list (which etcd then serves), and
+    /// the watch cache ignores a limit at resourceVersion=0 anyway, so
+    /// client-go's paged request gets the whole list too.
+    fn list_config(&self) -> watcher::Config {
         let mut config = watcher::Config::default()
             .any_semantic()
             .timeout(self.timeout_secs);
@@ -199,21 +224,25 @@ pub async fn run(
     let selector = label_selector(proxy_name.as_deref());
     let services = watch_kind::<Service>(
         Api::all(client.clone()),
-        opts.config().labels(&selector),
+        opts,
+        |c| c.labels(&selector),
         Target::Services,
         inv.clone(),
         stats.clone(),
     );
     let slices = watch_kind::<EndpointSlice>(
         Api::all(client.clone()),
-        opts.config().labels(&selector),
+        opts,
+        |c| c.labels(&selector),
         Target::Slices,
         inv.clone(),
         stats.clone(),
     );
+    let node_field = format!("metadata.name={node_name}");
     let node = watch_kind::<Node>(
         Api::all(client),
-        opts.config().fields(&format!("metadata.name={node_name}")),
+        opts,
+        |c| c.fields(&node_field),
         Target::Node(node_name.clone()),
         inv,
         stats,
@@ -250,11 +279,16 @@ impl Target {
 
 /// The per-kind operations, so one event loop serves the three watches.
 trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static {
+    /// A listed object while its listing is still coming in: already the
+    /// form the inventory stores, so that a listing of 10,000 objects is
+    /// not held whole (managedFields and all) until its end.
+    type Listed: Send;
+    fn listed(self) -> Self::Listed;
     fn apply(self, inv: &mut Inventory, target: &Target) -> Result<(), String>;
     fn delete(meta: &ObjectMeta, inv: &mut Inventory, target: &Target);
     /// A complete listing; the objects in `bad` did not parse and keep
     /// their stored version.
-    fn replace(all: Vec<Self>, bad: &[ObjectMeta], inv: &mut Inventory, target: &Target);
+    fn replace(all: Vec<Self::Listed>, bad: &[ObjectMeta], inv: &mut Inventory, target: &Target);
 }
 
 fn ns_name(meta: &ObjectMeta) -> Option<(&str, &str)> {
@@ -262,6 +296,11 @@ fn ns_name(meta: &ObjectMeta) -> Option<(&str, &str)> {
 }
 
 impl Watched for Service {
+    type Listed = Arc<Service>;
+    fn listed(mut self) -> Arc<Service> {
+        slim_service(&mut self);
+        Arc::new(self)
+    }
     fn apply(self, inv: &mut Inventory, _: &Target) -> Result<(), String> {
         inv.apply_service(self).map_err(|e| e.to_string())
     }
@@ -270,17 +309,21 @@ impl Watched for Service {
             inv.delete_service(ns, name);
         }
     }
-    fn replace(all: Vec<Self>, bad: &[ObjectMeta], inv: &mut Inventory, _: &Target) {
+    fn replace(all: Vec<Arc<Service>>, bad: &[ObjectMeta], inv: &mut Inventory, _: &Target) {
         let kept: Vec<Arc<Service>> = bad
             .iter()
             .filter_map(ns_name)
             .filter_map(|(ns, name)| inv.service(&ServiceName::new(ns, name)).cloned())
             .collect();
-        inv.replace_services(all.into_iter().map(Arc::new).chain(kept));
+        inv.replace_services(all.into_iter().chain(kept));
     }
 }
 
 impl Watched for EndpointSlice {
+    type Listed = Arc<Slice>;
+    fn listed(self) -> Arc<Slice> {
+        self.into_slice()
+    }
     fn apply(self, inv: &mut Inventory, _: &Target) -> Result<(), String> {
         inv.apply_slice(self).map_err(|e| e.to_string())
     }
@@ -289,13 +332,13 @@ impl Watched for EndpointSlice {
             inv.delete_slice(ns, name);
         }
     }
-    fn replace(all: Vec<Self>, bad: &[ObjectMeta], inv: &mut Inventory, _: &Target) {
+    fn replace(all: Vec<Arc<Slice>>, bad: &[ObjectMeta], inv: &mut Inventory, _: &Target) {
         let kept: Vec<Arc<Slice>> = bad
             .iter()
             .filter_map(ns_name)
             .filter_map(|(ns, name)| inv.slice(ns, name).cloned())
             .collect();
-        inv.replace_slices(all.into_iter().map(IntoSlice::into_slice).chain(kept));
+        inv.replace_slices(all.into_iter().chain(kept));
     }
 }
 
@@ -304,6 +347,10 @@ fn is_own_node(meta: &ObjectMeta, target: &Target) -> bool {
 }
 
 impl Watched for Node {
+    type Listed = Node;
+    fn listed(self) -> Node {
+        self
+    }
     fn apply(self, inv: &mut Inventory, target: &Target) -> Result<(), String> {
         if is_own_node(&self.metadata, target) {
             inv.set_node(Some(self));
@@ -315,7 +362,7 @@ impl Watched for Node {
             inv.set_node(None);
         }
     }
-    fn replace(all: Vec<Self>, bad: &[ObjectMeta], inv: &mut Inventory, target: &Target) {
+    fn replace(all: Vec<Node>, bad: &[ObjectMeta], inv: &mut Inventory, target: &Target) {
         let kept = bad.iter().find_map(|m| {
             inv.node()
                 .filter(|n| n.metadata.name == m.name)
@@ -339,10 +386,12 @@ fn describe(meta: &ObjectMeta) -> String {
 
 /// One watch's event loop: events applied as they come, a (re)list
 /// buffered and applied at once with `replace_*` so the inventory never
-/// holds half a listing and only differences become dirty.
+/// holds half a listing and only differences become dirty. `select` adds
+/// the kind's label or field selector to each watcher configuration.
 async fn watch_kind<K: Watched>(
     api: Api<Lenient<K>>,
-    config: watcher::Config,
+    opts: WatchOptions,
+    select: impl Fn(watcher::Config) -> watcher::Config,
     target: Target,
     inv: Shared,
     stats: Arc<SourceStats>,
@@ -357,14 +406,36 @@ async fn watch_kind<K: Watched>(
         );
         stats.count_skipped(kind);
     };
-    let mut stream = watcher::watcher(api.clone(), config.clone())
+    let mut stream = watcher::watcher(api.clone(), select(opts.config()))
         .default_backoff()
         .boxed();
-    let mut listed: Vec<K> = Vec::new();
+    let mut listed: Vec<K::Listed> = Vec::new();
     let mut listed_bad: Vec<ObjectMeta> = Vec::new();
     let mut synced = false;
     let mut consistent = false;
+    let mut streaming = opts.streaming_lists;
+    // A listing began (Init) and has not ended (InitDone).
+    let mut listing = false;
     while let Some(event) = stream.next().await {
+        // A server that does not serve streaming lists (the WatchList
+        // feature gate off: Kubernetes before 1.32, or turned off) refuses
+        // `sendInitialEvents` as an invalid request (422, or 400 from
+        // something in between). List instead, as client-go falls back.
+        if let (Err(e), true) = (&event, streaming) {
+            if let Some(s) = status_of(e).filter(|s| matches!(s.code, 400 | 422)) {
+                tracing::info!(
+                    kind = kind.as_str(),
+                    code = s.code,
+                    server = %s.message,
+                    "the API server refuses streaming lists; listing instead"
+                );
+                stream = watcher::watcher(api.clone(), select(opts.list_config()))
+                    .default_backoff()
+                    .boxed();
+                streaming = false;
+                continue;
+            }
+        }
         // 410 Gone after the first list: what this proxy has applied is
         // newer than the watch cache may be (another API server's, behind
         // ours), and a relist from it could take back a Service created
@@ -377,13 +448,14 @@ async fn watch_kind<K: Watched>(
                     error = %e,
                     "watch expired (410 Gone): relisting from etcd"
                 );
-                let mut quorum = config.clone();
+                let mut quorum = select(opts.list_config());
                 quorum.list_semantic = watcher::ListSemantic::MostRecent;
                 quorum.page_size = Some(500);
                 stream = watcher::watcher(api.clone(), quorum)
                     .default_backoff()
                     .boxed();
                 consistent = true;
+                streaming = false;
                 continue;
             }
         }
@@ -403,13 +475,33 @@ async fn watch_kind<K: Watched>(
             Ok(Event::Init) => {
                 listed.clear();
                 listed_bad.clear();
+                // A streaming list that began again before its end: the
+                // server ended it (its timeoutSeconds counts the whole
+                // stream, and a slow server may not send 10,000 objects in
+                // 55 s) or never marks the end (a server that ignores
+                // `sendInitialEvents` and sends a plain watch, which goes
+                // idle). Either would repeat forever: list instead.
+                if listing && streaming {
+                    tracing::info!(
+                        kind = kind.as_str(),
+                        "a streaming list ended before it was complete; listing instead"
+                    );
+                    stream = watcher::watcher(api.clone(), select(opts.list_config()))
+                        .default_backoff()
+                        .boxed();
+                    streaming = false;
+                    listing = false;
+                    continue;
+                }
+                listing = true;
             }
-            Ok(Event::InitApply(Lenient::Ok(k))) => listed.push(k),
+            Ok(Event::InitApply(Lenient::Ok(k))) => listed.push(k.listed()),
             Ok(Event::InitApply(Lenient::Bad { meta, error })) => {
                 skip(&meta, &error);
                 listed_bad.push(meta);
             }
             Ok(Event::InitDone) => {
+                listing = false;
                 let all = std::mem::take(&mut listed);
                 let bad = std::mem::take(&mut listed_bad);
                 inv.update(|i| {

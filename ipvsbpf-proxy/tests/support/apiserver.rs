@@ -9,7 +9,15 @@
 //!   &allowWatchBookmarks=true&resourceVersion=N`,
 //!   expecting newline-delimited `{"type":..,"object":..}` events, BOOKMARK
 //!   objects with `metadata.resourceVersion`, and an ERROR event with a 410
-//!   Status when N was compacted (then it relists).
+//!   Status when N was compacted (then it relists),
+//! - a streaming list (KEP 3157): a watch with `sendInitialEvents=true`,
+//!   `resourceVersionMatch=NotOlderThan` and bookmarks, answered with an
+//!   ADDED event per object and then a BOOKMARK annotated
+//!   `k8s.io/initial-events-end`; refused with 422, as a server with the
+//!   WatchList feature gate off refuses it, after
+//!   [`ApiServer::refuse_watch_list`]; or, after
+//!   [`ApiServer::ignore_watch_list`], served as a plain watch that never
+//!   marks the end, as by a server that does not know the parameter.
 //!
 //! The list ignores `limit` and returns every object in one page (no
 //! `continue`), which a server may do for small sets. Any request outside
@@ -135,6 +143,10 @@ struct Shared {
     bookmark_every: Mutex<Duration>,
     bookmarks_sent: AtomicU64,
     watches_started: AtomicU64,
+    /// Streaming lists refused (the WatchList feature gate off).
+    no_watch_list: std::sync::atomic::AtomicBool,
+    /// `sendInitialEvents` ignored (a server that does not know it).
+    ignore_watch_list: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -209,6 +221,8 @@ struct Params {
     field_selector: Option<String>,
     bookmarks: bool,
     timeout: Option<u64>,
+    send_initial_events: bool,
+    not_older_than: bool,
 }
 
 impl Params {
@@ -235,10 +249,12 @@ impl Params {
                     p.field_selector = Some(v)
                 }
                 "allowWatchBookmarks" => p.bookmarks = v == "true",
+                "sendInitialEvents" => p.send_initial_events = v == "true",
+                "resourceVersionMatch" => p.not_older_than = v == "NotOlderThan",
                 "timeoutSeconds" => p.timeout = v.parse().ok(),
                 // Accepted: one page holds everything; the semantic of a
                 // list RV is checked against compaction only.
-                "limit" | "resourceVersionMatch" => {}
+                "limit" => {}
                 other => unexpected.push(format!("query parameter {other}={v}")),
             }
         }
@@ -291,7 +307,10 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         path: uri.path().to_string(),
         query: pairs.clone(),
     };
-    let params = Params::parse(pairs, &mut unexpected);
+    let mut params = Params::parse(pairs, &mut unexpected);
+    if shared.ignore_watch_list.load(Ordering::Relaxed) {
+        params.send_initial_events = false;
+    }
     let res = Res::from_path(uri.path());
     if req.method() != axum::http::Method::GET || res.is_none() {
         unexpected.push("method or path".to_string());
@@ -311,6 +330,22 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             &status(404, "NotFound", format!("no such path {}", uri.path())),
         );
     };
+    if params.send_initial_events {
+        // The real server's validation of a streaming list request.
+        let refused = if shared.no_watch_list.load(Ordering::Relaxed) {
+            Some("sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled")
+        } else if !params.watch || !params.bookmarks || !params.not_older_than {
+            Some("sendInitialEvents needs watch, allowWatchBookmarks and resourceVersionMatch=NotOlderThan")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            return json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &status(422, "Invalid", why.to_string()),
+            );
+        }
+    }
     if params.watch {
         watch_response(shared, res, params)
     } else {
@@ -418,6 +453,27 @@ async fn watch_task(
             .as_deref()
             .map(|v| v.parse::<u64>().unwrap_or(0))
         {
+            // A streaming list of the current state (NotOlderThan any
+            // version the client may name: this server keeps one).
+            _ if params.send_initial_events => {
+                let mut initial: Vec<String> = store
+                    .objects
+                    .iter()
+                    .filter(|((r, _, _), obj)| *r == res && params.selects(obj))
+                    .map(|(_, obj)| event_line("ADDED", obj))
+                    .collect();
+                initial.push(event_line(
+                    "BOOKMARK",
+                    &json!({
+                        "kind": res.kind(), "apiVersion": res.api_version(),
+                        "metadata": {
+                            "resourceVersion": store.rv.to_string(),
+                            "annotations": {"k8s.io/initial-events-end": "true"}
+                        }
+                    }),
+                ));
+                (store.rv, initial, false)
+            }
             None | Some(0) => {
                 // "Any" semantic: synthetic ADDED for the current state.
                 let initial: Vec<String> = store
@@ -511,6 +567,8 @@ impl ApiServer {
             bookmark_every: Mutex::new(Duration::from_secs(1)),
             bookmarks_sent: AtomicU64::new(0),
             watches_started: AtomicU64::new(0),
+            no_watch_list: std::sync::atomic::AtomicBool::new(false),
+            ignore_watch_list: std::sync::atomic::AtomicBool::new(false),
         });
         // Start at a non-trivial resourceVersion, like a real cluster.
         shared.lock().rv = 100;
@@ -654,6 +712,18 @@ impl ApiServer {
     }
 
     /// Interval of BOOKMARK events on streams opened from now on.
+    /// From now on streaming lists are refused with 422, as by a server
+    /// with the WatchList feature gate off.
+    pub fn refuse_watch_list(&self) {
+        self.shared.no_watch_list.store(true, Ordering::Relaxed);
+    }
+
+    /// From now on `sendInitialEvents` is ignored: a streaming list gets a
+    /// plain watch (synthetic ADDED events, no end marker).
+    pub fn ignore_watch_list(&self) {
+        self.shared.ignore_watch_list.store(true, Ordering::Relaxed);
+    }
+
     pub fn set_bookmark_interval(&self, every: Duration) {
         *self
             .shared
