@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -160,41 +161,20 @@ async fn initial_list() {
     no_unexpected(&server);
 }
 
-/// A server without streaming lists (the WatchList feature gate off, as
-/// before Kubernetes 1.32) refuses them with 422: the proxy lists instead,
-/// from the watch cache, and follows changes as before.
-#[tokio::test]
-async fn streaming_list_refused_falls_back_to_list() {
-    let server = ApiServer::start().await;
-    server.refuse_watch_list();
-    let [a, b, sa, sb, n1] = populate(&server);
-    let src = start_source(&server, None);
-    converge(
-        &src.inv,
-        &expect(&[
-            ("Service default/a", a),
-            ("Service kube-system/b", b),
-            ("EndpointSlice default/a-x1", sa),
-            ("EndpointSlice kube-system/b-x1", sb),
-            ("Node node-1", n1),
-        ]),
-        "listed after the refusal",
-    )
-    .await;
-    let c = server.apply(service("default", "c", 9090, json!({})));
-    converge(
-        &src.inv,
-        &expect(&[
-            ("Service default/a", a),
-            ("Service kube-system/b", b),
-            ("Service default/c", c),
-            ("EndpointSlice default/a-x1", sa),
-            ("EndpointSlice kube-system/b-x1", sb),
-            ("Node node-1", n1),
-        ]),
-        "a change after the fallback",
-    )
-    .await;
+/// What `populate` made, as `converge` wants it.
+fn populated([a, b, sa, sb, n1]: [u64; 5]) -> BTreeMap<String, String> {
+    expect(&[
+        ("Service default/a", a),
+        ("Service kube-system/b", b),
+        ("EndpointSlice default/a-x1", sa),
+        ("EndpointSlice kube-system/b-x1", sb),
+        ("Node node-1", n1),
+    ])
+}
+
+/// Per kind: `streams` streaming-list requests, then a list from the
+/// watch cache (resourceVersion=0, unpaged).
+fn streamed_then_listed(server: &ApiServer, streams: usize) {
     let logged = server.logged();
     for path in [
         "/api/v1/services",
@@ -206,8 +186,7 @@ async fn streaming_list_refused_falls_back_to_list() {
             .iter()
             .filter(|r| r.param("sendInitialEvents").is_some())
             .count();
-        // One refusal per kind, then lists: no retry loop on a refusal.
-        assert_eq!(streamed, 1, "{path}: {reqs:#?}");
+        assert_eq!(streamed, streams, "{path}: {reqs:#?}");
         assert!(
             reqs.iter().any(|r| r.param("watch").is_none()
                 && r.param("resourceVersion") == Some("0")
@@ -215,17 +194,35 @@ async fn streaming_list_refused_falls_back_to_list() {
             "{path}: a list from the watch cache: {reqs:#?}"
         );
     }
+}
+
+/// A server without streaming lists (the WatchList feature gate off, as
+/// before Kubernetes 1.32) refuses them with 422: the proxy lists instead,
+/// from the watch cache, and follows changes as before.
+#[tokio::test]
+async fn streaming_list_refused_falls_back_to_list() {
+    let server = ApiServer::start().await;
+    server.refuse_watch_list();
+    let rvs = populate(&server);
+    let src = start_source(&server, None);
+    converge(&src.inv, &populated(rvs), "listed after the refusal").await;
+    let c = server.apply(service("default", "c", 9090, json!({})));
+    let mut want = populated(rvs);
+    want.insert("Service default/c".to_string(), c.to_string());
+    converge(&src.inv, &want, "a change after the fallback").await;
+    // One refusal per kind, then lists: no retry loop on a refusal.
+    streamed_then_listed(&server, 1);
     assert_eq!(src.stats.relists(), 3);
 }
 
 /// A server that ignores `sendInitialEvents` answers a plain watch that
-/// never marks the end of the listing; when it ends (its timeout), the
-/// proxy lists instead of streaming again forever.
+/// never marks the end of the listing; when that happened twice (its
+/// timeout), the proxy lists instead of streaming again forever.
 #[tokio::test]
 async fn streaming_list_without_end_falls_back_to_list() {
     let server = ApiServer::start().await;
     server.ignore_watch_list();
-    let [a, b, sa, sb, n1] = populate(&server);
+    let rvs = populate(&server);
     let src = start_source_with(
         &server,
         None,
@@ -236,36 +233,13 @@ async fn streaming_list_without_end_falls_back_to_list() {
     );
     converge(
         &src.inv,
-        &expect(&[
-            ("Service default/a", a),
-            ("Service kube-system/b", b),
-            ("EndpointSlice default/a-x1", sa),
-            ("EndpointSlice kube-system/b-x1", sb),
-            ("Node node-1", n1),
-        ]),
-        "listed after the unfinished stream",
+        &populated(rvs),
+        "listed after the unfinished streams",
     )
     .await;
-    // Per kind: the stream that ended, the one that began again (its
-    // Init is what the proxy sees), then lists from the watch cache.
-    let logged = server.logged();
-    for path in [
-        "/api/v1/services",
-        "/apis/discovery.k8s.io/v1/endpointslices",
-        "/api/v1/nodes",
-    ] {
-        let reqs: Vec<_> = logged.iter().filter(|r| r.path == path).collect();
-        let streamed = reqs
-            .iter()
-            .filter(|r| r.param("sendInitialEvents").is_some())
-            .count();
-        assert_eq!(streamed, 2, "{path}: {reqs:#?}");
-        assert!(
-            reqs.iter()
-                .any(|r| r.param("watch").is_none() && r.param("resourceVersion") == Some("0")),
-            "{path}: a list from the watch cache: {reqs:#?}"
-        );
-    }
+    // The stream that ended, one more that ended too, the one that began
+    // a third time (its Init is what the proxy sees), then lists.
+    streamed_then_listed(&server, 3);
     assert_eq!(src.stats.relists(), 3);
 }
 

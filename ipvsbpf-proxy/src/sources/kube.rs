@@ -86,7 +86,10 @@ where
 impl<'de, K: DeserializeOwned> Deserialize<'de> for Lenient<K> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // Anything that is JSON at all is accepted; only the typed view
-        // may fail.
+        // may fail. (Not `RawValue`, which would spare the tree: a watch
+        // event's object reaches here through serde's buffered content of
+        // the tagged event, which only serde_json's own deserializer can
+        // hand out raw.)
         let value = serde_json::Value::deserialize(deserializer)?;
         match K::deserialize(&value) {
             Ok(k) => Ok(Lenient::Ok(k)),
@@ -406,9 +409,12 @@ async fn watch_kind<K: Watched>(
         );
         stats.count_skipped(kind);
     };
-    let mut stream = watcher::watcher(api.clone(), select(opts.config()))
-        .default_backoff()
-        .boxed();
+    let open = |config: watcher::Config| {
+        watcher::watcher(api.clone(), config)
+            .default_backoff()
+            .boxed()
+    };
+    let mut stream = open(select(opts.config()));
     let mut listed: Vec<K::Listed> = Vec::new();
     let mut listed_bad: Vec<ObjectMeta> = Vec::new();
     let mut synced = false;
@@ -416,12 +422,14 @@ async fn watch_kind<K: Watched>(
     let mut streaming = opts.streaming_lists;
     // A listing began (Init) and has not ended (InitDone).
     let mut listing = false;
+    // Streaming lists in a row that began again before their end.
+    let mut unfinished = 0;
     while let Some(event) = stream.next().await {
         // A server that does not serve streaming lists (the WatchList
         // feature gate off: Kubernetes before 1.32, or turned off) refuses
         // `sendInitialEvents` as an invalid request (422, or 400 from
         // something in between). List instead, as client-go falls back.
-        if let (Err(e), true) = (&event, streaming) {
+        if let (Err(e), true, false) = (&event, streaming, synced) {
             if let Some(s) = status_of(e).filter(|s| matches!(s.code, 400 | 422)) {
                 tracing::info!(
                     kind = kind.as_str(),
@@ -429,10 +437,8 @@ async fn watch_kind<K: Watched>(
                     server = %s.message,
                     "the API server refuses streaming lists; listing instead"
                 );
-                stream = watcher::watcher(api.clone(), select(opts.list_config()))
-                    .default_backoff()
-                    .boxed();
-                streaming = false;
+                stream = open(select(opts.list_config()));
+                (streaming, listing) = (false, false);
                 continue;
             }
         }
@@ -451,11 +457,8 @@ async fn watch_kind<K: Watched>(
                 let mut quorum = select(opts.list_config());
                 quorum.list_semantic = watcher::ListSemantic::MostRecent;
                 quorum.page_size = Some(500);
-                stream = watcher::watcher(api.clone(), quorum)
-                    .default_backoff()
-                    .boxed();
-                consistent = true;
-                streaming = false;
+                stream = open(quorum);
+                (consistent, streaming) = (true, false);
                 continue;
             }
         }
@@ -475,22 +478,24 @@ async fn watch_kind<K: Watched>(
             Ok(Event::Init) => {
                 listed.clear();
                 listed_bad.clear();
-                // A streaming list that began again before its end: the
-                // server ended it (its timeoutSeconds counts the whole
-                // stream, and a slow server may not send 10,000 objects in
-                // 55 s) or never marks the end (a server that ignores
-                // `sendInitialEvents` and sends a plain watch, which goes
-                // idle). Either would repeat forever: list instead.
+                // A streaming list that began again before its end. Once
+                // is a broken connection or a restarted API server: stream
+                // again, as client-go does. Twice in a row, the server
+                // ends it (its timeoutSeconds counts the whole stream, and
+                // a slow server may not send 10,000 objects in 55 s) or
+                // never marks the end (a server that ignores
+                // `sendInitialEvents` and sends a plain watch). Either
+                // would repeat forever: list instead.
                 if listing && streaming {
+                    unfinished += 1;
+                }
+                if unfinished >= 2 {
                     tracing::info!(
                         kind = kind.as_str(),
-                        "a streaming list ended before it was complete; listing instead"
+                        "streaming lists ended twice before they were complete; listing instead"
                     );
-                    stream = watcher::watcher(api.clone(), select(opts.list_config()))
-                        .default_backoff()
-                        .boxed();
-                    streaming = false;
-                    listing = false;
+                    stream = open(select(opts.list_config()));
+                    (streaming, listing, unfinished) = (false, false, 0);
                     continue;
                 }
                 listing = true;
@@ -502,6 +507,7 @@ async fn watch_kind<K: Watched>(
             }
             Ok(Event::InitDone) => {
                 listing = false;
+                unfinished = 0;
                 let all = std::mem::take(&mut listed);
                 let bad = std::mem::take(&mut listed_bad);
                 inv.update(|i| {
