@@ -100,9 +100,10 @@ bench-snat:
 bench-netlink: setup kernel-modules netlink
 	testbed/vm-run --timeout 2400 netlink-bench
 
-## bench-proxy: ipvsbpf-proxy's control plane at 1,000 and 10,000 Services, ipvs-bpf and ipvs, in the guest
-bench-proxy: setup kernel-modules proxy
-	testbed/vm-run --timeout 2400 --suite-timeout 2300 proxy-bench
+## bench-proxy: the control plane at 1,000 and 10,000 Services in the guest: ipvsbpf-proxy's two
+## modes from files, then beside the real kube-proxy through the real kube-apiserver (~45 min)
+bench-proxy: setup kernel-modules proxy k8s
+	testbed/bench-proxy
 
 ## vm-full / vm-debug: the guest suites on a whole patched kernel
 vm-full: kernel-full datapath netlink

@@ -68,10 +68,10 @@ k8s_up() {
 	local t0=$(date +%s)
 	# The control-plane host is on the cluster network: it reaches pods
 	# (and answers them) through their nodes.
-	topo_exec control ip route add 198.18.1.0/24 via "$(topo_ip node 4)"
-	topo_exec control ip route add 198.18.2.0/24 via "$(topo_ip node2 4)"
+	topo_exec control ip route replace 198.18.1.0/24 via "$(topo_ip node 4)"
+	topo_exec control ip route replace 198.18.2.0/24 via "$(topo_ip node2 4)"
 	step "control plane on control ($K8S_URL): etcd, kube-apiserver, kube-controller-manager"
-	k8s_cluster up --address "$K8S_ADDR" --netns control --logs "$K8S_LOGS" 2>&1 | sed -u 's/^/      /'
+	k8s_cluster up --address "$K8S_ADDR" --netns control --logs "$K8S_LOGS" ${K8S_SEED:+--etcd-seed "$K8S_SEED"} 2>&1 | sed -u 's/^/      /'
 	[ "${PIPESTATUS[0]}" = 0 ] || fail "the control plane did not come up (logs in $K8S_LOGS)"
 	echo "      server: $(k8s_api GET /version | grep -o '"gitVersion": *"[^"]*"')"
 	local n
