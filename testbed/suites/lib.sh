@@ -11,6 +11,24 @@ TOP=${IPVSBPF_TOP:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 step() { printf '  * %s\n' "$*"; }
 fail() { printf '  FAIL: %s\n' "$*"; exit $KSFT_FAIL; }
 
+# calc EXPR [N]: awk arithmetic, printed with N decimals (3); comparisons
+# give 1 or 0. The parentheses keep awk from reading `>` as a redirection.
+calc() { awk "BEGIN { printf \"%.${2:-3}f\n\", ($1) }"; }
+
+# sample NAME: NAME's value in $SCRAPE (a metrics page the suite fetched),
+# summed over labels (0 if absent).
+sample() {
+	awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%.6f\n", s }' \
+		<<<"${SCRAPE:-}"
+}
+
+# median N...: the median of integers (of the middle two, their mean
+# rounded down).
+median() {
+	printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 }
+		END { m = NR % 2 ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2); print m }'
+}
+
 # strict: a `make test` or CI run (IPVSBPF_STRICT=1, which testbed/test-all
 # exports and testbed/vm-run passes to the guest, or CI=true). A strict run
 # never skips: what would be a skip is a failure.

@@ -55,14 +55,8 @@ SLICE0=/apis/discovery.k8s.io/v1/namespaces/bench/endpointslices/svc-00000-1
 PROC=
 trap k8s_exit EXIT
 
-# calc EXPR [N]: awk arithmetic with N decimals (3); comparisons give 1/0.
-calc() { awk "BEGIN { printf \"%.${2:-3}f\n\", ($1) }"; }
-# scrape: the running proxy's metrics in $SCRAPE.
+# scrape: the running proxy's metrics in $SCRAPE (for lib.sh's sample).
 scrape() { SCRAPE=$(topo_exec node curl -s -m 10 http://127.0.0.1:10249/metrics 2>/dev/null); }
-# sample NAME: NAME's value in $SCRAPE summed over labels (0 if absent).
-sample() {
-	awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%.6f\n", s }' <<<"$SCRAPE"
-}
 vs_count() { topo_exec node ipvsadm -Ln | grep -c '^TCP'; }
 
 # start_impl MODE: start MODE on node with its log in $IMPL_LOG; the
@@ -219,9 +213,9 @@ run() {
 	nc1=$(sample kubeproxy_network_programming_duration_seconds_count)
 	sync_ms=$(calc "$c1 > $c0 ? ($s1 - $s0) / ($c1 - $c0) * 1000 : -1" 1)
 	np_ms=$(calc "$nc1 > $nc0 ? ($n1 - $n0) / ($nc1 - $nc0) * 1000 : -1" 0)
-	med=$(printf '%s\n' "${lats[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+	med=$(median "${lats[@]}")
 	max=$(printf '%s\n' "${lats[@]}" | sort -n | tail -n 1)
-	wmed=$(printf '%s\n' "${writes[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+	wmed=$(median "${writes[@]}")
 	echo "      the API server's PATCH took (ms): ${writes[*]}"
 	echo "      change -> IPVS (ms): ${lats[*]}; sync ${sync_ms} ms mean over $(calc "$c1 - $c0" 0);" \
 		"network programming ${np_ms} ms mean over $(calc "$nc1 - $nc0" 0)"

@@ -126,18 +126,6 @@ scrape() {
 	SCRAPE=$(bench_net curl -s -m 5 "http://$METRICS/metrics" 2>/dev/null)
 }
 
-# sample NAME: NAME's value in $SCRAPE, summed over labels (0 if absent).
-sample() {
-	awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%.6f\n", s }' \
-		<<<"$SCRAPE"
-}
-
-# calc EXPR [N]: awk arithmetic, printed with N decimals (3); comparisons
-# give 1 or 0. The parentheses keep awk from reading `>` as a redirection.
-calc() {
-	awk "BEGIN { printf \"%.${2:-3}f\n\", ($1) }"
-}
-
 # proxy_pid: the proxy's pid ($PID, which `ip netns exec` and sh exec into).
 proxy_pid() {
 	local p
@@ -267,8 +255,7 @@ run() {
 	pcount=$(calc "$pcount - $pcount0" 0)
 	[ "$pcount" -ge 1 ] || fail "$mode: $CHANGES changes made no partial sync"
 	partial=$(calc "($psum - $psum0) / $pcount * 1000" 3)
-	lat_med=$(printf '%s\n' "${lats[@]}" | sort -n | awk '{ v[NR] = $1 }
-		END { m = NR % 2 ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2); print m }')
+	lat_med=$(median "${lats[@]}")
 	lat_max=$(printf '%s\n' "${lats[@]}" | sort -n | tail -n 1)
 	echo "      change latency (ms): ${lats[*]}; partial sync ${partial} ms mean over $pcount"
 	PARTIAL[$mode/$n]=$partial
