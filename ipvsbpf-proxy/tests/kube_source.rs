@@ -57,6 +57,15 @@ fn start_source_with(server: &ApiServer, proxy_name: Option<&str>, opts: WatchOp
 }
 
 /// Two Services with a slice each, this node and another one.
+/// Watches that end after 1 s, so that a silent or unfinished stream is
+/// noticed within seconds.
+fn one_second_watches() -> WatchOptions {
+    WatchOptions {
+        timeout_secs: 1,
+        ..WatchOptions::default()
+    }
+}
+
 /// Returns the resourceVersions (svc a, svc b, slice a, slice b, node-1).
 fn populate(server: &ApiServer) -> [u64; 5] {
     let a = server.apply(service("default", "a", 80, json!({})));
@@ -223,14 +232,7 @@ async fn streaming_list_without_end_falls_back_to_list() {
     let server = ApiServer::start().await;
     server.ignore_watch_list();
     let rvs = populate(&server);
-    let src = start_source_with(
-        &server,
-        None,
-        WatchOptions {
-            timeout_secs: 1,
-            ..WatchOptions::default()
-        },
-    );
+    let src = start_source_with(&server, None, one_second_watches());
     converge(
         &src.inv,
         &populated(rvs),
@@ -436,14 +438,7 @@ async fn dead_watch_connection_is_noticed() {
     // Quiet streams: only the stall may make them silent.
     server.set_bookmark_interval(Duration::from_secs(3600));
     let [_, b, sa, sb, n1] = populate(&server);
-    let src = start_source_with(
-        &server,
-        None,
-        WatchOptions {
-            timeout_secs: 1,
-            ..WatchOptions::default()
-        },
-    );
+    let src = start_source_with(&server, None, one_second_watches());
     wait_for("synced", || src.inv.lock().synced()).await;
     let relists = src.stats.relists();
     // Counted before the stall: every watch requested up to it is stalled,
