@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all demo test setup build lint kernel-tree kernel-modules modules-deb kernel-full \
-	kernel-debug kernel-check datapath netlink proxy bench bench-all bench-quick bench-profile bench-snat bench-netlink \
+	kernel-debug kernel-check datapath netlink proxy bench bench-all bench-icount bench-scale bench-quick bench-profile bench-snat bench-netlink \
 	bench-proxy vm-full vm-debug \
 	clean distclean
 .PHONY: demo-k8s k8s test-k8s
@@ -83,14 +83,26 @@ bench: setup kernel-modules proxy k8s
 bench-all: setup kernel-modules proxy k8s
 	testbed/bench --all-modes
 
+## bench-icount: the same cells counted in instructions (QEMU -icount, 1 vCPU,
+## a fixed number of requests), 3 rounds -> build/bench/<run>-icount
+bench-icount: setup kernel-modules proxy k8s
+	testbed/bench --icount
+
+## bench-scale: the counted cells of direct and ipvsbpf-proxy's two modes with 0, 1,000
+## and 10,000 other Services present, short and keep-alive, 1 round
+bench-scale: setup kernel-modules proxy
+	testbed/bench --icount --others "0 1000 10000" --modes "direct ipvs ipvs-bpf" \
+		--workloads "short ka" --rounds 1
+
 ## bench-quick: the same harness, one round of short connections (what make test checks)
 bench-quick: setup kernel-modules proxy
 	testbed/bench --quick
 
 ## bench-profile: where the guest's CPU goes on the benchmark's paths, ipvs against ipvs-bpf
-## (perf, cpu-clock sampling, call graphs) -> build/vm/<run>/profile-*.txt
+## (perf, cpu-clock sampling, call graphs) -> build/vm/<run>/profile-*.txt; with ICOUNT=1,
+## under -icount on one vCPU, where the shares are of instructions
 bench-profile: setup kernel-modules proxy
-	testbed/vm-run --timeout 1200 bench-profile
+	testbed/vm-run --timeout 1200 $(if $(ICOUNT),--icount --cpus 1 --suite-timeout 20000) bench-profile
 
 ## bench-snat: the SNAT programs' micro-benchmark (root; ns/packet by path, program size)
 bench-snat:

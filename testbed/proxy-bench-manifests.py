@@ -5,6 +5,7 @@ benchmark (suite proxy-bench), read by ipvsbpf-proxy --source file.
 
     proxy-bench-manifests.py --services N --endpoints E --out DIR
                              [--chunk 1000] [--format json|yaml] [--node-ip IP]
+                             [--first-vip IP]
     proxy-bench-manifests.py --change-only --extra K --endpoints E --out DIR
     proxy-bench-manifests.py --for-api --services N --endpoints E --out DIR
 
@@ -22,7 +23,9 @@ The second form rewrites only change.yaml: service 0's slice with its E
 endpoints plus K extra ones, the K-th new. Files are written under a hidden
 name and renamed, so a polling proxy never reads half a file.
 
-Addresses: Service i has cluster IP 198.19.0.0 + i + 1 (198.19.0.1 up).
+Addresses: Service i has cluster IP 198.19.0.0 + i + 1 (198.19.0.1 up), or
+--first-vip + i (the data-plane benchmark keeps its own Service's
+198.19.0.20 out of the way).
 Endpoints come from 198.18.0.0 to 198.18.254.254 (no .0, no .255), endpoint
 j of service i at index i*E + j, wrapping after 64,770 addresses: unique
 within each Service, shared across Services beyond 6,477 of them at E=10,
@@ -65,7 +68,12 @@ def svc_name(i):
     return f"svc-{i:05d}"
 
 
+FIRST_VIP = None
+
+
 def vip(i):
+    if FIRST_VIP is not None:
+        return str(FIRST_VIP + i)
     return str(VIP_BASE + i + (2 if FOR_API else 1))
 
 
@@ -194,9 +202,12 @@ def main():
     ap.add_argument("--change-only", action="store_true", help="rewrite change.yaml only")
     ap.add_argument("--for-api", action="store_true", help="objects for a real API server (see above)")
     ap.add_argument("--extra", type=int, default=0, help="with --change-only: extra endpoints of service 0")
+    ap.add_argument("--first-vip", type=ipaddress.IPv4Address,
+                    help="service 0's cluster IP (the others follow); in 198.19.0.0/16")
     a = ap.parse_args()
-    global FOR_API
+    global FOR_API, FIRST_VIP
     FOR_API = a.for_api
+    FIRST_VIP = a.first_vip
     if FOR_API and a.change_only:
         ap.error("--for-api objects change through the API, not change.yaml")
 
@@ -214,6 +225,10 @@ def main():
         return 0
 
     most = 65533 if FOR_API else 65534
+    if FIRST_VIP is not None:
+        if FIRST_VIP not in ipaddress.IPv4Network("198.19.0.0/16"):
+            ap.error("--first-vip must be in 198.19.0.0/16")
+        most = int(VIP_BASE) + 65534 - int(FIRST_VIP) + 1
     if a.services is None or not 1 <= a.services <= most:
         ap.error(f"--services must be 1..{most} (198.19.0.0/16)")
     if a.chunk < 1 or a.extra:

@@ -98,6 +98,13 @@ def parse_iperf(text):
 PARSERS = {"short": parse_ab, "ka": parse_wrk, "iperf": parse_iperf}
 
 
+def parse_ab_keepalive(text):
+    """ab -k (the icount cells' keep-alive: a fixed number of requests)."""
+    r = parse_ab(text)
+    r["latency"] = "per request, keep-alive"
+    return r
+
+
 def counter_delta(before, after):
     b, a = json.loads(before or "{}"), json.loads(after or "{}")
     return {k: a[k] - b.get(k, 0.0) for k in a if a[k] != b.get(k, 0.0)}
@@ -110,7 +117,10 @@ def cell(args, text):
         c[k] = int(v) if v.isdigit() else v
     c["workload"] = args.workload
     c["rc"] = args.rc
-    c.update(PARSERS[args.workload](text))
+    parse = PARSERS[args.workload]
+    if args.workload == "ka" and re.search(r"^Complete requests:", text, re.M):
+        parse = parse_ab_keepalive
+    c.update(parse(text))
     c0, c1 = [list(map(int, s.split())) for s in args.cpu]
     c["cpu_busy_s"] = (c1[0] - c0[0]) / args.hz
     c["cpu_softirq_s"] = (c1[1] - c0[1]) / args.hz
@@ -122,6 +132,16 @@ def cell(args, text):
         c["softirq_us_per_req"] = c["cpu_softirq_s"] * 1e6 / units
     elif args.workload == "iperf" and c.get("bytes"):
         c["cpu_s_per_gb"] = c["cpu_busy_s"] * 1e9 / c["bytes"]
+    if args.instructions:
+        # busy ns under -icount shift 0 = instructions; less a window of
+        # the same length without traffic
+        window, base = args.instructions
+        c["instr_window"], c["instr_baseline"] = window, base
+        c["sessions_left"] = args.left
+        if units:
+            c["instr_per_req"] = (window - base) / units
+        elif args.workload == "iperf" and c.get("bytes"):
+            c["instr_per_gb"] = (window - base) * 1e9 / c["bytes"]
 
     problems = []
     if args.rc != 0:
@@ -141,6 +161,10 @@ def cell(args, text):
     else:
         c["summary"] = (f"{c['rps']:.0f} req/s, p50 {c['lat_p50_ms']} ms, p99 {c['lat_p99_ms']} ms "
                         f"({c['latency']}), cpu {c.get('cpu_us_per_req', 0):.0f} us/req")
+    if "instr_per_req" in c:
+        c["summary"] += f", {c['instr_per_req'] / 1e3:.0f}k instructions/req"
+    elif "instr_per_gb" in c:
+        c["summary"] += f", {c['instr_per_gb'] / 1e9:.2f}G instructions/GB"
     c["summary"] += f", SYN retransmissions {c['syn_retrans']}"
     return c
 
@@ -156,6 +180,11 @@ def main(argv=None):
     ap.add_argument("--hz", type=int, default=100)
     ap.add_argument("--syn-retrans", nargs=2, default=["0", "0"])
     ap.add_argument("--counters", nargs=2, default=["{}", "{}"])
+    ap.add_argument("--instructions", nargs=2, type=int, metavar=("WINDOW", "BASELINE"),
+                    help="busy guest ns under -icount (instructions) of the cell's window and "
+                         "of a window of the same length without traffic")
+    ap.add_argument("--left", type=int, default=0,
+                    help="sessions toward the target left on the node after the window")
     args = ap.parse_args(argv)
     with open(args.output, errors="replace") as f:
         text = f.read()

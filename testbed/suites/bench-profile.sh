@@ -7,7 +7,11 @@
 # graphs; the report keeps the kernel symbols by self time, and the
 # callers of the top ones. Client, node and backend share one kernel, so
 # the profile is the whole guest's; what differs between the modes is the
-# node's. Reports: $IPVSBPF_RESULTS/profile-<mode>-<path>.txt.
+# node's. Shares are of the busy samples: the idle loop is left out (the
+# header says how much of the time it held). Under vm-run --icount --cpus 1
+# (`make bench-profile ICOUNT=1`) cpu-clock ticks in instructions, so the
+# shares are of instructions executed. Reports:
+# $IPVSBPF_RESULTS/profile-<mode>-<path>.txt.
 . "$(dirname "$0")/lib.sh"
 need ab perf
 MODE=ipvs-bpf
@@ -40,12 +44,20 @@ for m in ipvs ipvs-bpf; do
 		rec=$!
 		topo_exec "$from" ab -q -r -s 5 -c 8 -t "$SECS" -n 500000 "$url" >"$OUT/ab-$m-$path.txt" 2>&1
 		wait "$rec" || fail "perf record failed ($m $path)"
+		perf report -i "$data" --kallsyms=/proc/kallsyms --stdio --no-children \
+			--sort sym -g none --percent-limit 0.01 2>/dev/null | grep -v '^[#]' |
+			grep -v '^$' >"$data.txt"
+		idle=$(awk '$NF == "pv_native_safe_halt" { sub("%", "", $1); print $1 }' "$data.txt")
 		{
 			echo "# $m $path: $(grep -E '^Complete requests' "$OUT/ab-$m-$path.txt")"
-			perf report -i "$data" --kallsyms=/proc/kallsyms --stdio --no-children \
-				--sort sym -g none --percent-limit 0.3 2>/dev/null | grep -v '^[#]' |
-				grep -v '^$'
+			echo "# share of the busy samples (the idle loop, ${idle:-0}% of all, left out)"
+			awk -v idle="${idle:-0}" '$NF != "pv_native_safe_halt" {
+				p = $1; sub("%", "", p); r = p * 100 / (100 - idle)
+				$1 = ""
+				if (r >= 0.3) printf "%7.2f%% %s\n", r, $0
+			}' "$data.txt"
 		} >"$OUT/profile-$m-$path.txt"
+		rm -f "$data.txt"
 		step "$m $path: $(grep -E '^Complete requests' "$OUT/ab-$m-$path.txt")"
 		head -25 "$OUT/profile-$m-$path.txt" | sed 's/^/      /'
 		rm -f "$data"

@@ -30,6 +30,25 @@
 # (short ka iperf), BENCH_CONC (8). Raw figures: $IPVSBPF_RESULTS/bench.jsonl,
 # one JSON object per cell, read by testbed/bench-report.
 #
+# Scale axis: BENCH_OTHERS ("0"; `make bench-scale`: "0 1000 10000"), the
+# number of other ClusterIP Services (one endpoint each, cluster IPs from
+# 198.19.128.1) present beside `bench`; every cell is measured at each.
+# Only ipvsbpf-proxy's modes take them (from files); kube-proxy's cells
+# run at 0 only, and `direct` too (the floor holds no Service).
+#
+# Instructions per request (vm-run --icount, one vCPU; IPVSBPF_ICOUNT=1):
+# the guest's clock then advances one nanosecond per emulated instruction
+# while the vCPU runs, so busy guest time (monotonic time less the idle
+# and iowait time of /proc/timer_list) counts instructions. Each cell
+# sends a fixed amount (BENCH_REQUESTS, 3000, with ab; four times as many
+# with ab -k for keep-alive, whose requests cost a quarter; BENCH_IPERF_BYTES,
+# 512M, with iperf3 -n) while the control plane and
+# the proxies are frozen (cgroup v2 freezer: only the kernel's data path,
+# the client and the backend run), then waits BENCH_DRAIN (200) seconds so
+# that the sessions' expiry (IPVS, conntrack, the session map) falls in
+# the window too. A window of the same length with no traffic, measured
+# once per mode and round (the lesser of two), is subtracted.
+#
 # The run fails (after measuring everything) when a cell lost connections
 # or requests, when a mode did not serve a path before its cells, or when
 # a mode left the node unclean after its own cleanup.
@@ -43,13 +62,33 @@ K8S_MODES=$(tr ' ' '\n' <<<"$MODES" | grep '^kube-proxy-' | xargs)
 if [ -n "$K8S_MODES" ]; then
 	need openssl
 	. "$(dirname "$0")/k8s-lib.bash"
-	trap k8s_exit EXIT
+	# thaw first: a frozen process would not die of k8s_down's SIGTERM
+	trap 'rc=$?; thaw; rmdir "$CG" 2>/dev/null; (exit $rc); k8s_exit' EXIT
+else
+	trap 'rc=$?; thaw; rmdir "$CG" 2>/dev/null; (exit $rc); cleanup' EXIT
 fi
 ROUNDS=${BENCH_ROUNDS:-5}
 SECS=${BENCH_SECONDS:-6}
 PATHS=${BENCH_PATHS:-nodeport clusterip}
 WORKLOADS=${BENCH_WORKLOADS:-short ka iperf}
 CONC=${BENCH_CONC:-8}
+ICOUNT=${IPVSBPF_ICOUNT:-0}
+OTHERS=${BENCH_OTHERS:-0}
+REQUESTS=${BENCH_REQUESTS:-3000}
+IPERF_BYTES=${BENCH_IPERF_BYTES:-512M}
+DRAIN=${BENCH_DRAIN:-200}
+if [ "$ICOUNT" = 1 ]; then
+	[ -f /sys/fs/cgroup/cgroup.controllers ] || mount -t cgroup2 cgroup2 /sys/fs/cgroup ||
+		fail "cannot mount cgroup v2 on /sys/fs/cgroup (the freezer)"
+	[ "$(nproc)" = 1 ] || fail "instructions are counted with one vCPU (vm-run --icount --cpus 1), not $(nproc)"
+	need conntrack
+	# Quiet the kernel's own background, which lands in windows at
+	# random: khugepaged scanning the frozen processes' memory, and
+	# proactive compaction. The guest is thrown away after the run.
+	echo never >/sys/kernel/mm/transparent_hugepage/enabled
+	echo never >/sys/kernel/mm/transparent_hugepage/defrag
+	sysctl -qw vm.compaction_proactiveness=0
+fi
 # The proxy's own default SNAT range: what an operator gets.
 PORTS=61000-65000
 RAW=${IPVSBPF_RESULTS:-/tmp}/bench.jsonl
@@ -75,6 +114,91 @@ cpu_jiffies() {
 	awk '$1 == "cpu" { print $2 + $3 + $4 + $6 + $7 + $8 + $9, $8 }' /proc/stat
 }
 
+# busy_ns: sets BUSY to the guest's busy nanoseconds since boot:
+# CLOCK_REALTIME less the idle and iowait time of /proc/timer_list (in
+# ns, unlike /proc/stat's ticks). Bash builtins only, so that a reading
+# costs the same instructions every time. Under -icount with one vCPU,
+# busy nanoseconds are instructions.
+busy_ns() {
+	local t=${EPOCHREALTIME/./} idle=0 line v
+	while read -r line; do
+		case $line in
+		.idle_sleeptime* | .iowait_sleeptime*)
+			v=${line#*:}
+			idle=$((idle + ${v% nsecs})) ;;
+		esac
+	done </proc/timer_list
+	BUSY=$((t * 1000 - idle))
+}
+
+# freeze / thaw: stop and resume, with the cgroup v2 freezer, the control
+# plane and the proxy of the current mode, children included (kube-proxy
+# runs iptables-restore and ipset), so that an icount window holds only
+# the data path: the kernel, the client and the backend.
+CG=/sys/fs/cgroup/ipvsbpf-bench
+freeze() {
+	local p
+	mkdir -p "$CG" || fail "cgroup $CG"
+	for p in $(cat "${K8S:-/nonexistent}"/run/*.pid 2>/dev/null) ${PID:-} ${KPID:-}; do
+		echo "$p" >"$CG/cgroup.procs" 2>/dev/null
+	done
+	echo 1 >"$CG/cgroup.freeze"
+	local i
+	for i in $(seq 1 100); do
+		grep -qx 'frozen 1' "$CG/cgroup.events" && return 0
+		sleep 0.1
+	done
+	fail "the processes of $MODE did not freeze"
+}
+thaw() {
+	[ -f "$CG/cgroup.freeze" ] && echo 0 >"$CG/cgroup.freeze"
+	return 0
+}
+
+# sessions ADDR: the node's IPVS connections and conntrack entries toward
+# ADDR, the traffic of a cell.
+sessions() {
+	local ipvs ct
+	ipvs=$(topo_exec node ipvsadm -Lnc 2>/dev/null | tail -n +3 | wc -l)
+	ct=$(topo_exec node conntrack -L -d "$1" 2>/dev/null | wc -l)
+	echo $((ipvs + ct))
+}
+
+# drained ADDR: wait (frozen, so idle time passes at once under
+# -icount sleep=off) until the node holds no session toward ADDR, up to
+# 600 s; prints what is left.
+drained() {
+	local i n
+	for i in $(seq 1 60); do
+		n=$(sessions "$1")
+		[ "$n" = 0 ] && break
+		sleep 10
+	done
+	echo "$n"
+}
+
+# baseline_window: BASE, the busy nanoseconds of a window like a cell's
+# with no traffic, after the node's sessions have drained: the lesser of
+# two in a row. Background work only ever adds, and one-off work after a
+# mode starts (IPVS's estimator calibrates itself when its first service
+# appears) must not be taken for the background of every cell.
+baseline_window() {
+	local a left w i
+	freeze
+	left=$(drained "$(target nodeport "$MODE" short | cut -d' ' -f2)")
+	BASE=
+	for i in 1 2; do
+		busy_ns; a=$BUSY
+		topo_exec client true
+		sleep "$DRAIN"
+		busy_ns; w=$((BUSY - a))
+		[ -z "$BASE" ] || [ "$w" -lt "$BASE" ] && BASE=$w
+		echo -n "      $MODE: window without traffic $((w / 1000000)) M instructions in ${DRAIN} s"
+		echo " (${left} sessions before it)"
+	done
+	thaw
+}
+
 # bpf_counters: the session map attachment's counters and the tc
 # programs' drop reasons, as a JSON object ({} outside ipvs-bpf mode).
 bpf_counters() {
@@ -89,36 +213,59 @@ for line in sys.stdin:
 print(json.dumps(out))'
 }
 
+# others_manifests N: N other ClusterIP Services, one endpoint each, in
+# the proxy's manifests beside the benchmark's own (none for 0).
+others_manifests() {
+	local d=$OUT/others-$1 f
+	rm -f "$MAN"/others-*
+	[ "$1" = 0 ] && return 0
+	[ -d "$d" ] || python3 "$TOP/testbed/proxy-bench-manifests.py" --services "$1" --endpoints 1 \
+		--first-vip 198.19.128.1 --out "$d" >/dev/null || fail "generating $1 other Services"
+	for f in "$d"/services-*.json "$d"/slices-*.json "$d"/change.yaml; do
+		cp "$f" "$MAN/others-${f##*/}" || fail "copying $f"
+	done
+}
+
 # run_cell ROUND PATH WORKLOAD: one measurement; appends a JSON line.
 run_cell() {
-	local round=$1 path=$2 wl=$3 from addr port c0 c1 s0 s1 b0 b1 rc out
+	local round=$1 path=$2 wl=$3 from addr port c0 c1 s0 s1 b0 b1 rc out w0 icount=()
 	read -r from addr port <<<"$(target "$path" "$MODE" "$wl")"
 	out=$OUT/$round-$MODE-$path-$wl.txt
 	s0=$(syn_retrans "$from")
 	b0=$(bpf_counters)
-	c0=$(cpu_jiffies)
-	case $wl in
-	short)
-		# -r: go on after a receive error (counted); -s: a connection
-		# that waits 5 s fails. -n bounds -t's run and sizes ab's
-		# per-request table (~32 bytes each).
-		topo_exec "$from" timeout $((SECS + 20)) ab -q -r -s 5 -c "$CONC" -t "$SECS" \
-			-n 500000 "http://$addr:$port/" >"$out" 2>&1 ;;
-	ka)
-		topo_exec "$from" timeout $((SECS + 20)) wrk -t 1 -c "$CONC" -d "${SECS}s" \
-			--timeout 5s --latency "http://$addr:$port/" >"$out" 2>&1 ;;
-	iperf)
-		topo_exec "$from" timeout $((SECS + 20)) iperf3 -c "$addr" -p "$port" -t "$SECS" \
-			-J >"$out" 2>&1 ;;
-	esac
-	rc=$?
-	c1=$(cpu_jiffies)
+	if [ "$ICOUNT" = 1 ]; then
+		freeze
+		c0=$(cpu_jiffies)
+		busy_ns; w0=$BUSY
+		case $wl in
+		short)
+			topo_exec "$from" timeout 600 ab -q -r -s 5 -c "$CONC" -n "$REQUESTS" \
+				"http://$addr:$port/" >"$out" 2>&1 ;;
+		ka)
+			topo_exec "$from" timeout 600 ab -q -r -s 5 -k -c "$CONC" -n "$((REQUESTS * 4))" \
+				"http://$addr:$port/" >"$out" 2>&1 ;;
+		iperf)
+			topo_exec "$from" timeout 600 iperf3 -c "$addr" -p "$port" -n "$IPERF_BYTES" \
+				-J >"$out" 2>&1 ;;
+		esac
+		rc=$?
+		sleep "$DRAIN"
+		busy_ns
+		c1=$(cpu_jiffies)
+		icount=(--instructions "$((BUSY - w0))" "$BASE" --left "$(drained "$addr")")
+		thaw
+	else
+		c0=$(cpu_jiffies)
+		run_timed "$from" "$addr" "$port" "$wl" "$out"
+		rc=$?
+		c1=$(cpu_jiffies)
+	fi
 	b1=$(bpf_counters)
 	s1=$(syn_retrans "$from")
 	python3 "$TOP/testbed/lib/bench_parse.py" --workload "$wl" --output "$out" --rc "$rc" \
-		--meta "round=$round" "mode=$MODE" "path=$path" "seconds=$SECS" "conc=$CONC" \
+		--meta "round=$round" "mode=$MODE" "path=$path" "others=$others" "seconds=$SECS" "conc=$CONC" \
 		--cpu "$c0" "$c1" --hz "$(getconf CLK_TCK)" --syn-retrans "$s0" "$s1" \
-		--counters "$b0" "$b1" >>"$RAW" || problems+=("$MODE $path $wl: unparsable output")
+		--counters "$b0" "$b1" "${icount[@]}" >>"$RAW" || problems+=("$MODE $path $wl: unparsable output")
 	tail -n 1 "$RAW" | python3 -c '
 import json, sys
 c = json.loads(sys.stdin.read())
@@ -126,6 +273,25 @@ print("      %-9s %-9s %-5s %s" % (c["mode"], c["path"], c["workload"], c["summa
 for p in c["problems"]:
     print("      PROBLEM: " + p)
 sys.exit(1 if c["problems"] else 0)' || problems+=("$MODE $path $wl (round $round): see above")
+}
+
+# run_timed FROM ADDR PORT WORKLOAD OUT: a cell of $SECS seconds.
+run_timed() {
+	local from=$1 addr=$2 port=$3
+	case $4 in
+	short)
+		# -r: go on after a receive error (counted); -s: a connection
+		# that waits 5 s fails. -n bounds -t's run and sizes ab's
+		# per-request table (~32 bytes each).
+		topo_exec "$from" timeout $((SECS + 20)) ab -q -r -s 5 -c "$CONC" -t "$SECS" \
+			-n 500000 "http://$addr:$port/" >"$5" 2>&1 ;;
+	ka)
+		topo_exec "$from" timeout $((SECS + 20)) wrk -t 1 -c "$CONC" -d "${SECS}s" \
+			--timeout 5s --latency "http://$addr:$port/" >"$5" 2>&1 ;;
+	iperf)
+		topo_exec "$from" timeout $((SECS + 20)) iperf3 -c "$addr" -p "$port" -t "$SECS" \
+			-J >"$5" 2>&1 ;;
+	esac
 }
 
 mode_up() {
@@ -261,40 +427,48 @@ fi
 	echo "seconds=$SECS"
 	echo "conc=$CONC"
 	echo "modes=$MODES"
+	echo "others=$OTHERS"
 	echo "paths=$PATHS"
 	echo "workloads=$WORKLOADS"
 	echo "snat_port_range=$PORTS"
 	echo "cpus=$(nproc)"
+	[ "$ICOUNT" = 1 ] && echo "icount=shift 0: 1 ns of busy guest time per instruction; $REQUESTS requests ($((REQUESTS * 4)) keep-alive) or $IPERF_BYTES per cell, ${DRAIN} s drain in the window"
 	[ -n "$K8S_MODES" ] && echo "kubernetes=$(sed -n 's/^Client Version: //p' "$K8S_BIN/VERSIONS"), etcd $(sed -n 's/^etcd Version: //p' "$K8S_BIN/VERSIONS")"
 } >"${RAW%.jsonl}.meta"
 
 left=$(node_clean)
 [ -z "$left" ] || fail "node not clean before the benchmark: $left"
 read -r -a modes <<<"$MODES"
-for round in $(seq 1 "$ROUNDS"); do
-	# rotate the order each round
-	k=$(( (round - 1) % ${#modes[@]} ))
-	order=("${modes[@]:k}" "${modes[@]:0:k}")
-	step "round $round/$ROUNDS: ${order[*]}"
-	for m in "${order[@]}"; do
-		mode_up "$m"
-		ok=1
-		for path in $PATHS; do
-			poll serves "$path" || { problems+=("$m does not serve $path"); ok=0; }
-		done
-		if [ "$ok" = 1 ]; then
+for others in $OTHERS; do
+	others_manifests "$others"
+	[ "$others" = 0 ] || step "$others other Services (ipvsbpf-proxy's modes only)"
+	for round in $(seq 1 "$ROUNDS"); do
+		# rotate the order each round
+		k=$(( (round - 1) % ${#modes[@]} ))
+		order=("${modes[@]:k}" "${modes[@]:0:k}")
+		step "round $round/$ROUNDS: ${order[*]}"
+		for m in "${order[@]}"; do
+			case $m in ipvs | ipvs-bpf) ;; *) [ "$others" = 0 ] || continue ;; esac
+			mode_up "$m"
+			ok=1
 			for path in $PATHS; do
-				for wl in $WORKLOADS; do
-					run_cell "$round" "$path" "$wl"
-				done
+				poll serves "$path" || { problems+=("$m does not serve $path"); ok=0; }
 			done
-		fi
-		mode_down
-		left=$(node_clean)
-		if [ -n "$left" ]; then
-			problems+=("$m left the node unclean: $left")
-			fail "$m left the node unclean after its cleanup: $left"
-		fi
+			if [ "$ok" = 1 ]; then
+				[ "$ICOUNT" = 1 ] && baseline_window
+				for path in $PATHS; do
+					for wl in $WORKLOADS; do
+						run_cell "$round" "$path" "$wl"
+					done
+				done
+			fi
+			mode_down
+			left=$(node_clean)
+			if [ -n "$left" ]; then
+				problems+=("$m left the node unclean: $left")
+				fail "$m left the node unclean after its cleanup: $left"
+			fi
+		done
 	done
 done
 

@@ -35,6 +35,8 @@ def parse(workload, path, rc=0, **kw):
             "--cpu", "1000 100", "1300 160", "--hz", "100"]
     if "syn" in kw:
         argv += ["--syn-retrans", "5", str(5 + kw["syn"])]
+    if "instructions" in kw:
+        argv += ["--instructions", *map(str, kw["instructions"]), "--left", str(kw.get("left", 0))]
     # main() prints the cell: capture it
     out = tempfile.TemporaryFile(mode="w+")
     old = sys.stdout
@@ -103,6 +105,28 @@ class ParseTest(unittest.TestCase):
         self.assertAlmostEqual(c["cpu_s_per_gb"], 3.0 * 1e9 / 1125000000)
         self.assertEqual(c["problems"], [])
 
+    def test_icount_instructions_less_the_baseline(self):
+        c = parse("short", data("bench-ab.txt"), instructions=(479 * 250000 + 40000000, 40000000),
+                  left=3)
+        self.assertAlmostEqual(c["instr_per_req"], 250000)
+        self.assertEqual((c["instr_window"], c["instr_baseline"], c["sessions_left"]),
+                         (479 * 250000 + 40000000, 40000000, 3))
+        self.assertIn("250k instructions/req", c["summary"])
+        # ab -k stands in for wrk in an icount cell (a fixed request count)
+        k = parse("ka", data("bench-ab.txt"), instructions=(479 * 1000, 0))
+        self.assertEqual(k["requests"], 479)
+        self.assertEqual(k["latency"], "per request, keep-alive")
+        self.assertAlmostEqual(k["instr_per_req"], 1000)
+        # no --instructions: no instruction figures
+        self.assertNotIn("instr_per_req", parse("short", data("bench-ab.txt")))
+
+    def test_icount_iperf_per_gb(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump({"end": {"sum_received": {"bits_per_second": 1e9, "bytes": 268435456}}}, f)
+            f.flush()
+            c = parse("iperf", f.name, instructions=(3 * 268435456 + 5, 5))
+        self.assertAlmostEqual(c["instr_per_gb"], 3e9)
+
     def test_no_output_is_a_problem(self):
         with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
             f.write("connect: Connection refused\n")
@@ -137,6 +161,43 @@ class ReportTest(unittest.TestCase):
         self.assertTrue(t["lat_p99_ms"]["met"])    # 0.5 <= 0.5
         share = (1 / 1102 - 1 / 1200) / (1 / 700 - 1 / 1200)
         self.assertAlmostEqual(t["overhead over direct"]["ratio"], share)
+
+    def test_icount_cells_are_judged_by_instructions(self):
+        rep = load_report()
+        cells = []
+        for r in (1, 2):
+            for mode, instr in (("direct", 200e3), ("kube-proxy-ipvs", 300e3), ("ipvs-bpf", 240e3)):
+                cells.append({"round": r, "mode": mode, "path": "nodeport", "workload": "short",
+                              "rps": 500, "instr_per_req": instr, "problems": []})
+        summary = rep.summarize(cells)
+        self.assertEqual(rep.headline(summary, "short")[0], "instr_per_req")
+        t = {x["metric"]: x for x in rep.targets(summary, "kube-proxy-ipvs")}
+        self.assertAlmostEqual(t["instr_per_req"]["ratio"], 0.8)
+        self.assertFalse(t["instr_per_req"]["met"])
+        # the Service's own cost: 40k over direct against 100k
+        self.assertAlmostEqual(t["overhead over direct"]["ratio"], 0.4)
+        self.assertEqual(rep.fmt(240e3, "instr_per_req"), "240k")
+        # without instructions, throughput
+        self.assertEqual(rep.headline(rep.summarize(self.cells()), "short")[0], "rps")
+
+    def test_scale_axis(self):
+        rep = load_report()
+        cells = []
+        for others in (0, 1000, 10000):
+            for mode, instr in (("direct", 200e3), ("ipvs", 300e3 + others), ("ipvs-bpf", 250e3)):
+                cells.append({"round": 1, "mode": mode, "path": "nodeport", "workload": "short",
+                              "others": others, "rps": 100, "instr_per_req": instr,
+                              "problems": []})
+        summary = rep.summarize(cells)
+        self.assertIn(("nodeport+10000", "short", "ipvs"), summary)
+        axis = rep.scale_axis(summary)
+        self.assertEqual(axis[("nodeport", "short")]["ipvs"], {0: 300e3, 1000: 301e3, 10000: 310e3})
+        text = rep.scale_table(axis, summary, ["direct", "ipvs", "ipvs-bpf"])
+        self.assertIn("| ipvs | 300k | 301k | 310k | 1.03 |", text)
+        # the targets are judged without other Services
+        t = {x["metric"]: x for x in rep.targets(summary, "ipvs")}
+        self.assertAlmostEqual(t["instr_per_req"]["ratio"], 250 / 300)
+        self.assertEqual(rep.scale_axis(rep.summarize(self.cells())), {})
 
     def test_writes_table_json_and_chart(self):
         rep = load_report()
