@@ -99,10 +99,9 @@ bench-quick: setup kernel-modules proxy
 	testbed/bench --quick
 
 ## bench-profile: where the guest's CPU goes on the benchmark's paths, ipvs against ipvs-bpf
-## (perf, cpu-clock sampling, call graphs) -> build/vm/<run>/profile-*.txt; with ICOUNT=1,
-## under -icount on one vCPU, where the shares are of instructions
+## (perf, cpu-clock sampling, call graphs) -> build/vm/<run>/profile-*.txt
 bench-profile: setup kernel-modules proxy
-	testbed/vm-run --timeout 1200 $(if $(ICOUNT),--icount --cpus 1 --suite-timeout 20000) bench-profile
+	testbed/vm-run --timeout 1200 bench-profile
 
 ## bench-snat: the SNAT programs' micro-benchmark (root; ns/packet by path, program size)
 bench-snat:

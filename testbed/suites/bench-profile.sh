@@ -8,9 +8,7 @@
 # callers of the top ones. Client, node and backend share one kernel, so
 # the profile is the whole guest's; what differs between the modes is the
 # node's. Shares are of the busy samples: the idle loop is left out (the
-# header says how much of the time it held). Under vm-run --icount --cpus 1
-# (`make bench-profile ICOUNT=1`) cpu-clock ticks in instructions, so the
-# shares are of instructions executed. Reports:
+# header says how much of the time it held). Reports:
 # $IPVSBPF_RESULTS/profile-<mode>-<path>.txt.
 . "$(dirname "$0")/lib.sh"
 need ab perf
