@@ -49,7 +49,7 @@ for m in ipvs ipvs-bpf; do
 		{
 			echo "# $m $path: $(grep -E '^Complete requests' "$OUT/ab-$m-$path.txt")"
 			echo "# share of the busy samples (the idle loop, ${idle:-0}% of all, left out)"
-			awk -v idle="${idle:-0}" '$NF != "pv_native_safe_halt" {
+			awk -v idle="${idle:-0}" 'idle < 100 && $NF != "pv_native_safe_halt" {
 				p = $1; sub("%", "", p); r = p * 100 / (100 - idle)
 				$1 = ""
 				if (r >= 0.3) printf "%7.2f%% %s\n", r, $0

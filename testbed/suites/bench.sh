@@ -46,8 +46,10 @@
 # the proxies are frozen (cgroup v2 freezer: only the kernel's data path,
 # the client and the backend run), then waits BENCH_DRAIN (200) seconds so
 # that the sessions' expiry (IPVS, conntrack, the session map) falls in
-# the window too. A window of the same length with no traffic, measured
-# once per mode and round (the lesser of two), is subtracted.
+# the window too. Each cell runs that window twice, first with the least
+# the tool sends (one request per connection, 1 MiB), and counts the
+# difference per extra unit: the tool's start, its first connections and
+# the background cancel out.
 #
 # The run fails (after measuring everything) when a cell lost connections
 # or requests, when a mode did not serve a path before its cells, or when
@@ -56,6 +58,41 @@
 need ab wrk iperf3 nginx ipvsadm nstat tc iptables-save nft python3
 MODE=ipvs-bpf
 . "$(dirname "$0")/proxy-lib.bash"
+
+# freeze / thaw: stop and resume, with the cgroup v2 freezer, the control
+# plane and the proxy of the current mode with all their descendants
+# (kube-proxy runs iptables-restore and ipset), so that a counted window
+# holds only the data path: the kernel, the client and the backend.
+# Children forked while frozen are born in the cgroup; those already
+# running are moved with their parents.
+CG=/sys/fs/cgroup/ipvsbpf-bench
+# descendants PID...: the PIDs and all their descendants' PIDs.
+descendants() {
+	local p
+	for p in "$@"; do
+		echo "$p"
+		descendants $(pgrep -P "$p")
+	done
+}
+freeze() {
+	local p i
+	mkdir -p "$CG" || fail "cgroup $CG"
+	for p in $(descendants $(cat "${K8S:-/nonexistent}"/run/*.pid 2>/dev/null) ${PID:-} ${KPID:-}); do
+		# a process that has just exited cannot be moved, and needs not be
+		echo "$p" >"$CG/cgroup.procs" 2>/dev/null ||
+			! kill -0 "$p" 2>/dev/null || fail "could not move process $p into $CG"
+	done
+	echo 1 >"$CG/cgroup.freeze"
+	for i in $(seq 1 100); do
+		grep -qx 'frozen 1' "$CG/cgroup.events" && return 0
+		sleep 0.1
+	done
+	fail "the processes of $MODE did not freeze"
+}
+thaw() {
+	[ -f "$CG/cgroup.freeze" ] && echo 0 >"$CG/cgroup.freeze"
+	return 0
+}
 
 MODES=${BENCH_MODES:-direct ipvs ipvs-bpf}
 K8S_MODES=$(tr ' ' '\n' <<<"$MODES" | grep '^kube-proxy-' | xargs)
@@ -114,45 +151,26 @@ cpu_jiffies() {
 	awk '$1 == "cpu" { print $2 + $3 + $4 + $6 + $7 + $8 + $9, $8 }' /proc/stat
 }
 
-# busy_ns: sets BUSY to the guest's busy nanoseconds since boot:
-# CLOCK_REALTIME less the idle and iowait time of /proc/timer_list (in
-# ns, unlike /proc/stat's ticks). Bash builtins only, so that a reading
-# costs the same instructions every time. Under -icount with one vCPU,
-# busy nanoseconds are instructions.
+# busy_ns: sets BUSY to the guest's busy nanoseconds since boot: the
+# monotonic clock ("now at") less the idle and iowait times, all three in
+# ns from one read of /proc/timer_list (unlike /proc/stat's ticks). Bash
+# builtins only, so that a reading costs the same instructions every
+# time. Under -icount with one vCPU, busy nanoseconds are instructions.
 busy_ns() {
-	local t=${EPOCHREALTIME/./} idle=0 line v
+	local now= idle=0 seen=0 line v
 	while read -r line; do
 		case $line in
+		"now at "*)
+			v=${line#now at }
+			now=${v% nsecs} ;;
 		.idle_sleeptime* | .iowait_sleeptime*)
 			v=${line#*:}
-			idle=$((idle + ${v% nsecs})) ;;
+			idle=$((idle + ${v% nsecs}))
+			seen=$((seen + 1)) ;;
 		esac
 	done </proc/timer_list
-	BUSY=$((t * 1000 - idle))
-}
-
-# freeze / thaw: stop and resume, with the cgroup v2 freezer, the control
-# plane and the proxy of the current mode, children included (kube-proxy
-# runs iptables-restore and ipset), so that an icount window holds only
-# the data path: the kernel, the client and the backend.
-CG=/sys/fs/cgroup/ipvsbpf-bench
-freeze() {
-	local p
-	mkdir -p "$CG" || fail "cgroup $CG"
-	for p in $(cat "${K8S:-/nonexistent}"/run/*.pid 2>/dev/null) ${PID:-} ${KPID:-}; do
-		echo "$p" >"$CG/cgroup.procs" 2>/dev/null
-	done
-	echo 1 >"$CG/cgroup.freeze"
-	local i
-	for i in $(seq 1 100); do
-		grep -qx 'frozen 1' "$CG/cgroup.events" && return 0
-		sleep 0.1
-	done
-	fail "the processes of $MODE did not freeze"
-}
-thaw() {
-	[ -f "$CG/cgroup.freeze" ] && echo 0 >"$CG/cgroup.freeze"
-	return 0
+	[ -n "$now" ] && [ "$seen" -gt 0 ] || fail "/proc/timer_list: no clock or idle times"
+	BUSY=$((now - idle))
 }
 
 # sessions ADDR: the node's IPVS connections and conntrack entries toward
@@ -172,30 +190,23 @@ drained() {
 	for i in $(seq 1 60); do
 		n=$(sessions "$1")
 		[ "$n" = 0 ] && break
-		sleep 10
+		[ "$i" = 60 ] || sleep 10
 	done
 	echo "$n"
 }
 
-# baseline_window: BASE, the busy nanoseconds of a window like a cell's
-# with no traffic, after the node's sessions have drained: the lesser of
-# two in a row. Background work only ever adds, and one-off work after a
-# mode starts (IPVS's estimator calibrates itself when its first service
-# appears) must not be taken for the background of every cell.
-baseline_window() {
-	local a left w i
+# warm_up: a window without traffic after a mode starts, reported as
+# the mode's background (instructions per DRAIN seconds): one-off work
+# after a start (IPVS's estimator calibrates itself when its first
+# service appears) falls in it rather than in the first cell.
+warm_up() {
+	local a left
 	freeze
 	left=$(drained "$(target nodeport "$MODE" short | cut -d' ' -f2)")
-	BASE=
-	for i in 1 2; do
-		busy_ns; a=$BUSY
-		topo_exec client true
-		sleep "$DRAIN"
-		busy_ns; w=$((BUSY - a))
-		[ -z "$BASE" ] || [ "$w" -lt "$BASE" ] && BASE=$w
-		echo -n "      $MODE: window without traffic $((w / 1000000)) M instructions in ${DRAIN} s"
-		echo " (${left} sessions before it)"
-	done
+	busy_ns; a=$BUSY
+	sleep "$DRAIN"
+	busy_ns
+	echo "      $MODE: $(((BUSY - a) / 1000000)) M instructions in ${DRAIN} s without traffic (${left} sessions before it)"
 	thaw
 }
 
@@ -222,37 +233,76 @@ others_manifests() {
 	[ -d "$d" ] || python3 "$TOP/testbed/proxy-bench-manifests.py" --services "$1" --endpoints 1 \
 		--first-vip 198.19.128.1 --out "$d" >/dev/null || fail "generating $1 other Services"
 	for f in "$d"/services-*.json "$d"/slices-*.json "$d"/change.yaml; do
+		[ -e "$f" ] || continue
 		cp "$f" "$MAN/others-${f##*/}" || fail "copying $f"
 	done
 }
 
+# min_units WORKLOAD: what the smaller counted window sends (requests, or
+# bytes for iperf3).
+min_units() {
+	case $1 in
+	short | ka) echo "$CONC" ;;
+	iperf) echo 1048576 ;;
+	esac
+}
+
+# counted_window FROM ADDR PORT WORKLOAD min|full OUT: sets WINDOW, the
+# busy nanoseconds (instructions) of sending min_units or the cell's
+# amount, then BENCH_DRAIN seconds in which the sessions expire; RC, the
+# tool's exit status. The processes are frozen by the caller.
+counted_window() {
+	local from=$1 addr=$2 port=$3 n w0
+	case $4:$5 in
+	short:min | ka:min) n=$CONC ;;
+	short:full) n=$REQUESTS ;;
+	ka:full) n=$((REQUESTS * 4)) ;;
+	iperf:min) n=1M ;;
+	iperf:full) n=$IPERF_BYTES ;;
+	esac
+	busy_ns; w0=$BUSY
+	case $4 in
+	short)
+		topo_exec "$from" timeout 600 ab -q -r -s 5 -c "$CONC" -n "$n" \
+			"http://$addr:$port/" >"$6" 2>&1 ;;
+	ka)
+		topo_exec "$from" timeout 600 ab -q -r -s 5 -k -c "$CONC" -n "$n" \
+			"http://$addr:$port/" >"$6" 2>&1 ;;
+	iperf)
+		topo_exec "$from" timeout 600 iperf3 -c "$addr" -p "$port" -n "$n" -J >"$6" 2>&1 ;;
+	esac
+	RC=$?
+	sleep "$DRAIN"
+	busy_ns
+	WINDOW=$((BUSY - w0))
+}
+
 # run_cell ROUND PATH WORKLOAD: one measurement; appends a JSON line.
 run_cell() {
-	local round=$1 path=$2 wl=$3 from addr port c0 c1 s0 s1 b0 b1 rc out w0 icount=()
+	local round=$1 path=$2 wl=$3 from addr port c0 c1 s0 s1 b0 b1 rc out wmin before icount=()
 	read -r from addr port <<<"$(target "$path" "$MODE" "$wl")"
 	out=$OUT/$round-$MODE-$path-$wl.txt
 	s0=$(syn_retrans "$from")
 	b0=$(bpf_counters)
 	if [ "$ICOUNT" = 1 ]; then
 		freeze
+		# what the thawed gap started (the counters' scrape, deferred
+		# frees) settles before the window opens
+		sleep 5
+		before=$(sessions "$addr")
+		# the same window twice: with the least the tool sends (one
+		# request per connection, 1 MiB), then with the cell's amount;
+		# the difference is what the extra units cost, without the
+		# tool's start, its first connections and the background
+		counted_window "$from" "$addr" "$port" "$wl" min "$out.min"
+		wmin=$WINDOW
+		[ "$RC" = 0 ] || problems+=("$MODE $path $wl: the smaller window's tool exited $RC")
 		c0=$(cpu_jiffies)
-		busy_ns; w0=$BUSY
-		case $wl in
-		short)
-			topo_exec "$from" timeout 600 ab -q -r -s 5 -c "$CONC" -n "$REQUESTS" \
-				"http://$addr:$port/" >"$out" 2>&1 ;;
-		ka)
-			topo_exec "$from" timeout 600 ab -q -r -s 5 -k -c "$CONC" -n "$((REQUESTS * 4))" \
-				"http://$addr:$port/" >"$out" 2>&1 ;;
-		iperf)
-			topo_exec "$from" timeout 600 iperf3 -c "$addr" -p "$port" -n "$IPERF_BYTES" \
-				-J >"$out" 2>&1 ;;
-		esac
-		rc=$?
-		sleep "$DRAIN"
-		busy_ns
+		counted_window "$from" "$addr" "$port" "$wl" full "$out"
+		rc=$RC
 		c1=$(cpu_jiffies)
-		icount=(--instructions "$((BUSY - w0))" "$BASE" --left "$(drained "$addr")")
+		icount=(--instructions "$WINDOW" "$wmin" --base-units "$(min_units "$wl")"
+			--before "$before" --left "$(drained "$addr")")
 		thaw
 	else
 		c0=$(cpu_jiffies)
@@ -455,7 +505,7 @@ for others in $OTHERS; do
 				poll serves "$path" || { problems+=("$m does not serve $path"); ok=0; }
 			done
 			if [ "$ok" = 1 ]; then
-				[ "$ICOUNT" = 1 ] && baseline_window
+				[ "$ICOUNT" = 1 ] && warm_up
 				for path in $PATHS; do
 					for wl in $WORKLOADS; do
 						run_cell "$round" "$path" "$wl"

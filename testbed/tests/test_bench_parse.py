@@ -36,7 +36,8 @@ def parse(workload, path, rc=0, **kw):
     if "syn" in kw:
         argv += ["--syn-retrans", "5", str(5 + kw["syn"])]
     if "instructions" in kw:
-        argv += ["--instructions", *map(str, kw["instructions"]), "--left", str(kw.get("left", 0))]
+        argv += ["--instructions", *map(str, kw["instructions"]), "--left", str(kw.get("left", 0)),
+                 "--before", str(kw.get("before", 0)), "--base-units", str(kw.get("base_units", 0))]
     # main() prints the cell: capture it
     out = tempfile.TemporaryFile(mode="w+")
     old = sys.stdout
@@ -112,6 +113,12 @@ class ParseTest(unittest.TestCase):
         self.assertEqual((c["instr_window"], c["instr_baseline"], c["sessions_left"]),
                          (479 * 250000 + 40000000, 40000000, 3))
         self.assertIn("250k instructions/req", c["summary"])
+        self.assertIn("sessions 0 before / 3 after the window", c["summary"])
+        # a few stragglers are noted; more than 1 % of the connections is a problem
+        self.assertEqual(c["problems"], [])
+        many = parse("short", data("bench-ab.txt"), instructions=(1, 0), left=5)
+        self.assertEqual(many["problems"],
+                         ["5 sessions outlived the window: their expiry is not counted"])
         # ab -k stands in for wrk in an icount cell (a fixed request count)
         k = parse("ka", data("bench-ab.txt"), instructions=(479 * 1000, 0))
         self.assertEqual(k["requests"], 479)
@@ -119,6 +126,12 @@ class ParseTest(unittest.TestCase):
         self.assertAlmostEqual(k["instr_per_req"], 1000)
         # no --instructions: no instruction figures
         self.assertNotIn("instr_per_req", parse("short", data("bench-ab.txt")))
+
+    def test_icount_per_extra_unit(self):
+        # the smaller window sent 8 requests: 479 - 8 extra ones
+        argv_c = parse("short", data("bench-ab.txt"), instructions=(471 * 200000 + 9, 9),
+                       base_units=8)
+        self.assertAlmostEqual(argv_c["instr_per_req"], 200000)
 
     def test_icount_iperf_per_gb(self):
         with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
@@ -198,6 +211,26 @@ class ReportTest(unittest.TestCase):
         t = {x["metric"]: x for x in rep.targets(summary, "ipvs")}
         self.assertAlmostEqual(t["instr_per_req"]["ratio"], 250 / 300)
         self.assertEqual(rep.scale_axis(rep.summarize(self.cells())), {})
+        # a counted run is judged by instructions alone
+        counted = {x["metric"] for x in rep.targets(summary, "ipvs", counted=True)}
+        self.assertEqual(counted, {"instr_per_req", "overhead over direct"})
+
+    def test_report_without_cells_at_zero_other_services(self):
+        rep = load_report()
+        with tempfile.TemporaryDirectory() as d:
+            raw = os.path.join(d, "bench.jsonl")
+            with open(raw, "w") as f:
+                for c in self.cells():
+                    f.write(json.dumps(dict(c, others=1000)) + "\n")
+            old, olderr = sys.stdout, sys.stderr
+            sys.stdout = sys.stderr = open(os.devnull, "w")
+            try:
+                rep.main([raw, "--out", os.path.join(d, "out")])
+            finally:
+                sys.stdout.close()
+                sys.stdout, sys.stderr = old, olderr
+            self.assertFalse(os.path.exists(os.path.join(d, "out", "chart.png")))
+            self.assertTrue(os.path.exists(os.path.join(d, "out", "table.md")))
 
     def test_writes_table_json_and_chart(self):
         rep = load_report()
