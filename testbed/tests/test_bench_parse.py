@@ -215,38 +215,31 @@ class ReportTest(unittest.TestCase):
         counted = {x["metric"] for x in rep.targets(summary, "ipvs", counted=True)}
         self.assertEqual(counted, {"instr_per_req", "overhead over direct"})
 
+    def report(self, d, cells):
+        """bench-report over CELLS in directory D, quietly; returns its out dir."""
+        raw = os.path.join(d, "bench.jsonl")
+        with open(raw, "w") as f:
+            for c in cells:
+                f.write(json.dumps(c) + "\n")
+        out = os.path.join(d, "out")
+        old, olderr = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+        try:
+            load_report().main([raw, "--out", out])
+        finally:
+            sys.stdout.close()
+            sys.stdout, sys.stderr = old, olderr
+        return out
+
     def test_report_without_cells_at_zero_other_services(self):
-        rep = load_report()
         with tempfile.TemporaryDirectory() as d:
-            raw = os.path.join(d, "bench.jsonl")
-            with open(raw, "w") as f:
-                for c in self.cells():
-                    f.write(json.dumps(dict(c, others=1000)) + "\n")
-            old, olderr = sys.stdout, sys.stderr
-            sys.stdout = sys.stderr = open(os.devnull, "w")
-            try:
-                rep.main([raw, "--out", os.path.join(d, "out")])
-            finally:
-                sys.stdout.close()
-                sys.stdout, sys.stderr = old, olderr
+            self.report(d, [dict(c, others=1000) for c in self.cells()])
             self.assertFalse(os.path.exists(os.path.join(d, "out", "chart.png")))
             self.assertTrue(os.path.exists(os.path.join(d, "out", "table.md")))
 
     def test_writes_table_json_and_chart(self):
-        rep = load_report()
         with tempfile.TemporaryDirectory() as d:
-            raw = os.path.join(d, "bench.jsonl")
-            with open(raw, "w") as f:
-                for c in self.cells():
-                    f.write(json.dumps(c) + "\n")
-            out = os.path.join(d, "out")
-            old = sys.stdout
-            sys.stdout = open(os.devnull, "w")
-            try:
-                rep.main([raw, "--out", out])
-            finally:
-                sys.stdout.close()
-                sys.stdout = old
+            out = self.report(d, self.cells())
             table = open(os.path.join(out, "table.md")).read()
             self.assertIn("| short connections, req/s | 1200 | 700 | 1102 (1101–1103) | 1.57 |",
                           table)
