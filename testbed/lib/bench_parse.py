@@ -133,10 +133,9 @@ def cell(args, text):
     elif args.workload == "iperf" and c.get("bytes"):
         c["cpu_s_per_gb"] = c["cpu_busy_s"] * 1e9 / c["bytes"]
     if args.instructions:
-        # busy ns under -icount shift 0 = instructions; less a window of
-        # the same length without traffic
-        # window of the cell less the window of base_units (the same
-        # tool's least), per extra unit
+        # busy ns under -icount shift 0 = instructions: the cell's window
+        # less the same window sending base_units (the tool's least), per
+        # extra unit
         window, base = args.instructions
         c["instr_window"], c["instr_baseline"] = window, base
         c["instr_base_units"] = args.base_units

@@ -96,14 +96,14 @@ thaw() {
 
 MODES=${BENCH_MODES:-direct ipvs ipvs-bpf}
 K8S_MODES=$(tr ' ' '\n' <<<"$MODES" | grep '^kube-proxy-' | xargs)
+on_exit=cleanup
 if [ -n "$K8S_MODES" ]; then
 	need openssl
 	. "$(dirname "$0")/k8s-lib.bash"
-	# thaw first: a frozen process would not die of k8s_down's SIGTERM
-	trap 'rc=$?; thaw; rmdir "$CG" 2>/dev/null; (exit $rc); k8s_exit' EXIT
-else
-	trap 'rc=$?; thaw; rmdir "$CG" 2>/dev/null; (exit $rc); cleanup' EXIT
+	on_exit=k8s_exit
 fi
+# thaw first: a frozen process would not die of k8s_down's SIGTERM
+trap 'rc=$?; thaw; rmdir "$CG" 2>/dev/null; (exit $rc); $on_exit' EXIT
 ROUNDS=${BENCH_ROUNDS:-5}
 SECS=${BENCH_SECONDS:-6}
 PATHS=${BENCH_PATHS:-nodeport clusterip}
@@ -238,39 +238,28 @@ others_manifests() {
 	done
 }
 
-# min_units WORKLOAD: what the smaller counted window sends (requests, or
-# bytes for iperf3).
-min_units() {
-	case $1 in
-	short | ka) echo "$CONC" ;;
-	iperf) echo 1048576 ;;
+# amount WORKLOAD min|full: what a counted window sends: requests, or
+# bytes for iperf3 (a number, or one with iperf3's K/M/G suffix). The
+# smaller window sends the least the tool can: one request per
+# connection, 1 MiB.
+amount() {
+	case $1:$2 in
+	short:min | ka:min) echo "$CONC" ;;
+	short:full) echo "$REQUESTS" ;;
+	ka:full) echo "$((REQUESTS * 4))" ;;
+	iperf:min) echo 1048576 ;;
+	iperf:full) echo "$IPERF_BYTES" ;;
 	esac
 }
 
 # counted_window FROM ADDR PORT WORKLOAD min|full OUT: sets WINDOW, the
-# busy nanoseconds (instructions) of sending min_units or the cell's
-# amount, then BENCH_DRAIN seconds in which the sessions expire; RC, the
-# tool's exit status. The processes are frozen by the caller.
+# busy nanoseconds (instructions) of sending that amount, then
+# BENCH_DRAIN seconds in which the sessions expire; RC, the tool's exit
+# status. The processes are frozen by the caller.
 counted_window() {
-	local from=$1 addr=$2 port=$3 n w0
-	case $4:$5 in
-	short:min | ka:min) n=$CONC ;;
-	short:full) n=$REQUESTS ;;
-	ka:full) n=$((REQUESTS * 4)) ;;
-	iperf:min) n=1M ;;
-	iperf:full) n=$IPERF_BYTES ;;
-	esac
+	local w0
 	busy_ns; w0=$BUSY
-	case $4 in
-	short)
-		topo_exec "$from" timeout 600 ab -q -r -s 5 -c "$CONC" -n "$n" \
-			"http://$addr:$port/" >"$6" 2>&1 ;;
-	ka)
-		topo_exec "$from" timeout 600 ab -q -r -s 5 -k -c "$CONC" -n "$n" \
-			"http://$addr:$port/" >"$6" 2>&1 ;;
-	iperf)
-		topo_exec "$from" timeout 600 iperf3 -c "$addr" -p "$port" -n "$n" -J >"$6" 2>&1 ;;
-	esac
+	send "$1" "$2" "$3" "$4" "$6" "$(amount "$4" "$5")"
 	RC=$?
 	sleep "$DRAIN"
 	busy_ns
@@ -301,12 +290,12 @@ run_cell() {
 		counted_window "$from" "$addr" "$port" "$wl" full "$out"
 		rc=$RC
 		c1=$(cpu_jiffies)
-		icount=(--instructions "$WINDOW" "$wmin" --base-units "$(min_units "$wl")"
+		icount=(--instructions "$WINDOW" "$wmin" --base-units "$(amount "$wl" min)"
 			--before "$before" --left "$(drained "$addr")")
 		thaw
 	else
 		c0=$(cpu_jiffies)
-		run_timed "$from" "$addr" "$port" "$wl" "$out"
+		send "$from" "$addr" "$port" "$wl" "$out"
 		rc=$?
 		c1=$(cpu_jiffies)
 	fi
@@ -325,22 +314,32 @@ for p in c["problems"]:
 sys.exit(1 if c["problems"] else 0)' || problems+=("$MODE $path $wl (round $round): see above")
 }
 
-# run_timed FROM ADDR PORT WORKLOAD OUT: a cell of $SECS seconds.
-run_timed() {
-	local from=$1 addr=$2 port=$3
+# send FROM ADDR PORT WORKLOAD OUT [AMOUNT]: the workload's tool from FROM
+# for $SECS seconds, or, in a counted cell, for AMOUNT (requests; bytes
+# for iperf3). Keep-alive is wrk when timed and ab -k when counted: wrk
+# cannot stop after a number of requests.
+send() {
+	local from=$1 addr=$2 port=$3 out=$5 n=${6:-} limit=$((SECS + 20))
+	[ -z "$n" ] || limit=600
 	case $4 in
 	short)
 		# -r: go on after a receive error (counted); -s: a connection
-		# that waits 5 s fails. -n bounds -t's run and sizes ab's
+		# that waits 5 s fails. Timed, -n bounds -t's run and sizes ab's
 		# per-request table (~32 bytes each).
-		topo_exec "$from" timeout $((SECS + 20)) ab -q -r -s 5 -c "$CONC" -t "$SECS" \
-			-n 500000 "http://$addr:$port/" >"$5" 2>&1 ;;
+		if [ -n "$n" ]; then set -- -n "$n"; else set -- -t "$SECS" -n 500000; fi
+		topo_exec "$from" timeout "$limit" ab -q -r -s 5 -c "$CONC" "$@" \
+			"http://$addr:$port/" >"$out" 2>&1 ;;
 	ka)
-		topo_exec "$from" timeout $((SECS + 20)) wrk -t 1 -c "$CONC" -d "${SECS}s" \
-			--timeout 5s --latency "http://$addr:$port/" >"$5" 2>&1 ;;
+		if [ -n "$n" ]; then
+			topo_exec "$from" timeout "$limit" ab -q -r -s 5 -k -c "$CONC" -n "$n" \
+				"http://$addr:$port/" >"$out" 2>&1
+		else
+			topo_exec "$from" timeout "$limit" wrk -t 1 -c "$CONC" -d "${SECS}s" \
+				--timeout 5s --latency "http://$addr:$port/" >"$out" 2>&1
+		fi ;;
 	iperf)
-		topo_exec "$from" timeout $((SECS + 20)) iperf3 -c "$addr" -p "$port" -t "$SECS" \
-			-J >"$5" 2>&1 ;;
+		if [ -n "$n" ]; then set -- -n "$n"; else set -- -t "$SECS"; fi
+		topo_exec "$from" timeout "$limit" iperf3 -c "$addr" -p "$port" "$@" -J >"$out" 2>&1 ;;
 	esac
 }
 
