@@ -456,9 +456,17 @@ rm -f "$MAN"/*.yaml
 cp "$TOP"/testbed/manifests/bench/*.yaml "$MAN/"
 topo_exec pod2a iperf3 -s -D -p 5201 --pidfile /tmp/ipvsbpf-bench-iperf3.pid ||
 	fail "iperf3 server in pod2a"
-# direct mode: client reaches pods through node, as it would over a
-# routed pod network
+# direct mode: client reaches pods through node both ways, as a NodePort
+# connection does, so that the floor differs from the Services only by
+# the Service. Node forwards the request out of the interface it came in
+# by, and would send client an ICMP redirect that moves the flow off node
+# (client to node2 directly); node2 would answer client on the LAN.
+# Neither happens: no redirects, and node2 routes client via node (only
+# direct mode's replies go to client: every Service path SNATs).
 topo_exec client ip route add "$TOPO_CLUSTER4_CIDR" via "$NODE"
+topo_sysctl node net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redirects=0
+topo_sysctl client net.ipv4.conf.all.accept_redirects=0 net.ipv4.conf.eth0.accept_redirects=0
+topo_exec node2 ip route add "$(topo_ip client 4)/32" via "$NODE"
 sysctl_save
 if [ -n "$K8S_MODES" ]; then
 	k8s_up
