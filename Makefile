@@ -98,10 +98,10 @@ bench-scale: setup kernel-modules proxy
 bench-quick: setup kernel-modules proxy
 	testbed/bench --quick
 
-## bench-profile: where the guest's CPU goes on the benchmark's paths, ipvs against ipvs-bpf
-## (perf, cpu-clock sampling, call graphs) -> build/vm/<run>/profile-*.txt
+## bench-profile: where the instructions go: counted cells of direct, ipvs and ipvs-bpf
+## with perf sampling every 20,000 instructions, by symbol -> build/bench/<run>/profile.md
 bench-profile: setup kernel-modules proxy
-	testbed/vm-run --timeout 1200 bench-profile
+	testbed/bench --profile 20000 --modes "direct ipvs ipvs-bpf" --workloads "short ka" --rounds 1
 
 ## bench-snat: the SNAT programs' micro-benchmark (root; ns/packet by path, program size)
 bench-snat:

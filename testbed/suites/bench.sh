@@ -51,6 +51,16 @@
 # difference per extra unit: the tool's start, its first connections and
 # the background cancel out.
 #
+# Where the instructions go (BENCH_PROFILE=PERIOD, counted runs only;
+# `make bench-profile`): the full window's tool runs under perf, which
+# samples the guest's one CPU every PERIOD ns of its clock (cpu-clock:
+# there is no PMU under TCG), i.e. every PERIOD instructions. A symbol's
+# samples times PERIOD over the units sent is its cost per unit:
+# $IPVSBPF_RESULTS/profile-<mode>-<path>-<workload>-<round>.txt, laid
+# side by side by testbed/lib/bench_profile.py. perf's start and end fall
+# inside that window, so a profiled cell's count is a diagnostic, not the
+# benchmark's figure.
+#
 # The run fails (after measuring everything) when a cell lost connections
 # or requests, when a mode did not serve a path before its cells, or when
 # a mode left the node unclean after its own cleanup.
@@ -114,6 +124,8 @@ OTHERS=${BENCH_OTHERS:-0}
 REQUESTS=${BENCH_REQUESTS:-3000}
 IPERF_BYTES=${BENCH_IPERF_BYTES:-512M}
 DRAIN=${BENCH_DRAIN:-200}
+PROFILE=${BENCH_PROFILE:-}
+WRAP=()
 if [ "$ICOUNT" = 1 ]; then
 	[ -f /sys/fs/cgroup/cgroup.controllers ] || mount -t cgroup2 cgroup2 /sys/fs/cgroup ||
 		fail "cannot mount cgroup v2 on /sys/fs/cgroup (the freezer)"
@@ -125,6 +137,14 @@ if [ "$ICOUNT" = 1 ]; then
 	echo never >/sys/kernel/mm/transparent_hugepage/enabled
 	echo never >/sys/kernel/mm/transparent_hugepage/defrag
 	sysctl -qw vm.compaction_proactiveness=0
+fi
+if [ -n "$PROFILE" ]; then
+	[ "$ICOUNT" = 1 ] || fail "BENCH_PROFILE samples instructions: it needs a counted run (IPVSBPF_ICOUNT=1)"
+	need perf
+	# perf resolves kernel symbols from /proc/kallsyms, which shows
+	# addresses only with kptr_restrict 0, and the JITed tc programs
+	# only with bpf_jit_kallsyms (the guest is thrown away)
+	sysctl -qw kernel.kptr_restrict=0 net.core.bpf_jit_kallsyms=1
 fi
 # The proxy's own default SNAT range: what an operator gets.
 PORTS=61000-65000
@@ -255,15 +275,40 @@ amount() {
 # counted_window FROM ADDR PORT WORKLOAD min|full OUT: sets WINDOW, the
 # busy nanoseconds (instructions) of sending that amount, then
 # BENCH_DRAIN seconds in which the sessions expire; RC, the tool's exit
-# status. The processes are frozen by the caller.
+# status. The processes are frozen by the caller (run_cell, whose round
+# and path name a profile).
 counted_window() {
-	local w0
+	local w0 wrap=()
+	# perf runs the tool itself, and samples from its start to its
+	# exit (stopped from outside, perf kept next to no sample). No
+	# build-id pass at the end: it reads every binary over 9p.
+	[ -n "$PROFILE" ] && [ "$5" = full ] &&
+		wrap=(perf record -q -a -B -N -e cpu-clock -c "$PROFILE" -o "$6.perf" --)
 	busy_ns; w0=$BUSY
+	WRAP=("${wrap[@]}")
 	send "$1" "$2" "$3" "$4" "$6" "$(amount "$4" "$5")"
 	RC=$?
+	WRAP=()
+	if [ "${#wrap[@]}" -gt 0 ]; then
+		if [ -s "$6.perf" ]; then
+			profile_report "$6.perf" "$(amount "$4" "$5")" \
+				>"${IPVSBPF_RESULTS:-/tmp}/profile-$MODE-$path-$4-$round.txt"
+		else
+			problems+=("$MODE $path $4: perf record wrote nothing")
+		fi
+		rm -f "$6.perf"
+	fi
 	sleep "$DRAIN"
 	busy_ns
 	WINDOW=$((BUSY - w0))
+}
+
+# profile_report DATA UNITS: perf's samples by symbol, with the units the
+# sampled traffic sent.
+profile_report() {
+	echo "# units=$2 period=$PROFILE"
+	perf report -i "$1" --kallsyms=/proc/kallsyms --stdio --no-children -n \
+		--sort dso,sym --percent-limit 0 2>/dev/null | grep -vE '^#|^$'
 }
 
 # run_cell ROUND PATH WORKLOAD: one measurement; appends a JSON line.
@@ -316,7 +361,7 @@ sys.exit(1 if c["problems"] else 0)' || problems+=("$MODE $path $wl (round $roun
 
 # send FROM ADDR PORT WORKLOAD OUT [AMOUNT]: the workload's tool from FROM
 # for $SECS seconds, or, in a counted cell, for AMOUNT (requests; bytes
-# for iperf3). Keep-alive is wrk when timed and ab -k when counted: wrk
+# for iperf3), run by the command in WRAP if any (perf). Keep-alive is wrk when timed and ab -k when counted: wrk
 # cannot stop after a number of requests.
 send() {
 	local from=$1 addr=$2 port=$3 out=$5 n=${6:-} limit=$((SECS + 20))
@@ -327,19 +372,19 @@ send() {
 		# that waits 5 s fails. Timed, -n bounds -t's run and sizes ab's
 		# per-request table (~32 bytes each).
 		if [ -n "$n" ]; then set -- -n "$n"; else set -- -t "$SECS" -n 500000; fi
-		topo_exec "$from" timeout "$limit" ab -q -r -s 5 -c "$CONC" "$@" \
+		"${WRAP[@]}" ip netns exec "$from" timeout "$limit" ab -q -r -s 5 -c "$CONC" "$@" \
 			"http://$addr:$port/" >"$out" 2>&1 ;;
 	ka)
 		if [ -n "$n" ]; then
-			topo_exec "$from" timeout "$limit" ab -q -r -s 5 -k -c "$CONC" -n "$n" \
+			"${WRAP[@]}" ip netns exec "$from" timeout "$limit" ab -q -r -s 5 -k -c "$CONC" -n "$n" \
 				"http://$addr:$port/" >"$out" 2>&1
 		else
-			topo_exec "$from" timeout "$limit" wrk -t 1 -c "$CONC" -d "${SECS}s" \
+			"${WRAP[@]}" ip netns exec "$from" timeout "$limit" wrk -t 1 -c "$CONC" -d "${SECS}s" \
 				--timeout 5s --latency "http://$addr:$port/" >"$out" 2>&1
 		fi ;;
 	iperf)
 		if [ -n "$n" ]; then set -- -n "$n"; else set -- -t "$SECS"; fi
-		topo_exec "$from" timeout "$limit" iperf3 -c "$addr" -p "$port" "$@" -J >"$out" 2>&1 ;;
+		"${WRAP[@]}" ip netns exec "$from" timeout "$limit" iperf3 -c "$addr" -p "$port" "$@" -J >"$out" 2>&1 ;;
 	esac
 }
 
