@@ -214,31 +214,51 @@ impl Ruleset {
                 "\tset {set} {{\n\t\ttype {addr_type}\n\t\telements = {{ {} }}\n\t}}",
                 ips.join(", ")
             );
-            // TCP gets a reset, not kube-proxy's ICMP error: a client's
-            // own SYN often crosses this hook inside its connect() (veth,
-            // loopback), and TCP drops an ICMPv6 error that meets its
-            // socket locked (LockDroppedIcmps), so an IPv6 client would
-            // wait for its SYN retransmission; a reset waits in the
-            // socket's backlog instead.
-            vip_rules.push(format!(
-                "meta l4proto tcp {ip} daddr @{set} counter reject with tcp reset"
-            ));
-            vip_rules.push(format!("{ip} daddr @{set} counter reject"));
+            vip_rules.push(format!("{ip} daddr @{set} counter goto vip-reject"));
         }
+        // Every packet the node forwards or sends crosses these chains,
+        // and most are Service traffic that IPVS has already taken:
+        // bpf_mode marks it untracked, and it leaves after one cheap
+        // test instead of a set lookup per family (about a sixth of
+        // ipvs-bpf's instructions per NodePort connection went to this
+        // table). A packet to a ClusterIP port without a virtual server
+        // is not IPVS's, so conntrack tracks it and it reaches the sets.
+        if !vip_rules.is_empty() {
+            vip_rules.insert(0, "ct state untracked accept".to_string());
+        }
+        // TCP gets a reset, not kube-proxy's ICMP error: a client's own
+        // SYN often crosses this hook inside its connect() (veth,
+        // loopback), and TCP drops an ICMPv6 error that meets its socket
+        // locked (LockDroppedIcmps), so an IPv6 client would wait for its
+        // SYN retransmission; a reset waits in the socket's backlog
+        // instead.
+        let reject = if vip_rules.is_empty() {
+            Vec::new()
+        } else {
+            vec![
+                "meta l4proto tcp reject with tcp reset".to_string(),
+                "reject".to_string(),
+            ]
+        };
         let chains = [
-            ("prerouting", "prerouting", PRIORITY, &rules),
-            ("output", "output", PRIORITY, &rules),
-            ("vip-forward", "forward", VIP_PRIORITY, &vip_rules),
-            ("vip-output", "output", VIP_PRIORITY, &vip_rules),
+            ("prerouting", Some(("prerouting", PRIORITY)), &rules),
+            ("output", Some(("output", PRIORITY)), &rules),
+            ("vip-forward", Some(("forward", VIP_PRIORITY)), &vip_rules),
+            ("vip-output", Some(("output", VIP_PRIORITY)), &vip_rules),
+            // reached only from the two above
+            ("vip-reject", None, &reject),
         ];
-        for (name, hook, priority, rules) in chains {
+        for (name, hook, rules) in chains {
             if rules.is_empty() {
                 continue;
             }
-            let _ = writeln!(
-                out,
-                "\tchain {name} {{\n\t\ttype filter hook {hook} priority {priority}; policy accept;"
-            );
+            let _ = writeln!(out, "\tchain {name} {{");
+            if let Some((hook, priority)) = hook {
+                let _ = writeln!(
+                    out,
+                    "\t\ttype filter hook {hook} priority {priority}; policy accept;"
+                );
+            }
             for r in rules {
                 let _ = writeln!(out, "\t\t{r}");
             }
@@ -502,17 +522,19 @@ table inet ipvsbpf-proxy {
 \t}
 \tchain vip-forward {
 \t\ttype filter hook forward priority 0; policy accept;
-\t\tmeta l4proto tcp ip daddr @cluster_ips4 counter reject with tcp reset
-\t\tip daddr @cluster_ips4 counter reject
-\t\tmeta l4proto tcp ip6 daddr @cluster_ips6 counter reject with tcp reset
-\t\tip6 daddr @cluster_ips6 counter reject
+\t\tct state untracked accept
+\t\tip daddr @cluster_ips4 counter goto vip-reject
+\t\tip6 daddr @cluster_ips6 counter goto vip-reject
 \t}
 \tchain vip-output {
 \t\ttype filter hook output priority 0; policy accept;
-\t\tmeta l4proto tcp ip daddr @cluster_ips4 counter reject with tcp reset
-\t\tip daddr @cluster_ips4 counter reject
-\t\tmeta l4proto tcp ip6 daddr @cluster_ips6 counter reject with tcp reset
-\t\tip6 daddr @cluster_ips6 counter reject
+\t\tct state untracked accept
+\t\tip daddr @cluster_ips4 counter goto vip-reject
+\t\tip6 daddr @cluster_ips6 counter goto vip-reject
+\t}
+\tchain vip-reject {
+\t\tmeta l4proto tcp reject with tcp reset
+\t\treject
 \t}
 }
 ";
