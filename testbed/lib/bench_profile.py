@@ -28,7 +28,8 @@ IDLE = {
     "intel_idle", "poll_idle",
 }
 JIT = re.compile(r"bpf_prog_[0-9a-f]{16}_(\w+)")
-NAME = re.compile(r"profile-(.+)-(nodeport|clusterip)-([a-z]+)-(\d+)\.txt$")
+NAME = re.compile(r"profile-(.+)-(nodeport|clusterip)-([a-z]+)-(\d+)-(\d+)\.txt$")
+SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 # What a symbol belongs to, first match wins: the parts a Service
@@ -46,7 +47,8 @@ GROUPS = [
     ("conntrack and NAT", re.compile(r"nf_conntrack_.*|__nf_conntrack_.*|nf_ct_.*|__nf_ct_.*|"
                                      r"nf_nat_.*|__nf_nat_.*|hash_conntrack.*|tcp_packet|"
                                      r"nf_confirm|ipv4_confirm|nf_checksum.*|masquerade_.*|"
-                                     r"nf_tcp_.*|tcp_in_window|get_unique_tuple|init_conntrack.*")),
+                                     r"nf_tcp_.*|tcp_in_window|get_unique_tuple|init_conntrack.*|"
+                                     r"ipv[46]_conntrack_.*")),
     ("nftables, iptables, ipset", re.compile(r"nft_.*|__nft_.*|nf_tables_.*|ipt_do_table|"
                                              r"ip6t_do_table|xt_.*|ip_set_.*|hash_ip.*|"
                                              r"nft_do_chain.*|set_match_.*|bitmap_.*")),
@@ -74,7 +76,7 @@ def parse(path):
         raise ProfileError(f"{path}: no '# units=' header")
     try:
         head = dict(kv.split("=", 1) for kv in lines[0][2:].split())
-        units, period = int(head["units"]), int(head["period"])
+        units, period = amount(head["units"]), int(head["period"])
     except (KeyError, ValueError) as e:
         raise ProfileError(f"{path}: bad header {lines[0]!r}") from e
     if units <= 0 or period <= 0:
@@ -109,19 +111,32 @@ def parse(path):
     return units, period, syms, idle
 
 
+def amount(text):
+    """Units as suite bench writes them: a count, or bytes with iperf3's
+    K/M/G/T suffix (binary)."""
+    m = re.fullmatch(r"(\d+)([KMGT]?)", text)
+    if not m:
+        raise ValueError(f"not an amount: {text!r}")
+    return int(m.group(1)) * SUFFIX[m.group(2)]
+
+
 def per_unit(units, period, syms):
     return {s: n * period / units for s, n in syms.items()}
 
 
 def load(directory):
-    """{(path, workload): {mode: (cost by symbol, busy samples, idle, total per unit)}}"""
+    """{(path, workload, others): {mode: (cost by symbol, busy samples, idle,
+    total per unit)}}; iperf3's unit is 10^9 bytes, as in the benchmark's table."""
     acc = collections.defaultdict(lambda: collections.defaultdict(list))
     for p in sorted(glob.glob(os.path.join(directory, "profile-*.txt"))):
         m = NAME.search(os.path.basename(p))
         if not m:
             continue
-        mode, path, wl, _ = m.groups()
-        acc[(path, wl)][mode].append(parse(p))
+        mode, path, wl, others, _ = m.groups()
+        units, period, syms, idle = parse(p)
+        if wl == "iperf":
+            units /= 1e9
+        acc[(path, wl, int(others))][mode].append((units, period, syms, idle))
     out = {}
     for cell, modes in acc.items():
         out[cell] = {}
@@ -154,9 +169,10 @@ def table(cell, modes, top):
         d = modes[lead][0].get(s, 0.0)
         return d - (modes[base][0].get(s, 0.0) if base else 0.0)
 
-    path, wl = cell
-    unit = {"short": "connection", "ka": "request", "iperf": "byte"}.get(wl, "unit")
-    lines = [f"### {path} {wl}: instructions per {unit}", ""]
+    path, wl, others = cell
+    unit = {"short": "connection", "ka": "request", "iperf": "GB"}.get(wl, "unit")
+    beside = f", {others} other Services" if others else ""
+    lines = [f"### {path} {wl}{beside}: instructions per {unit}", ""]
     lines.append("| | " + " | ".join(order) + (f" | {lead} − {base}" if base else "") + " |")
     lines.append("|---|" + "---:|" * (len(order) + (1 if base else 0)))
     row = ["**all (busy)**"] + [fmt(modes[m][3]) for m in order]

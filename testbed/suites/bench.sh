@@ -56,7 +56,7 @@
 # samples the guest's one CPU every PERIOD ns of its clock (cpu-clock:
 # there is no PMU under TCG), i.e. every PERIOD instructions. A symbol's
 # samples times PERIOD over the units sent is its cost per unit:
-# $IPVSBPF_RESULTS/profile-<mode>-<path>-<workload>-<round>.txt, laid
+# $IPVSBPF_RESULTS/profile-<mode>-<path>-<workload>-<others>-<round>.txt, laid
 # side by side by testbed/lib/bench_profile.py. perf's start and end fall
 # inside that window, so a profiled cell's count is a diagnostic, not the
 # benchmark's figure.
@@ -292,7 +292,7 @@ counted_window() {
 	if [ "${#wrap[@]}" -gt 0 ]; then
 		if [ -s "$6.perf" ]; then
 			profile_report "$6.perf" "$(amount "$4" "$5")" \
-				>"${IPVSBPF_RESULTS:-/tmp}/profile-$MODE-$path-$4-$round.txt"
+				>"${IPVSBPF_RESULTS:-/tmp}/profile-$MODE-$path-$4-$others-$round.txt"
 		else
 			problems+=("$MODE $path $4: perf record wrote nothing")
 		fi

@@ -30,8 +30,8 @@ BPF = """# units=3000 period=20000
 class Layout(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.TemporaryDirectory()
-        for name, text in (("profile-direct-nodeport-short-1.txt", DIRECT),
-                           ("profile-ipvs-bpf-nodeport-short-1.txt", BPF)):
+        for name, text in (("profile-direct-nodeport-short-0-1.txt", DIRECT),
+                           ("profile-ipvs-bpf-nodeport-short-0-1.txt", BPF)):
             with open(os.path.join(self.dir.name, name), "w", encoding="utf-8") as f:
                 f.write(text)
 
@@ -40,7 +40,7 @@ class Layout(unittest.TestCase):
 
     def test_idle_left_out_and_samples_scaled_by_the_period(self):
         units, period, syms, idle = bench_profile.parse(
-            os.path.join(self.dir.name, "profile-direct-nodeport-short-1.txt"))
+            os.path.join(self.dir.name, "profile-direct-nodeport-short-0-1.txt"))
         self.assertEqual((units, period, idle), (3000, 20000, 12000))
         cost = bench_profile.per_unit(units, period, syms)
         # 9000 samples of 20,000 instructions over 3000 connections
@@ -50,10 +50,10 @@ class Layout(unittest.TestCase):
 
     def test_modes_side_by_side_sorted_by_what_ipvs_bpf_adds(self):
         cells = bench_profile.load(self.dir.name)
-        self.assertEqual(set(cells), {("nodeport", "short")})
-        modes = cells[("nodeport", "short")]
+        self.assertEqual(set(cells), {("nodeport", "short", 0)})
+        modes = cells[("nodeport", "short", 0)]
         self.assertEqual(set(modes), {"direct", "ipvs-bpf"})
-        lines = bench_profile.table(("nodeport", "short"), modes, 10)
+        lines = bench_profile.table(("nodeport", "short", 0), modes, 10)
         rows = [ln for ln in lines if ln.startswith("| `")]
         # 20,000 / 3000 instructions per sample and connection: the
         # hash lookups add most (9000 - 3000 samples), then the program
@@ -74,13 +74,31 @@ class Layout(unittest.TestCase):
                            ("nf_hook_slow", "netfilter hooks"),
                            ("tcp_v4_rcv", bench_profile.OTHER)):
             self.assertEqual(bench_profile.group_of(sym), group, sym)
-        modes = bench_profile.load(self.dir.name)[("nodeport", "short")]
-        lines = bench_profile.table(("nodeport", "short"), modes, 10)
+        modes = bench_profile.load(self.dir.name)[("nodeport", "short", 0)]
+        lines = bench_profile.table(("nodeport", "short", 0), modes, 10)
         self.assertIn("| *tc programs (SNAT)* | 0 | 30.0k | 30.0k |", lines)
         self.assertIn("| *BPF hash maps (session map)* | 20.0k | 60.0k | 40.0k |", lines)
 
+    def test_iperf_bytes_with_a_suffix_per_gb_and_other_services_apart(self):
+        # suite bench writes iperf3's amount as it hands it to iperf3 -n
+        for name in ("profile-ipvs-bpf-nodeport-iperf-0-1.txt",
+                     "profile-ipvs-bpf-nodeport-iperf-1000-1.txt"):
+            with open(os.path.join(self.dir.name, name), "w", encoding="utf-8") as f:
+                f.write("# units=512M period=20000\n"
+                        "    100.00%          26844  [kernel.kallsyms]  [k] tcp_v4_rcv\n")
+        self.assertEqual(bench_profile.amount("512M"), 512 << 20)
+        with self.assertRaises(ValueError):
+            bench_profile.amount("1.5G")
+        cells = bench_profile.load(self.dir.name)
+        self.assertIn(("nodeport", "iperf", 1000), cells)
+        costs = cells[("nodeport", "iperf", 0)]["ipvs-bpf"][0]
+        # 26844 samples of 20,000 over 0.537 GB: 1.0G instructions per GB
+        self.assertAlmostEqual(costs["tcp_v4_rcv"] / 1e9, 26844 * 20000 / (512 << 20), places=6)
+        lines = bench_profile.table(("nodeport", "iperf", 1000), cells[("nodeport", "iperf", 1000)], 5)
+        self.assertEqual(lines[0], "### nodeport iperf, 1000 other Services: instructions per GB")
+
     def test_a_profile_without_its_header_is_an_error(self):
-        with open(os.path.join(self.dir.name, "profile-ipvs-clusterip-short-1.txt"), "w",
+        with open(os.path.join(self.dir.name, "profile-ipvs-clusterip-short-0-1.txt"), "w",
                   encoding="utf-8") as f:
             f.write("    100.00%   5  [kernel.kallsyms]  [k] tcp_v4_rcv\n")
         with self.assertRaises(bench_profile.ProfileError):
