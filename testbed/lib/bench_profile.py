@@ -153,6 +153,9 @@ def load(directory):
 
 
 def fmt(v):
+    for scale, suffix in ((1e9, "G"), (1e6, "M")):
+        if abs(v) >= scale:
+            return f"{v / scale:.2f}{suffix}"
     return f"{v / 1000:.1f}k" if abs(v) >= 100 else f"{v:.0f}"
 
 
@@ -165,9 +168,15 @@ def table(cell, modes, top):
     for m in order:
         syms |= set(modes[m][0])
 
-    def delta(s):
-        d = modes[lead][0].get(s, 0.0)
-        return d - (modes[base][0].get(s, 0.0) if base else 0.0)
+    def cost(m, s):
+        return modes[m][0].get(s, 0.0)
+
+    def row(label, value):
+        """One table row: value(mode) for each mode, and lead − base."""
+        cells = [fmt(value(m)) for m in order]
+        if base:
+            cells.append(fmt(value(lead) - value(base)))
+        return "| " + " | ".join([label] + cells) + " |"
 
     path, wl, others = cell
     unit = {"short": "connection", "ka": "request", "iperf": "GB"}.get(wl, "unit")
@@ -175,24 +184,17 @@ def table(cell, modes, top):
     lines = [f"### {path} {wl}{beside}: instructions per {unit}", ""]
     lines.append("| | " + " | ".join(order) + (f" | {lead} − {base}" if base else "") + " |")
     lines.append("|---|" + "---:|" * (len(order) + (1 if base else 0)))
-    row = ["**all (busy)**"] + [fmt(modes[m][3]) for m in order]
-    if base:
-        row.append(fmt(modes[lead][3] - modes[base][3]))
-    lines.append("| " + " | ".join(row) + " |")
+    lines.append(row("**all (busy)**", lambda m: modes[m][3]))
     groups = {m: collections.Counter() for m in order}
     for m in order:
         for s, c in modes[m][0].items():
             groups[m][group_of(s)] += c
     for g in [name for name, _ in GROUPS] + [OTHER]:
-        row = [f"*{g}*"] + [fmt(groups[m][g]) for m in order]
-        if base:
-            row.append(fmt(groups[lead][g] - groups[base][g]))
-        lines.append("| " + " | ".join(row) + " |")
-    for s in sorted(syms, key=lambda s: -abs(delta(s)))[:top]:
-        row = [f"`{s}`"] + [fmt(modes[m][0].get(s, 0.0)) for m in order]
-        if base:
-            row.append(fmt(delta(s)))
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append(row(f"*{g}*", lambda m, g=g: groups[m][g]))
+    apart = (lambda s: cost(lead, s) - cost(base, s)) if base else (lambda s: cost(lead, s))
+    # ties in name order: a set's order changes from run to run
+    for s in sorted(syms, key=lambda s: (-abs(apart(s)), s))[:top]:
+        lines.append(row(f"`{s}`", lambda m, s=s: cost(m, s)))
     lines.append("")
     lines.append("busy samples (idle left out): " + ", ".join(
         f"{m} {modes[m][1]} ({modes[m][2]} idle)" for m in order))
@@ -203,7 +205,8 @@ def table(cell, modes, top):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("directory")
-    ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--top", type=int, default=25,
+                    help="symbols shown per table, those that differ most (25)")
     a = ap.parse_args(argv)
     try:
         cells = load(a.directory)

@@ -278,20 +278,20 @@ amount() {
 # status. The processes are frozen by the caller (run_cell, whose round
 # and path name a profile).
 counted_window() {
-	local w0 wrap=()
+	local w0 n
+	n=$(amount "$4" "$5")
 	# perf runs the tool itself, and samples from its start to its
 	# exit (stopped from outside, perf kept next to no sample). No
 	# build-id pass at the end: it reads every binary over 9p.
 	[ -n "$PROFILE" ] && [ "$5" = full ] &&
-		wrap=(perf record -q -a -B -N -e cpu-clock -c "$PROFILE" -o "$6.perf" --)
+		WRAP=(perf record -q -a -B -N -e cpu-clock -c "$PROFILE" -o "$6.perf" --)
 	busy_ns; w0=$BUSY
-	WRAP=("${wrap[@]}")
-	send "$1" "$2" "$3" "$4" "$6" "$(amount "$4" "$5")"
+	send "$1" "$2" "$3" "$4" "$6" "$n"
 	RC=$?
-	WRAP=()
-	if [ "${#wrap[@]}" -gt 0 ]; then
+	if [ "${#WRAP[@]}" -gt 0 ]; then
+		WRAP=()
 		if [ -s "$6.perf" ]; then
-			profile_report "$6.perf" "$(amount "$4" "$5")" \
+			profile_report "$6.perf" "$n" \
 				>"${IPVSBPF_RESULTS:-/tmp}/profile-$MODE-$path-$4-$others-$round.txt"
 		else
 			problems+=("$MODE $path $4: perf record wrote nothing")
@@ -361,30 +361,30 @@ sys.exit(1 if c["problems"] else 0)' || problems+=("$MODE $path $wl (round $roun
 
 # send FROM ADDR PORT WORKLOAD OUT [AMOUNT]: the workload's tool from FROM
 # for $SECS seconds, or, in a counted cell, for AMOUNT (requests; bytes
-# for iperf3), run by the command in WRAP if any (perf). Keep-alive is wrk when timed and ab -k when counted: wrk
-# cannot stop after a number of requests.
+# for iperf3), started by the command in WRAP if any (perf, which cannot
+# start a shell function such as topo_exec). Keep-alive is wrk when timed
+# and ab -k when counted: wrk cannot stop after a number of requests.
 send() {
-	local from=$1 addr=$2 port=$3 out=$5 n=${6:-} limit=$((SECS + 20))
+	local from=$1 addr=$2 port=$3 out=$5 n=${6:-} limit=$((SECS + 20)) run
 	[ -z "$n" ] || limit=600
+	run=("${WRAP[@]}" ip netns exec "$from" timeout "$limit")
 	case $4 in
 	short)
 		# -r: go on after a receive error (counted); -s: a connection
 		# that waits 5 s fails. Timed, -n bounds -t's run and sizes ab's
 		# per-request table (~32 bytes each).
 		if [ -n "$n" ]; then set -- -n "$n"; else set -- -t "$SECS" -n 500000; fi
-		"${WRAP[@]}" ip netns exec "$from" timeout "$limit" ab -q -r -s 5 -c "$CONC" "$@" \
-			"http://$addr:$port/" >"$out" 2>&1 ;;
+		"${run[@]}" ab -q -r -s 5 -c "$CONC" "$@" "http://$addr:$port/" >"$out" 2>&1 ;;
 	ka)
 		if [ -n "$n" ]; then
-			"${WRAP[@]}" ip netns exec "$from" timeout "$limit" ab -q -r -s 5 -k -c "$CONC" -n "$n" \
-				"http://$addr:$port/" >"$out" 2>&1
+			"${run[@]}" ab -q -r -s 5 -k -c "$CONC" -n "$n" "http://$addr:$port/" >"$out" 2>&1
 		else
-			"${WRAP[@]}" ip netns exec "$from" timeout "$limit" wrk -t 1 -c "$CONC" -d "${SECS}s" \
-				--timeout 5s --latency "http://$addr:$port/" >"$out" 2>&1
+			"${run[@]}" wrk -t 1 -c "$CONC" -d "${SECS}s" --timeout 5s --latency \
+				"http://$addr:$port/" >"$out" 2>&1
 		fi ;;
 	iperf)
 		if [ -n "$n" ]; then set -- -n "$n"; else set -- -t "$SECS"; fi
-		"${WRAP[@]}" ip netns exec "$from" timeout "$limit" iperf3 -c "$addr" -p "$port" "$@" -J >"$out" 2>&1 ;;
+		"${run[@]}" iperf3 -c "$addr" -p "$port" "$@" -J >"$out" 2>&1 ;;
 	esac
 }
 
