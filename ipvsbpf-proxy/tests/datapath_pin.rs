@@ -162,3 +162,76 @@ fn missing_pins_are_created() {
         assert!(dir.join(datapath::MAP_STATS).exists(), "stats pinned again");
     });
 }
+
+/// An upgrade that adds a counter reason, or another fragment map size:
+/// those pinned maps are dropped and made anew (their contents are soft
+/// state), the session map stays, and the load that follows succeeds
+/// where it would otherwise refuse the pinned map.
+#[test]
+fn counter_and_fragment_maps_of_another_size_are_replaced() {
+    use libbpf_rs::libbpf_sys;
+    use libbpf_rs::{MapCore, MapHandle, MapType};
+    in_private_bpffs(|bpffs| {
+        let dir = pin_dir(bpffs);
+        let opts = Options::default();
+        let mut first = MaybeUninit::uninit();
+        let dp = Datapath::load_pinned(&mut first, &opts, &dir).expect("load");
+        let id = map_id(&dp);
+        drop(dp);
+        assert!(
+            datapath::drop_stale_pins(&dir, &opts)
+                .expect("same sizes")
+                .is_empty(),
+            "same sizes: nothing dropped"
+        );
+
+        // An older build's counter map, with fewer reasons
+        std::fs::remove_file(dir.join(datapath::MAP_STATS)).expect("unpin stats");
+        let old_stats = MapHandle::create(
+            MapType::PercpuArray,
+            Some("ipvsbpf_stats"),
+            4,
+            16,
+            8,
+            &libbpf_sys::bpf_map_create_opts {
+                sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+                ..Default::default()
+            },
+        )
+        .expect("a small per-CPU array");
+        let mut old_stats = old_stats;
+        old_stats
+            .pin(dir.join(datapath::MAP_STATS))
+            .expect("pin the old counters");
+        let smaller = Options {
+            frag_entries: opts.frag_entries / 2,
+            ..opts
+        };
+        let mut refused = MaybeUninit::uninit();
+        assert!(
+            Datapath::load_pinned(&mut refused, &smaller, &dir).is_err(),
+            "without dropping them, the load refuses the pinned maps"
+        );
+
+        let dropped = datapath::drop_stale_pins(&dir, &smaller).expect("drop");
+        let names: Vec<_> = dropped.iter().map(|p| (p.name, p.old_entries)).collect();
+        assert_eq!(
+            names,
+            vec![
+                (datapath::MAP_STATS, 8),
+                (datapath::MAP_FRAGS, opts.frag_entries)
+            ]
+        );
+        let mut second = MaybeUninit::uninit();
+        let dp = Datapath::load_pinned(&mut second, &smaller, &dir).expect("reload");
+        assert_eq!(map_id(&dp), id, "the session map is kept");
+        assert_eq!(
+            dp.skel().maps.ipvsbpf_frags.max_entries(),
+            smaller.frag_entries
+        );
+        assert!(dp.counters().expect("counters").is_empty());
+        for name in PINNED_MAPS {
+            assert!(dir.join(name).exists(), "{name} pinned");
+        }
+    });
+}

@@ -133,6 +133,15 @@ impl BpfMode {
             path: cfg.pin_dir.clone(),
             source,
         })?;
+        for p in datapath::drop_stale_pins(&cfg.pin_dir, &cfg.options)? {
+            warn!(
+                map = p.name,
+                old_entries = p.old_entries,
+                new_entries = p.new_entries,
+                "a pinned map has another size (an upgrade or another setting): \
+                 replacing it; its contents start again"
+            );
+        }
         let aside = datapath::set_aside_if_resized(&cfg.pin_dir, cfg.options.session_entries)?;
         if let Some(a) = &aside {
             warn!(

@@ -595,6 +595,54 @@ pub fn set_aside_if_resized(dir: &Path, entries: u32) -> Result<Option<SetAside>
     }))
 }
 
+/// A pinned map [`drop_stale_pins`] removed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StalePin {
+    /// its pinned name
+    pub name: &'static str,
+    /// its `max_entries`
+    pub old_entries: u32,
+    /// what this build and these options want
+    pub new_entries: u32,
+}
+
+/// Removes the pins of the counter and fragment maps under `dir` whose
+/// size is not what `opts` and this build's counter slots want (a reason
+/// added by an upgrade, another `frag_entries`), so that the next
+/// [`Datapath::load_pinned`] creates them anew instead of refusing to
+/// load. What they hold is soft state: counters restart from zero, and a
+/// datagram whose fragments straddle the restart loses its later
+/// fragments. The old maps live on while the old programs hold them. The
+/// session map is IPVS's: see [`set_aside_if_resized`].
+pub fn drop_stale_pins(dir: &Path, opts: &Options) -> Result<Vec<StalePin>, Error> {
+    let mut dropped = Vec::new();
+    for (name, want) in [
+        (MAP_STATS, 2 * Reason::SLOTS),
+        (MAP_FRAGS, opts.frag_entries),
+    ] {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let old_entries = MapHandle::from_pinned_path(&path)
+            .map_err(bpf_err(format!("opening the pinned {}", path.display())))?
+            .max_entries();
+        if old_entries == want {
+            continue;
+        }
+        std::fs::remove_file(&path).map_err(|e| Error::Bpf {
+            what: format!("removing {}", path.display()),
+            source: libbpf_rs::Error::from(e),
+        })?;
+        dropped.push(StalePin {
+            name,
+            old_entries,
+            new_entries: want,
+        });
+    }
+    Ok(dropped)
+}
+
 fn clear_map(map: &impl MapCore, what: &str) -> Result<(), Error> {
     let keys: Vec<Vec<u8>> = map.keys().collect();
     for k in keys {
