@@ -32,6 +32,58 @@
 #include "parse.h"
 #include "stats.h"
 
+/* Where the replies of IPVS's SNAT sessions arrive: the SNAT addresses and
+ * port range the proxy hands IPVS with the session map (IPVS_CMD_NEW_BPF),
+ * set before load. IPVS gives every SNAT session one of these addresses,
+ * and a port of the range unless it is SCTP (which keeps the client's
+ * port), so ingress passes any other packet without a lookup: on a node
+ * most of what arrives is not for a SNAT session (ClusterIP replies,
+ * NodePort requests, the node's own traffic). A change of address or
+ * range means loading the programs again. @on 0 (the default): every
+ * packet is looked up.
+ */
+struct ipvsbpf_snat_dst {
+	__be32 addr4;
+	__be32 addr6[4];
+	__u16 port_min;		/* host order, inclusive */
+	__u16 port_max;
+	__u8 on;
+	__u8 has4;
+	__u8 has6;
+	__u8 pad;
+};
+
+_Static_assert(sizeof(struct ipvsbpf_snat_dst) == 28, "no implicit padding");
+
+const volatile struct ipvsbpf_snat_dst ipvsbpf_snat_dst = {};
+
+/* An arriving packet (or ICMP error, or fragment) that cannot be about a
+ * SNAT session by its outer destination address.
+ */
+static __always_inline bool snat_dst_addr_excluded(const struct pkt *p)
+{
+	if (!ipvsbpf_snat_dst.on)
+		return false;
+	if (p->family == AF_INET)
+		return !ipvsbpf_snat_dst.has4 ||
+		       p->daddr[0] != ipvsbpf_snat_dst.addr4;
+	return !ipvsbpf_snat_dst.has6 ||
+	       ((p->daddr[0] ^ ipvsbpf_snat_dst.addr6[0]) |
+		(p->daddr[1] ^ ipvsbpf_snat_dst.addr6[1]) |
+		(p->daddr[2] ^ ipvsbpf_snat_dst.addr6[2]) |
+		(p->daddr[3] ^ ipvsbpf_snat_dst.addr6[3]));
+}
+
+/* The same by its destination port, once the ports are parsed */
+static __always_inline bool snat_dst_port_excluded(const struct pkt *p)
+{
+	__u16 port = bpf_ntohs(p->dport);
+
+	return ipvsbpf_snat_dst.on && p->proto != IPPROTO_SCTP &&
+	       (port < ipvsbpf_snat_dst.port_min ||
+		port > ipvsbpf_snat_dst.port_max);
+}
+
 static __always_inline void session_key(struct ip_vs_bpf_key *key,
 					const __be32 *saddr, const __be32 *daddr,
 					__be16 sport, __be16 dport,
@@ -176,6 +228,8 @@ static __always_inline int nat_session(struct __sk_buff *skb, struct pkt *p,
 	reason = parse_ports(skb, p, l4_hlen(p->proto));
 	if (reason)
 		return reason;
+	if (!src && snat_dst_port_excluded(p))
+		return IPVSBPF_PASS_NOT_SNAT_DST;
 
 	session_key(&key, p->saddr, p->daddr, p->sport, p->dport, p->family,
 		    p->proto, dir);

@@ -7,7 +7,9 @@
  *                    -> destination := client addr:port
  *
  * The session map (ipvs_sessions) is handed to IPVS, which fills it. One
- * hash lookup per TCP/UDP/SCTP packet; a miss passes the packet untouched.
+ * hash lookup per TCP/UDP/SCTP packet, but for arriving packets that are
+ * not addressed to a SNAT address and port (nat.h); a miss passes the
+ * packet untouched.
  * Verdicts are TC_ACT_UNSPEC ("next filter, else pass") so programs of
  * other owners on the same hook still run, and TC_ACT_SHOT only for the
  * IPVSBPF_DROP_* reasons. Ethernet devices only.
@@ -37,6 +39,10 @@ static __always_inline int ipvsbpf_handle(struct __sk_buff *skb, __u8 dir)
 	}
 	if (reason)
 		goto out;
+	if (dir == IP_VS_BPF_DIR_REPLY && snat_dst_addr_excluded(&p)) {
+		reason = IPVSBPF_PASS_NOT_SNAT_DST;
+		goto out;
+	}
 
 	/* The fragment map holds only what translated first fragments put
 	 * there, whatever header follows the IPv6 fragment header.
@@ -69,7 +75,7 @@ out:
 	    reason != IPVSBPF_ICMP_XLATED && reason != IPVSBPF_XLATED_NOFRAG)
 		frag_forget(&p, dir);
 	ipvsbpf_count(skb, dir, reason);
-	return reason >= IPVSBPF_DROP_FIRST ? TC_ACT_SHOT : TC_ACT_UNSPEC;
+	return ipvsbpf_drops(reason) ? TC_ACT_SHOT : TC_ACT_UNSPEC;
 }
 
 SEC("tc")

@@ -5,10 +5,13 @@
 #ifndef IPVSBPF_STATS_H
 #define IPVSBPF_STATS_H
 
+#include <stdbool.h>
+
 #include "common.h"
 
 /* Reasons are part of the userspace contract: the proxy exports them by
- * name. Append only. Values from IPVSBPF_DROP_FIRST on drop the packet;
+ * name, and a pinned counter map outlives the programs. Append only.
+ * Values from IPVSBPF_DROP_FIRST to IPVSBPF_DROP_LAST drop the packet;
  * every other decision lets it pass, translated or not.
  */
 enum ipvsbpf_reason {
@@ -55,12 +58,22 @@ enum ipvsbpf_reason {
 					 * packet is dropped rather than sent
 					 * half translated
 					 */
+	IPVSBPF_DROP_LAST = IPVSBPF_DROP_WRITE,
+	IPVSBPF_PASS_NOT_SNAT_DST,	/* arriving packet not addressed to a
+					 * SNAT address and port: cannot be
+					 * about a SNAT session, not looked up
+					 */
 	__IPVSBPF_REASON_MAX,
 };
 
 /* Counter slots: direction (IP_VS_BPF_DIR_*) * __IPVSBPF_REASON_MAX + reason */
 #define IPVSBPF_NR_DIRS		2
 #define IPVSBPF_NR_SLOTS	(IPVSBPF_NR_DIRS * __IPVSBPF_REASON_MAX)
+
+static __always_inline bool ipvsbpf_drops(enum ipvsbpf_reason reason)
+{
+	return reason >= IPVSBPF_DROP_FIRST && reason <= IPVSBPF_DROP_LAST;
+}
 
 struct ipvsbpf_counter {
 	__u64 packets;

@@ -158,6 +158,7 @@ fn fragment_translation_expires() {
             session_entries: 1024,
             frag_entries: 64,
             frag_timeout: Duration::from_millis(200),
+            ..Options::default()
         },
     );
     let (req, _, _, snat) = flows(true);

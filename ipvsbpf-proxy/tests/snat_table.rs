@@ -9,12 +9,14 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use common::*;
 use ipvs_netlink::uapi::{IpVsBpfKey, IpVsBpfValue};
-use ipvsbpf_proxy::backends::datapath::{Direction, Reason};
+use ipvs_netlink::Snat;
+use ipvsbpf_proxy::backends::datapath::{Direction, Options, Reason};
 
 use Direction::{Orig, Reply};
 
@@ -565,7 +567,11 @@ fn table() {
     for r in Reason::ALL {
         let elsewhere = matches!(
             r,
-            Reason::FragXlated | Reason::PassFragMiss | Reason::XlatedNoFrag | Reason::DropWrite
+            Reason::FragXlated
+                | Reason::PassFragMiss
+                | Reason::XlatedNoFrag
+                | Reason::DropWrite
+                | Reason::PassNotSnatDst
         );
         assert_eq!(covered.contains(r), !elsewhere, "{r:?}: table coverage");
     }
@@ -650,5 +656,134 @@ fn quoted_udp_checksum_never_becomes_zero() {
                 run_counted_csum(&dp, Reply, &input, Reason::IcmpXlated, "icmp udp0", csum);
             assert_eq!(hex(&out), hex(&want), "{} {csum:?}", family(v6));
         }
+    }
+}
+
+/// IPVS's SNAT settings as the proxy would hand them for [`addrs`]: the
+/// SNAT addresses, a range holding `snat`'s port and not the client's.
+fn snat_settings(addr6: bool) -> Snat {
+    let ip = |v6: bool| addrs(v6).snat.ip();
+    Snat {
+        addr4: match ip(false) {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        },
+        addr6: match ip(true) {
+            IpAddr::V6(a) if addr6 => Some(a),
+            _ => None,
+        },
+        port_min: 61000,
+        port_max: 61999,
+    }
+}
+
+/// With IPVS's SNAT settings given (`Options::snat_dst`), ingress skips
+/// the lookup for what cannot be about a SNAT session. Run over the whole
+/// table: every translation and every drop stays as it was, and a case
+/// may change only from a pass to `pass_not_snat_dst`, with the packet
+/// untouched; the cases the filter is for (replies of sessions without
+/// SNAT, a NodePort request) must change.
+#[test]
+fn the_snat_destination_filter_skips_only_what_cannot_be_translated() {
+    let mut storage = MaybeUninit::uninit();
+    let dp = load_with(
+        &mut storage,
+        Options {
+            session_entries: 1024,
+            frag_entries: 64,
+            snat_dst: Some(snat_settings(true)),
+            ..Options::default()
+        },
+    );
+    let mut skipped = HashSet::new();
+    for case in all_cases() {
+        set_sessions(&dp, &case.sessions);
+        let (verdict, out, reason) = try_run(&dp, case.dir, &case.input, Csum::None)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        if reason == case.reason {
+            let expect = case.expect.as_ref().unwrap_or(&case.input);
+            assert_eq!(hex(&out), hex(expect), "{}: packet out", case.name);
+            continue;
+        }
+        assert_eq!(reason, Reason::PassNotSnatDst, "{}: reason", case.name);
+        assert!(
+            case.expect.is_none() && !case.reason.drops() && case.dir == Reply,
+            "{}: the filter skipped what the table translates or drops ({:?})",
+            case.name,
+            case.reason
+        );
+        assert_eq!(verdict, PASS, "{}: verdict", case.name);
+        assert_eq!(hex(&out), hex(&case.input), "{}: untouched", case.name);
+        skipped.insert(case.name);
+    }
+    for v6 in ["v4", "v6"] {
+        for name in [
+            format!("Tcp {v6}: session without SNAT, ingress"),
+            format!("Udp {v6}: session without SNAT, ingress"),
+            format!("ICMP {v6} Reply: about a session without SNAT"),
+        ] {
+            assert!(skipped.contains(&name), "{name}: not skipped");
+        }
+    }
+
+    // A NodePort request: to the SNAT address, but not to a SNAT port
+    for v6 in [false, true] {
+        let a = addrs(v6);
+        let nodeport = SocketAddr::new(a.snat.ip(), 30080);
+        let req = Flow {
+            l4: L4::Tcp,
+            src: a.client,
+            dst: nodeport,
+        };
+        dp.clear_sessions().expect("clear");
+        let input = frame(&req, PAYLOAD);
+        let (_, out) = run_counted(&dp, Reply, &input, Reason::PassNotSnatDst, "nodeport");
+        assert_eq!(out, input);
+        // the range's own ends are looked up
+        for port in [61000, 61999] {
+            let rep = Flow {
+                l4: L4::Tcp,
+                src: a.real,
+                dst: SocketAddr::new(a.snat.ip(), port),
+            };
+            run_counted(
+                &dp,
+                Reply,
+                &frame(&rep, PAYLOAD),
+                Reason::PassMiss,
+                "range end",
+            );
+        }
+    }
+}
+
+/// An IPv4-only SNAT setting: no IPv6 SNAT session can exist, so every
+/// IPv6 packet arriving passes unlooked-up; IPv4 is unchanged.
+#[test]
+fn without_an_ipv6_snat_address_ipv6_is_never_looked_up_on_ingress() {
+    let mut storage = MaybeUninit::uninit();
+    let dp = load_with(
+        &mut storage,
+        Options {
+            session_entries: 1024,
+            frag_entries: 64,
+            snat_dst: Some(snat_settings(false)),
+            ..Options::default()
+        },
+    );
+    for v6 in [false, true] {
+        let a = addrs(v6);
+        set_sessions(&dp, &ipvs_entries(L4::Udp, a.client, a.real, Some(a.snat)));
+        let rep = Flow {
+            l4: L4::Udp,
+            src: a.real,
+            dst: a.snat,
+        };
+        let want = if v6 {
+            Reason::PassNotSnatDst
+        } else {
+            Reason::Xlated
+        };
+        run_counted(&dp, Reply, &frame(&rep, PAYLOAD), want, family(v6));
     }
 }

@@ -133,7 +133,15 @@ impl BpfMode {
             path: cfg.pin_dir.clone(),
             source,
         })?;
-        for p in datapath::drop_stale_pins(&cfg.pin_dir, &cfg.options)? {
+        // The ingress program skips what cannot be a SNAT session's reply
+        // only while IPVS holds this same SNAT configuration: both are set
+        // below, from one `snat`, and a restart with another one loads
+        // both again.
+        let options = Options {
+            snat_dst: Some(snat),
+            ..cfg.options
+        };
+        for p in datapath::drop_stale_pins(&cfg.pin_dir, &options)? {
             warn!(
                 map = p.name,
                 old_entries = p.old_entries,
@@ -155,7 +163,7 @@ impl BpfMode {
         // leaked on purpose so the datapath can be 'static.
         let storage: &'static mut MaybeUninit<OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
-        let dp = match Datapath::load_pinned(storage, &cfg.options, &cfg.pin_dir) {
+        let dp = match Datapath::load_pinned(storage, &options, &cfg.pin_dir) {
             Ok(dp) => dp,
             Err(e) => {
                 // The old map keeps serving (IPVS and tc hold it); its pin

@@ -17,6 +17,7 @@ use ipvs_netlink::uapi::{
     IpVsBpfKey, IpVsBpfValue, IP_VS_BPF_DIR_ORIG, IP_VS_BPF_DIR_REPLY, IP_VS_BPF_F_SNAT,
     IP_VS_BPF_MIN_ENTRIES,
 };
+use ipvs_netlink::Snat;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{
     MapCore, MapFlags, MapHandle, OpenObject, ProgramMut, TcHook, TcHookBuilder, TC_EGRESS,
@@ -196,6 +197,9 @@ reasons! {
     DropSctpPort = IPVSBPF_DROP_SCTP_PORT, "drop_sctp_port";
     /// a rewrite failed half way: dropped
     DropWrite = IPVSBPF_DROP_WRITE, "drop_write";
+    /// arriving packet not addressed to a SNAT address and port: not
+    /// looked up, untouched ([`Options::snat_dst`])
+    PassNotSnatDst = IPVSBPF_PASS_NOT_SNAT_DST, "pass_not_snat_dst";
 }
 
 impl Reason {
@@ -204,7 +208,7 @@ impl Reason {
 
     /// Whether the program drops the packet for this reason.
     pub fn drops(self) -> bool {
-        self as u32 >= R::IPVSBPF_DROP_FIRST.0
+        (R::IPVSBPF_DROP_FIRST.0..=R::IPVSBPF_DROP_LAST.0).contains(&(self as u32))
     }
 
     /// The reason of a raw code, if it is one.
@@ -322,7 +326,7 @@ fn put_words(buf: &mut [u8], words: &[u32; 4]) {
     }
 }
 
-/// Map sizes, fixed at load time.
+/// Map sizes and settings, fixed at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
     /// `max_entries` of the session map: two per IPVS connection.
@@ -331,6 +335,13 @@ pub struct Options {
     pub frag_entries: u32,
     /// How long a first fragment's translation serves the later ones.
     pub frag_timeout: Duration,
+    /// The SNAT addresses and port range handed to IPVS with the session
+    /// map. With them, ingress passes a packet addressed elsewhere without
+    /// looking it up ([`Reason::PassNotSnatDst`]): IPVS gives every SNAT
+    /// session one of these addresses and, but for SCTP, a port of the
+    /// range. `None`: every packet is looked up (tests that write
+    /// sessions of their own).
+    pub snat_dst: Option<Snat>,
 }
 
 impl Default for Options {
@@ -339,6 +350,7 @@ impl Default for Options {
             session_entries: 65536,
             frag_entries: 8192,
             frag_timeout: Duration::from_secs(30),
+            snat_dst: None,
         }
     }
 }
@@ -400,6 +412,20 @@ impl<'obj> Datapath<'obj> {
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
             rodata.ipvsbpf_frag_timeout_ns =
                 u64::try_from(opts.frag_timeout.as_nanos()).unwrap_or(u64::MAX);
+            if let Some(snat) = opts.snat_dst {
+                let d = &mut rodata.ipvsbpf_snat_dst;
+                d.on = 1;
+                if let Some(a) = snat.addr4 {
+                    d.has4 = 1;
+                    d.addr4 = u32::from_ne_bytes(a.octets());
+                }
+                if let Some(a) = snat.addr6 {
+                    d.has6 = 1;
+                    d.addr6 = addr_words(IpAddr::V6(a));
+                }
+                d.port_min = snat.port_min;
+                d.port_max = snat.port_max;
+            }
         }
         let skel = open.load().map_err(bpf_err("loading the snat object"))?;
         Ok(Datapath { skel })

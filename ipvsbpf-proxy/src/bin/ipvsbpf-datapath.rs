@@ -122,6 +122,9 @@ fn main() -> ExitCode {
                 session_entries: *sessions,
                 frag_entries: *frags,
                 frag_timeout: Duration::from_secs(*frag_timeout),
+                // IPVS's SNAT settings are handed separately: look every
+                // arriving packet up
+                snat_dst: None,
             },
         ),
         Cmd::Stats { pin } => stats(pin),
