@@ -35,6 +35,13 @@ fn map_id(dp: &Datapath<'_>) -> u32 {
         .id
 }
 
+/// Loads once with `opts` and lets go: the session map's id.
+fn load_once(dir: &Path, opts: &Options) -> u32 {
+    let mut storage = MaybeUninit::uninit();
+    let dp = Datapath::load_pinned(&mut storage, opts, dir).expect("first load");
+    map_id(&dp)
+}
+
 #[test]
 fn reload_reuses_the_pinned_maps() {
     in_private_bpffs(|bpffs| {
@@ -90,10 +97,7 @@ fn a_resized_session_map_is_replaced_on_request() {
     in_private_bpffs(|bpffs| {
         let dir = pin_dir(bpffs);
         let opts = Options::default();
-        let mut first = MaybeUninit::uninit();
-        let dp = Datapath::load_pinned(&mut first, &opts, &dir).expect("first load");
-        let id = map_id(&dp);
-        drop(dp);
+        let id = load_once(&dir, &opts);
 
         assert!(datapath::set_aside_if_resized(&dir, opts.session_entries)
             .expect("same size")
@@ -150,10 +154,7 @@ fn missing_pins_are_created() {
     in_private_bpffs(|bpffs| {
         let dir = pin_dir(bpffs);
         let opts = Options::default();
-        let mut first = MaybeUninit::uninit();
-        let dp = Datapath::load_pinned(&mut first, &opts, &dir).expect("load");
-        let id = map_id(&dp);
-        drop(dp);
+        let id = load_once(&dir, &opts);
         // only the stats pin removed: the session map is still reused
         std::fs::remove_file(dir.join(datapath::MAP_STATS)).expect("unpin stats");
         let mut second = MaybeUninit::uninit();
@@ -174,10 +175,7 @@ fn counter_and_fragment_maps_of_another_size_are_replaced() {
     in_private_bpffs(|bpffs| {
         let dir = pin_dir(bpffs);
         let opts = Options::default();
-        let mut first = MaybeUninit::uninit();
-        let dp = Datapath::load_pinned(&mut first, &opts, &dir).expect("load");
-        let id = map_id(&dp);
-        drop(dp);
+        let id = load_once(&dir, &opts);
         assert!(
             datapath::drop_stale_pins(&dir, &opts)
                 .expect("same sizes")

@@ -155,10 +155,8 @@ fn fragment_translation_expires() {
     let dp = load_with(
         &mut storage,
         Options {
-            session_entries: 1024,
-            frag_entries: 64,
             frag_timeout: Duration::from_millis(200),
-            ..Options::default()
+            ..small_options()
         },
     );
     let (req, _, _, snat) = flows(true);

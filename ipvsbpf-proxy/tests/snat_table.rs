@@ -16,7 +16,8 @@ use std::net::{IpAddr, SocketAddr};
 use common::*;
 use ipvs_netlink::uapi::{IpVsBpfKey, IpVsBpfValue};
 use ipvs_netlink::Snat;
-use ipvsbpf_proxy::backends::datapath::{Direction, Options, Reason};
+use ipvsbpf_proxy::backends::datapath::{Datapath, Direction, Options, Reason};
+use libbpf_rs::OpenObject;
 
 use Direction::{Orig, Reply};
 
@@ -677,6 +678,17 @@ fn snat_settings(addr6: bool) -> Snat {
     }
 }
 
+/// The programs loaded with [`snat_settings`].
+fn load_filtered(storage: &mut MaybeUninit<OpenObject>, addr6: bool) -> Datapath<'_> {
+    load_with(
+        storage,
+        Options {
+            snat_dst: Some(snat_settings(addr6)),
+            ..small_options()
+        },
+    )
+}
+
 /// With IPVS's SNAT settings given (`Options::snat_dst`), ingress skips
 /// the lookup for what cannot be about a SNAT session. Run over the whole
 /// table: every translation and every drop stays as it was, and a case
@@ -686,15 +698,7 @@ fn snat_settings(addr6: bool) -> Snat {
 #[test]
 fn the_snat_destination_filter_skips_only_what_cannot_be_translated() {
     let mut storage = MaybeUninit::uninit();
-    let dp = load_with(
-        &mut storage,
-        Options {
-            session_entries: 1024,
-            frag_entries: 64,
-            snat_dst: Some(snat_settings(true)),
-            ..Options::default()
-        },
-    );
+    let dp = load_filtered(&mut storage, true);
     let mut skipped = HashSet::new();
     for case in all_cases() {
         set_sessions(&dp, &case.sessions);
@@ -762,15 +766,7 @@ fn the_snat_destination_filter_skips_only_what_cannot_be_translated() {
 #[test]
 fn without_an_ipv6_snat_address_ipv6_is_never_looked_up_on_ingress() {
     let mut storage = MaybeUninit::uninit();
-    let dp = load_with(
-        &mut storage,
-        Options {
-            session_entries: 1024,
-            frag_entries: 64,
-            snat_dst: Some(snat_settings(false)),
-            ..Options::default()
-        },
-    );
+    let dp = load_filtered(&mut storage, false);
     for v6 in [false, true] {
         let a = addrs(v6);
         set_sessions(&dp, &ipvs_entries(L4::Udp, a.client, a.real, Some(a.snat)));

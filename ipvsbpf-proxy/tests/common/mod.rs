@@ -396,15 +396,17 @@ pub fn ipvs_entries(
     ]
 }
 
+/// Small maps: what the tests need.
+pub fn small_options() -> Options {
+    Options {
+        session_entries: 1024,
+        frag_entries: 64,
+        ..Options::default()
+    }
+}
+
 pub fn load(storage: &mut MaybeUninit<OpenObject>) -> Datapath<'_> {
-    load_with(
-        storage,
-        Options {
-            session_entries: 1024,
-            frag_entries: 64,
-            ..Options::default()
-        },
-    )
+    load_with(storage, small_options())
 }
 
 pub fn load_with(storage: &mut MaybeUninit<OpenObject>, opts: Options) -> Datapath<'_> {
