@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 use common::*;
+use ipvs_netlink::Snat;
 use ipvsbpf_proxy::backends::datapath::{
     session_key, session_value, Datapath, Direction, Options, Reason,
 };
@@ -84,8 +85,10 @@ fn background(dp: &Datapath<'_>) {
     }
 }
 
-struct Path {
+struct Path<'a> {
     name: &'static str,
+    /// the object it runs in
+    dp: &'a Datapath<'a>,
     dir: Direction,
     frame: Vec<u8>,
     reason: Reason,
@@ -147,44 +150,95 @@ fn main() {
     arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
     arp.extend_from_slice(&[0; 20]);
 
+    // The same object as the proxy loads it, with IPVS's SNAT settings:
+    // ingress skips what is not addressed to a SNAT address and port. A
+    // ClusterIP reply (a session without SNAT, back to a client pod)
+    // through both.
+    let mut filtered_storage = MaybeUninit::uninit();
+    let filtered = Datapath::load(
+        &mut filtered_storage,
+        &Options {
+            snat_dst: Some(Snat {
+                addr4: Some("192.0.2.1".parse().expect("addr")),
+                addr6: Some("2001:db8::1".parse().expect("addr")),
+                port_min: 61000,
+                port_max: 61999,
+            }),
+            ..Options::default()
+        },
+    )
+    .expect("load snat with SNAT settings");
+    let pod = sa("10.244.1.5:40000");
+    for d in [&dp, &filtered] {
+        for (k, v) in ipvs_entries(L4::Tcp, pod, r, None) {
+            d.put_session(&k, &v).expect("session without SNAT");
+        }
+    }
+    let clusterip_reply = Flow {
+        l4: L4::Tcp,
+        src: r,
+        dst: pod,
+    };
+
     let paths = vec![
         Path {
+            dp: &dp,
             name: "hit, TCP/IPv4, egress (SNAT)",
             dir: Direction::Orig,
             frame: frame(&req, &payload),
             reason: Reason::Xlated,
         },
         Path {
+            dp: &dp,
             name: "hit, TCP/IPv4, ingress (reverse SNAT)",
             dir: Direction::Reply,
             frame: frame(&rep, &payload),
             reason: Reason::Xlated,
         },
         Path {
+            dp: &dp,
             name: "hit, TCP/IPv6, egress (SNAT)",
             dir: Direction::Orig,
             frame: frame(&req6, &payload),
             reason: Reason::Xlated,
         },
         Path {
+            dp: &dp,
             name: "miss, TCP/IPv4 (not a session)",
             dir: Direction::Orig,
             frame: frame(&req.with_dst(sa("198.18.1.11:80")), &payload),
             reason: Reason::PassMiss,
         },
         Path {
+            dp: &dp,
             name: "ICMP error about a session, IPv4, ingress",
             dir: Direction::Reply,
             frame: icmp_error(r.ip(), s.ip(), 3, 4, &packet(&req.with_src(s), &payload)),
             reason: Reason::IcmpXlated,
         },
         Path {
+            dp: &dp,
             name: "later fragment, IPv4, egress",
             dir: Direction::Orig,
             frame: fragments(&udp, &[7; 100], 32, 5)[1].clone(),
             reason: Reason::FragXlated,
         },
         Path {
+            dp: &dp,
+            name: "session without SNAT, TCP/IPv4, ingress (ClusterIP reply)",
+            dir: Direction::Reply,
+            frame: frame(&clusterip_reply, &payload),
+            reason: Reason::PassNoSnat,
+        },
+        Path {
+            dp: &filtered,
+            name: "the same, SNAT settings loaded (the proxy): not looked up",
+            dir: Direction::Reply,
+            frame: frame(&clusterip_reply, &payload),
+            reason: Reason::PassNotSnatDst,
+        },
+        Path {
+            dp: &dp,
             name: "not IP (ARP)",
             dir: Direction::Reply,
             frame: arp,
@@ -205,10 +259,10 @@ fn main() {
     println!("| --- | ---: | ---: |");
     println!("| floor: pktcount (one per-CPU counter) | {floor_ns:.1} | 1.00 |");
     for p in &paths {
-        let prog = dp.program(p.dir);
-        let before = dp.counter(p.dir, p.reason).expect("counter").packets;
+        let prog = p.dp.program(p.dir);
+        let before = p.dp.counter(p.dir, p.reason).expect("counter").packets;
         let ns = time(prog, &p.frame);
-        let after = dp.counter(p.dir, p.reason).expect("counter").packets;
+        let after = p.dp.counter(p.dir, p.reason).expect("counter").packets;
         let runs = u64::from(REPEAT) * ROUNDS as u64;
         assert_eq!(
             after - before,
