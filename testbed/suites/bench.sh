@@ -124,6 +124,11 @@ OTHERS=${BENCH_OTHERS:-0}
 REQUESTS=${BENCH_REQUESTS:-3000}
 IPERF_BYTES=${BENCH_IPERF_BYTES:-512M}
 DRAIN=${BENCH_DRAIN:-200}
+# A warm-up window above this (M instructions per DRAIN seconds) fails a
+# counted run: something ran that was not the data path (normal: 80-130 M;
+# 420 M with 10,000 other Services, IPVS's estimator walking them), and
+# twice a boot's warm-up counted ~750,000 M with inflated cells after it.
+MAX_BACKGROUND=${BENCH_MAX_BACKGROUND:-5000}
 PROFILE=${BENCH_PROFILE:-}
 WRAP=()
 if [ "$ICOUNT" = 1 ]; then
@@ -220,14 +225,45 @@ drained() {
 # after a start (IPVS's estimator calibrates itself when its first
 # service appears) falls in it rather than in the first cell.
 warm_up() {
-	local a left
+	local a left m before
 	freeze
 	left=$(drained "$(target nodeport "$MODE" short | cut -d' ' -f2)")
+	before=$(task_ticks)
 	busy_ns; a=$BUSY
 	sleep "$DRAIN"
 	busy_ns
-	echo "      $MODE: $(((BUSY - a) / 1000000)) M instructions in ${DRAIN} s without traffic (${left} sessions before it)"
+	m=$(((BUSY - a) / 1000000))
+	echo "      $MODE: $m M instructions in ${DRAIN} s without traffic (${left} sessions before it)"
+	if [ "$m" -gt "$MAX_BACKGROUND" ]; then
+		echo "      more than BENCH_MAX_BACKGROUND ($MAX_BACKGROUND M); the tasks that ran most in it:"
+		top_tasks "$before" "$(task_ticks)" | sed 's/^/        /'
+		problems+=("$MODE: $m M instructions of background in ${DRAIN} s (limit $MAX_BACKGROUND M)")
+	fi
 	thaw
+}
+
+# task_ticks: "tid comm utime+stime" (clock ticks) of every task, kernel
+# threads included; spaces in comm become '_'.
+task_ticks() {
+	local f line comm
+	for f in /proc/[0-9]*/task/[0-9]*/stat; do
+		read -r line <"$f" 2>/dev/null || continue
+		# comm may hold spaces and parentheses: the fields follow the
+		# last ')', utime and stime 12th and 13th of them
+		comm=${line#*(}
+		comm=${comm%) *}
+		# shellcheck disable=SC2086
+		set -- ${line##*) }
+		echo "${line%% *} ${comm// /_} $((${12} + ${13}))"
+	done
+}
+
+# top_tasks BEFORE AFTER: the five tasks whose CPU time grew most between
+# two task_ticks snapshots ("ticks tid comm").
+top_tasks() {
+	awk 'NR == FNR { t[$1] = $3; next }
+	     { d = $3 - ($1 in t ? t[$1] : 0); if (d > 0) print d, $1, $2 }' \
+		<(echo "$1") <(echo "$2") | sort -rn | head -n 5
 }
 
 # bpf_counters: the session map attachment's counters and the tc
