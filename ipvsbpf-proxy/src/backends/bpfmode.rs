@@ -3,7 +3,10 @@
 //! restart), attach them to the uplinks, hand the session map and the SNAT
 //! configuration to IPVS, and only then turn `net.ipv4.vs.bpf_mode` on.
 //! The order matters: IPVS must never create a SNAT session whose packets
-//! leave before a program rewrites them.
+//! leave before a program rewrites them, nor go on with another SNAT
+//! configuration once programs loaded with this one are on (they skip
+//! replies addressed elsewhere): an IPVS attachment that is not ours is
+//! dropped before the programs go on.
 //!
 //! A SNAT connection may also leave by a device other than the uplinks:
 //! the pod's own device when IPVS picks a local endpoint (and for hairpin,
@@ -181,6 +184,33 @@ impl BpfMode {
                 warn!(error = %e, "removing the old session map's pin");
             }
         }
+        // IPVS lets go of another map or SNAT configuration before the
+        // new programs go on: they skip, at ingress, what is not addressed
+        // to this configuration's SNAT address and ports, so the sessions
+        // IPVS would go on making with the old one would lose their
+        // replies, for good if this start failed half way. Without a map,
+        // IPVS refuses SNAT connections (clients retry) until it gets ours.
+        let map_id = dp.skel().maps.ipvs_sessions.info().map(|i| i.info.id).ok();
+        let adopted = match ipvs.bpf()? {
+            Some(BpfStatus {
+                map_id: id,
+                snat: Some(s),
+                ..
+            }) if Some(id) == map_id && s == snat => {
+                info!(map_id = id, "IPVS already holds our session map; adopted");
+                true
+            }
+            Some(old) => {
+                warn!(
+                    map_id = old.map_id,
+                    "IPVS holds another session map or SNAT configuration; \
+                     re-attaching (its SNAT connections expire)"
+                );
+                ipvs.detach_bpf()?;
+                false
+            }
+            None => false,
+        };
         for (name, idx) in &uplinks {
             // Attachments replace our own filter and are left in place
             // when the proxy exits, so traffic survives a restart.
@@ -200,26 +230,8 @@ impl BpfMode {
         bm.follow_cluster_devices(&cfg.cluster, true)?;
         hostinfo::reserve_ports(cfg.port_min, cfg.port_max)?;
 
-        let dp = &bm.dp;
-        let map_id = dp.skel().maps.ipvs_sessions.info().map(|i| i.info.id).ok();
-        match ipvs.bpf()? {
-            Some(BpfStatus {
-                map_id: id,
-                snat: Some(s),
-                ..
-            }) if Some(id) == map_id && s == snat => {
-                info!(map_id = id, "IPVS already holds our session map; adopted");
-            }
-            Some(old) => {
-                warn!(
-                    map_id = old.map_id,
-                    "IPVS holds another session map or SNAT configuration; \
-                     re-attaching (its SNAT connections expire)"
-                );
-                ipvs.detach_bpf()?;
-                attach(ipvs, dp, snat)?;
-            }
-            None => attach(ipvs, dp, snat)?,
+        if !adopted {
+            attach(ipvs, &bm.dp, snat)?;
         }
         hostinfo::write_sysctl(BPF_MODE_SYSCTL, "1")?;
         info!(
