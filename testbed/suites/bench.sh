@@ -247,7 +247,7 @@ warm_up() {
 task_ticks() {
 	local f line comm
 	for f in /proc/[0-9]*/task/[0-9]*/stat; do
-		read -r line <"$f" 2>/dev/null || continue
+		read -r line 2>/dev/null <"$f" || continue
 		# comm may hold spaces and parentheses: the fields follow the
 		# last ')', utime and stime 12th and 13th of them
 		comm=${line#*(}
