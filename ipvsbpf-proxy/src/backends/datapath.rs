@@ -417,7 +417,7 @@ impl<'obj> Datapath<'obj> {
                 d.on = 1;
                 if let Some(a) = snat.addr4 {
                     d.has4 = 1;
-                    d.addr4 = u32::from_ne_bytes(a.octets());
+                    d.addr4 = addr_words(IpAddr::V4(a))[0];
                 }
                 if let Some(a) = snat.addr6 {
                     d.has6 = 1;
@@ -597,15 +597,10 @@ impl SetAside {
 /// handing IPVS the new one ends the old map's sessions.
 pub fn set_aside_if_resized(dir: &Path, entries: u32) -> Result<Option<SetAside>, Error> {
     let path = dir.join(MAP_SESSIONS);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let old_entries = MapHandle::from_pinned_path(&path)
-        .map_err(bpf_err(format!("opening the pinned {}", path.display())))?
-        .max_entries();
-    if old_entries == entries {
-        return Ok(None);
-    }
+    let old_entries = match pinned_entries(&path)? {
+        Some(n) if n != entries => n,
+        _ => return Ok(None),
+    };
     // (bpffs refuses names with a dot)
     let aside = dir.join(MAP_SESSIONS_ASIDE);
     // A leftover of an earlier attempt that died half way.
@@ -619,6 +614,16 @@ pub fn set_aside_if_resized(dir: &Path, entries: u32) -> Result<Option<SetAside>
         aside,
         old_entries,
     }))
+}
+
+/// `max_entries` of the map pinned at `path`, if one is.
+fn pinned_entries(path: &Path) -> Result<Option<u32>, Error> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let map = MapHandle::from_pinned_path(path)
+        .map_err(bpf_err(format!("opening the pinned {}", path.display())))?;
+    Ok(Some(map.max_entries()))
 }
 
 /// A pinned map [`drop_stale_pins`] removed.
@@ -647,15 +652,10 @@ pub fn drop_stale_pins(dir: &Path, opts: &Options) -> Result<Vec<StalePin>, Erro
         (MAP_FRAGS, opts.frag_entries),
     ] {
         let path = dir.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let old_entries = MapHandle::from_pinned_path(&path)
-            .map_err(bpf_err(format!("opening the pinned {}", path.display())))?
-            .max_entries();
-        if old_entries == want {
-            continue;
-        }
+        let old_entries = match pinned_entries(&path)? {
+            Some(n) if n != want => n,
+            _ => continue,
+        };
         std::fs::remove_file(&path).map_err(|e| Error::Bpf {
             what: format!("removing {}", path.display()),
             source: libbpf_rs::Error::from(e),
