@@ -88,10 +88,12 @@ bench-all: setup kernel-modules proxy k8s
 bench-icount: setup kernel-modules proxy k8s
 	testbed/bench --icount
 
-## bench-scale: the counted cells of direct and ipvsbpf-proxy's two modes with 0, 1,000
-## and 10,000 other Services present, short and keep-alive, 1 round
-bench-scale: setup kernel-modules proxy
-	testbed/bench --icount --others "0 1000 10000" --modes "direct ipvs ipvs-bpf" \
+## bench-scale: the counted cells of direct, kube-proxy's iptables and nftables modes and
+## ipvsbpf-proxy's two modes with 0, 1,000 and 10,000 other Services present, short and
+## keep-alive, 1 round
+bench-scale: setup kernel-modules proxy k8s
+	testbed/bench --icount --others "0 1000 10000" \
+		--modes "direct kube-proxy-iptables kube-proxy-nftables ipvs ipvs-bpf" \
 		--workloads "short ka" --rounds 1
 
 ## bench-quick: the same harness, one round of short connections (what make test checks)

@@ -33,8 +33,13 @@
 # Scale axis: BENCH_OTHERS ("0"; `make bench-scale`: "0 1000 10000"), the
 # number of other ClusterIP Services (one endpoint each, cluster IPs from
 # 198.19.128.1) present beside `bench`; every cell is measured at each.
-# Only ipvsbpf-proxy's modes take them (from files); kube-proxy's cells
-# run at 0 only, and `direct` too (the floor holds no Service).
+# ipvsbpf-proxy's modes read them from files; kube-proxy's iptables and
+# nftables modes from the API server, which restarts on an etcd seeded
+# with the same Services (BENCH_SEEDS: "N:DIR ...", made on the host by
+# testbed/k8s/seed --first-vip 198.19.128.1). `direct` runs at 0 only (the
+# floor holds no Service), and kube-proxy's ipvs mode too: it adds ipset
+# entries one `ipset add` process at a time and does not finish a first
+# sync of 1,000 Services under TCG.
 #
 # Instructions per request (vm-run --icount, one vCPU; IPVSBPF_ICOUNT=1):
 # the guest's clock then advances one nanosecond per emulated instruction
@@ -532,6 +537,50 @@ node_clean() {
 	[ "${#left[@]}" = 0 ] || echo "${left[*]}"
 }
 
+# seed_of N: the etcd seed holding N other Services (BENCH_SEEDS)
+seed_of() {
+	local kv
+	for kv in ${BENCH_SEEDS:-}; do
+		[ "${kv%%:*}" = "$1" ] && { echo "${kv#*:}"; return 0; }
+	done
+	fail "no seed of $1 other Services for kube-proxy's modes in BENCH_SEEDS ('${BENCH_SEEDS:-}'; testbed/bench makes them)"
+}
+
+# api_level N: the control plane holds Service bench, pod2a's slice and
+# N other Services (from a seed); restarted when N changes.
+API_LEVEL=
+api_level() {
+	local n=$1 held
+	# kube-proxy's ipvs mode runs at 0 only: so does its control plane
+	[[ " $K8S_MODES " =~ " kube-proxy-"(iptables|nftables)" " ]] || n=0
+	[ -n "$K8S_MODES" ] && [ "$API_LEVEL" != "$n" ] || return 0
+	[ -z "$API_LEVEL" ] || k8s_down
+	K8S_SEED=
+	[ "$n" = 0 ] || K8S_SEED=$(seed_of "$n")
+	[ -z "$K8S_SEED" ] || [ "$(sed -n 's/^first_vip=//p' "$K8S_SEED/SEED")" = 198.19.128.1 ] ||
+		fail "seed $K8S_SEED does not start at 198.19.128.1 (the benchmark's own Service is 198.19.0.20)"
+	k8s_up
+	if [ "$n" != 0 ]; then
+		held=$(k8s_api GET '/api/v1/namespaces/bench/services?limit=1' |
+			grep -o '"remainingItemCount": *[0-9]*' | grep -o '[0-9]*$' | awk '{ print $1 + 1 }')
+		[ "${held:-1}" = "$n" ] || fail "the seeded API server holds ${held:-1} other Services, not $n"
+	fi
+	kc apply -f - <"$MAN/services.yaml" >/dev/null || fail "applying Service bench"
+	k8s_pod pod2a app=bench
+	wait_for 120 eval '[ "$(k8s_slices bench)" = "$POD" ]' ||
+		fail "the EndpointSlice controller wrote no slice with pod2a for bench"
+	echo "      Service bench, pod2a's slice and $n other Services in the API server for $K8S_MODES"
+	API_LEVEL=$n
+}
+
+# at_scale MODE: whether MODE runs with other Services present
+at_scale() {
+	case $1 in
+	ipvs | ipvs-bpf | kube-proxy-iptables | kube-proxy-nftables) return 0 ;;
+	*) return 1 ;;
+	esac
+}
+
 proxy_cluster_up
 rm -f "$MAN"/*.yaml
 cp "$TOP"/testbed/manifests/bench/*.yaml "$MAN/"
@@ -549,14 +598,6 @@ topo_sysctl node net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.eth0.send_redi
 topo_sysctl client net.ipv4.conf.all.accept_redirects=0 net.ipv4.conf.eth0.accept_redirects=0
 topo_exec node2 ip route add "$(topo_ip client 4)/32" via "$NODE"
 sysctl_save
-if [ -n "$K8S_MODES" ]; then
-	k8s_up
-	kc apply -f - <"$MAN/services.yaml" >/dev/null || fail "applying Service bench"
-	k8s_pod pod2a app=bench
-	wait_for 120 eval '[ "$(k8s_slices bench)" = "$POD" ]' ||
-		fail "the EndpointSlice controller wrote no slice with pod2a for bench"
-	echo "      Service bench and pod2a's slice in the API server for $K8S_MODES"
-fi
 : >"$RAW"
 {
 	echo "kernel=$(uname -r)"
@@ -577,16 +618,22 @@ fi
 left=$(node_clean)
 [ -z "$left" ] || fail "node not clean before the benchmark: $left"
 read -r -a modes <<<"$MODES"
+# kube-proxy's first sync of 10,000 Services (one iptables-restore or nft
+# run) takes minutes under TCG
+[ "$OTHERS" = 0 ] || KP_SYNC_TIMEOUT=1800
 for others in $OTHERS; do
 	others_manifests "$others"
-	[ "$others" = 0 ] || step "$others other Services (ipvsbpf-proxy's modes only)"
+	if [ "$others" != 0 ]; then
+		step "$others other Services: $(for m in "${modes[@]}"; do at_scale "$m" && echo "$m"; done | xargs)"
+	fi
+	api_level "$others"
 	for round in $(seq 1 "$ROUNDS"); do
 		# rotate the order each round
 		k=$(( (round - 1) % ${#modes[@]} ))
 		order=("${modes[@]:k}" "${modes[@]:0:k}")
 		step "round $round/$ROUNDS: ${order[*]}"
 		for m in "${order[@]}"; do
-			case $m in ipvs | ipvs-bpf) ;; *) [ "$others" = 0 ] || continue ;; esac
+			[ "$others" = 0 ] || at_scale "$m" || continue
 			mode_up "$m"
 			ok=1
 			for path in $PATHS; do

@@ -229,11 +229,11 @@ kube_proxy_start() {
 		--conntrack-max-per-core 0 >>"$KP_LOG" 2>&1 &
 	KPID=$!
 	# Synced: the last-sync timestamp is set; then healthy, seen from
-	# the LAN. Polled once a second and bounded in time: under TCG its
-	# first sync takes 10-20 s of iptables/nft runs that a tighter loop
-	# of curls would only slow down.
+	# the LAN. Polled once a second and bounded in time (KP_SYNC_TIMEOUT,
+	# 300 s): under TCG its first sync takes 10-20 s of iptables/nft runs
+	# that a tighter loop of curls would only slow down.
 	t0=$(date +%s)
-	end=$((t0 + 300))
+	end=$((t0 + ${KP_SYNC_TIMEOUT:-300}))
 	while ! topo_exec "$node" curl -s -m 5 http://127.0.0.1:10249/metrics 2>/dev/null |
 		grep -qE '^kubeproxy_sync_proxy_rules_last_timestamp_seconds(\{[^}]*\})? [1-9]'; do
 		kill -0 "$KPID" 2>/dev/null && [ "$(date +%s)" -lt "$end" ] || {
