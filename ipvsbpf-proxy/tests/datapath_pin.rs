@@ -12,6 +12,7 @@ use ipvsbpf_proxy::backends::datapath::{
     self, session_key, session_value, Datapath, Direction, Options, Protocol, MAP_SESSIONS,
     PINNED_MAPS,
 };
+use ipvsbpf_proxy::backends::hostinfo;
 use netns::in_private_bpffs;
 
 mod netns;
@@ -231,5 +232,56 @@ fn counter_and_fragment_maps_of_another_size_are_replaced() {
         for name in PINNED_MAPS {
             assert!(dir.join(name).exists(), "{name} pinned");
         }
+    });
+}
+
+/// `attached` tells whether a device carries our filters, whoever loaded
+/// them, and `detach` takes them off (the proxy's start removes an earlier
+/// run's from devices it no longer covers): a veth device in a network
+/// namespace of the test's own.
+#[test]
+fn attached_sees_our_filters_until_detached() {
+    in_private_bpffs(|bpffs| {
+        let dir = pin_dir(bpffs);
+        // SAFETY: unshare(2) changes only this thread's network namespace;
+        // the commands it runs inherit it.
+        assert_eq!(
+            unsafe { libc::unshare(libc::CLONE_NEWNET) },
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        netns::run(
+            "ip",
+            &["link", "add", "t0", "type", "veth", "peer", "name", "t1"],
+        );
+        let idx = hostinfo::ifindex("t0").expect("t0's index");
+        assert!(
+            !datapath::attached(idx).expect("no qdisc yet"),
+            "a device without clsact"
+        );
+        let mut storage = MaybeUninit::uninit();
+        let dp = Datapath::load_pinned(&mut storage, &Options::default(), &dir).expect("load");
+        let _filters = dp.attach(idx).expect("attach");
+        assert!(
+            datapath::attached(idx).expect("query"),
+            "ours, after attach"
+        );
+        // another filter on the same hook is not ours
+        datapath::detach(idx).expect("detach");
+        netns::run(
+            "tc",
+            &[
+                "filter", "add", "dev", "t0", "egress", "pref", "7", "protocol", "all", "u32",
+                "match", "u32", "0", "0", "flowid", "1:1",
+            ],
+        );
+        assert!(
+            !datapath::attached(idx).expect("query"),
+            "after detach, with another filter left on the hook"
+        );
+        datapath::detach(idx).expect("a second detach finds nothing, and is fine");
+        let left = netns::run("tc", &["filter", "show", "dev", "t0", "egress"]);
+        assert!(left.contains("u32"), "the other filter stays: {left}");
     });
 }

@@ -6,7 +6,8 @@
 #     (flannel's way: a point-to-point VXLAN device, pod CIDR routes on
 #     it); a SNAT NodePort to node2's pods works and they see the node;
 #   - a second uplink: the pod CIDR routes go over a second link between
-#     node and node2; the same checks;
+#     node and node2; the same checks; a device that stopped routing the
+#     cluster CIDR while no proxy ran loses the programs at the next start;
 #   - a stateful FORWARD firewall (policy drop, ESTABLISHED,RELATED
 #     accepted, new connections to the pods' port allowed, as a CNI's
 #     policy or a host firewall would have it): Service replies are
@@ -92,7 +93,20 @@ for i in $(seq 1 50); do
 done
 topo_exec node tc filter show dev vxlan0 egress | grep -q . &&
 	fail "vxlan0 routes no cluster address any more but keeps the programs"
+
+step "a device that stopped routing cluster addresses while no proxy ran loses the programs"
+# An update stops the proxy (SIGTERM, the programs stay); the pods move
+# back to eth0 before the next one starts. eth1's programs are the
+# earlier run's: with another SNAT configuration their ingress would
+# pass the new sessions' replies untranslated.
+end_proxy
 pod_routes_via "$(topo_ip node2 4)" "$(topo_ip node 4)" eth0
+topo_exec node tc filter show dev eth1 egress | grep -q ipvsbpf ||
+	fail "eth1 lost its programs with the proxy: nothing left to test"
+start_proxy
+topo_exec node tc filter show dev eth1 egress | grep -q ipvsbpf &&
+	fail "eth1 routes no cluster address any more but keeps the earlier run's programs"
+via_node2 eth0
 
 # firewall: the stateful FORWARD policy on node, in iptables.
 firewall() {

@@ -228,6 +228,7 @@ impl BpfMode {
         // Before IPVS gets the map: after a restart with a new map, the
         // programs on pods' devices must be the ones that read it.
         bm.follow_cluster_devices(&cfg.cluster, true)?;
+        bm.detach_unfollowed();
         hostinfo::reserve_ports(cfg.port_min, cfg.port_max)?;
 
         if !adopted {
@@ -322,6 +323,41 @@ impl BpfMode {
         self.absent = absent;
         self.refused = refused;
         Ok(())
+    }
+
+    /// Removes our filters from every device this run does not cover: an
+    /// uplink no longer named, a device that stopped routing the cluster
+    /// CIDR while no proxy ran. The programs left there are an earlier
+    /// run's, with its SNAT settings: their ingress would pass the
+    /// replies of the new settings' sessions untranslated. Whatever fails
+    /// is logged; it leaves what was there before.
+    fn detach_unfollowed(&self) {
+        let names = match hostinfo::all_devices() {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "listing devices to remove an earlier run's tc programs");
+                return;
+            }
+        };
+        for name in names {
+            let Ok(idx) = hostinfo::ifindex(&name) else {
+                continue;
+            };
+            if self.uplinks.iter().any(|(_, i)| *i == idx) || self.followed.contains_key(&idx) {
+                continue;
+            }
+            match datapath::attached(idx) {
+                Ok(false) => {}
+                Ok(true) => match datapath::detach(idx) {
+                    Ok(()) => info!(device = %name, ifindex = idx,
+                                    "an earlier run's tc programs detached (device not covered now)"),
+                    Err(e) => {
+                        warn!(device = %name, error = %e, "detaching an earlier run's tc programs")
+                    }
+                },
+                Err(e) => warn!(device = %name, error = %e, "querying the tc filters"),
+            }
+        }
     }
 
     pub fn uplinks(&self) -> impl Iterator<Item = &str> {

@@ -779,6 +779,34 @@ pub fn detach(ifindex: i32) -> Result<(), Error> {
     first_err.map_or(Ok(()), Err)
 }
 
+/// Whether `ifindex` (calling thread's netns) carries a filter at
+/// [`Datapath::attach`]'s priority and handle on either hook, whoever
+/// loaded it.
+pub fn attached(ifindex: i32) -> Result<bool, Error> {
+    let fd = std::fs::File::open("/dev/null").map_err(|e| Error::Bpf {
+        what: "opening /dev/null".into(),
+        source: libbpf_rs::Error::from(e),
+    })?;
+    for (point, what) in [(TC_EGRESS, "egress"), (TC_INGRESS, "ingress")] {
+        match tc_hook(fd.as_fd(), ifindex, point).query() {
+            Ok(_) => return Ok(true),
+            // no such filter, or no clsact qdisc (EINVAL)
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::InvalidInput
+                ) => {}
+            Err(e) => {
+                return Err(Error::Bpf {
+                    what: format!("querying {what} on ifindex {ifindex}"),
+                    source: e,
+                })
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// The two tc filters of one device.
 pub struct Attachment {
     egress: TcHook,
