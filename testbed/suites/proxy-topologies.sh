@@ -106,6 +106,10 @@ topo_exec node tc filter show dev eth1 egress | grep -q ipvsbpf ||
 start_proxy
 topo_exec node tc filter show dev eth1 egress | grep -q ipvsbpf &&
 	fail "eth1 routes no cluster address any more but keeps the earlier run's programs"
+# and a device that does route them keeps its programs: pod1a's
+pod_dev=$(topo_exec node ip route get "$(topo_ip pod1a 4)" | grep -o 'dev [^ ]*' | cut -d' ' -f2)
+topo_exec node tc filter show dev "$pod_dev" egress | grep -q ipvsbpf ||
+	fail "pod1a's device ($pod_dev) lost its programs at the proxy's start"
 via_node2 eth0
 
 # firewall: the stateful FORWARD policy on node, in iptables.

@@ -228,7 +228,7 @@ impl BpfMode {
         // Before IPVS gets the map: after a restart with a new map, the
         // programs on pods' devices must be the ones that read it.
         bm.follow_cluster_devices(&cfg.cluster, true)?;
-        bm.detach_unfollowed();
+        bm.detach_unfollowed(&cfg.cluster);
         hostinfo::reserve_ports(cfg.port_min, cfg.port_max)?;
 
         if !adopted {
@@ -329,13 +329,21 @@ impl BpfMode {
     /// uplink no longer named, a device that stopped routing the cluster
     /// CIDR while no proxy ran. The programs left there are an earlier
     /// run's, with its SNAT settings: their ingress would pass the
-    /// replies of the new settings' sessions untranslated. Whatever fails
-    /// is logged; it leaves what was there before.
-    fn detach_unfollowed(&self) {
-        let names = match hostinfo::all_devices() {
-            Ok(n) => n,
-            Err(e) => {
-                warn!(error = %e, "listing devices to remove an earlier run's tc programs");
+    /// replies of the new settings' sessions untranslated. As
+    /// [`Self::follow_cluster_devices`] does, a device goes only when a
+    /// second reading of the routes agrees (one can miss routes while the
+    /// table changes); one whose attach failed just now keeps what it
+    /// has. Whatever fails is logged and leaves what was there.
+    fn detach_unfollowed(&self, cluster: &[Cidr]) {
+        let routing = if cluster.is_empty() {
+            Ok(Vec::new())
+        } else {
+            hostinfo::devices_routing(cluster)
+        };
+        let (names, routing) = match (hostinfo::all_devices(), routing) {
+            (Ok(n), Ok(r)) => (n, r),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "reading devices and routes to remove an earlier run's tc programs");
                 return;
             }
         };
@@ -343,7 +351,11 @@ impl BpfMode {
             let Ok(idx) = hostinfo::ifindex(&name) else {
                 continue;
             };
-            if self.uplinks.iter().any(|(_, i)| *i == idx) || self.followed.contains_key(&idx) {
+            if self.uplinks.iter().any(|(_, i)| *i == idx)
+                || self.followed.contains_key(&idx)
+                || self.refused.iter().any(|(_, i)| *i == idx)
+                || routing.contains(&name)
+            {
                 continue;
             }
             match datapath::attached(idx) {
