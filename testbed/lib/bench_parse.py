@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: GPL-2.0
-"""testbed/lib/bench_parse.py: one benchmark cell's raw output (ab, wrk or
-iperf3) and counters -> one JSON line on stdout. Used by the guest suite
+"""testbed/lib/bench_parse.py: one benchmark cell's raw output (ab, wrk,
+iperf3 or dnsperf) and counters -> one JSON line on stdout. Used by the guest suite
 bench.sh; unit-tested in testbed/tests/test_bench_parse.py.
 
 A cell's "problems" are what makes its figures untrustworthy: the tool
@@ -95,7 +95,32 @@ def parse_iperf(text):
     return r
 
 
-PARSERS = {"short": parse_ab, "ka": parse_wrk, "iperf": parse_iperf}
+def parse_dnsperf(text):
+    """dnsperf: UDP request/response (DNS queries, a socket per client,
+    each reused); its latency is per query, mean and max only."""
+    sent = num(r"^\s+Queries sent:\s+(\d+)", text, 0, int)
+    done = num(r"^\s+Queries completed:\s+(\d+)", text, 0, int)
+    r = {
+        "requests": done,
+        "rps": num(r"^\s+Queries per second:\s+([0-9.]+)", text, 0.0),
+        "errors": {"lost": num(r"^\s+Queries lost:\s+(\d+)", text, 0, int)},
+    }
+    if sent != done + r["errors"]["lost"]:
+        r["errors"]["unaccounted"] = abs(sent - done - r["errors"]["lost"])
+    m = re.search(r"^\s+Response codes:\s+(.*)$", text, re.M)
+    if m:
+        bad = sum(int(n) for code, n in re.findall(r"([A-Z]+) (\d+)", m.group(1)) if code != "NOERROR")
+        r["errors"]["not_noerror"] = bad
+    m = re.search(r"^\s+Average Latency \(s\):\s+([0-9.]+) \(min [0-9.]+, max ([0-9.]+)\)", text, re.M)
+    if m:
+        r["lat_mean_ms"] = float(m.group(1)) * 1e3
+        r["lat_max_ms"] = float(m.group(2)) * 1e3
+    r["lat_p50_ms"] = r["lat_p99_ms"] = None
+    r["latency"] = "per query"
+    return r
+
+
+PARSERS = {"short": parse_ab, "ka": parse_wrk, "iperf": parse_iperf, "udp": parse_dnsperf}
 
 
 def parse_ab_keepalive(text):
@@ -165,6 +190,10 @@ def cell(args, text):
 
     if args.workload == "iperf":
         c["summary"] = f"{c.get('gbps', 0):.2f} Gbit/s, retransmits {c.get('retransmits')}"
+    elif args.workload == "udp":
+        c["summary"] = (f"{c['rps']:.0f} queries/s, mean {c.get('lat_mean_ms', 0):.2f} ms, "
+                        f"max {c.get('lat_max_ms', 0):.2f} ms ({c['latency']}), "
+                        f"cpu {c.get('cpu_us_per_req', 0):.0f} us/query")
     else:
         c["summary"] = (f"{c['rps']:.0f} req/s, p50 {c['lat_p50_ms']} ms, p99 {c['lat_p99_ms']} ms "
                         f"({c['latency']}), cpu {c.get('cpu_us_per_req', 0):.0f} us/req")

@@ -21,6 +21,9 @@
 #          SYN that waited for a retransmission shows
 #   ka     wrk, keep-alive: requests/s and wrk's latency
 #   iperf  iperf3, one TCP flow: Gbit/s
+#   udp    dnsperf against dnsmasq, UDP request/response (DNS): a socket
+#          per client, reused, CONC queries outstanding; queries/s and
+#          mean latency (dnsperf gives no percentiles)
 # For every cell: the client's SYN retransmissions (nstat), connection
 # errors, the guest's CPU time (/proc/stat) per request, and in ipvs-bpf
 # mode the kernel's and the tc programs' counters.
@@ -70,7 +73,7 @@
 # or requests, when a mode did not serve a path before its cells, or when
 # a mode left the node unclean after its own cleanup.
 . "$(dirname "$0")/lib.sh"
-need ab wrk iperf3 nginx ipvsadm nstat tc iptables-save nft python3
+need ab wrk iperf3 dnsperf dnsmasq nginx ipvsadm nstat tc iptables-save nft python3
 MODE=ipvs-bpf
 . "$(dirname "$0")/proxy-lib.bash"
 
@@ -167,9 +170,11 @@ problems=()
 target() {
 	local port=80
 	[ "$3" = iperf ] && port=5201
+	[ "$3" = udp ] && port=53
 	case "$1:$2" in
 	nodeport:direct) echo "client $POD $port" ;;
-	nodeport:*) [ "$3" = iperf ] && port=30091 || port=30090
+	nodeport:*)
+		case $3 in iperf) port=30091 ;; udp) port=30092 ;; *) port=30090 ;; esac
 		echo "client $NODE $port" ;;
 	clusterip:direct) echo "pod1a $POD $port" ;;
 	clusterip:*) echo "pod1a 198.19.0.20 $port" ;;
@@ -305,9 +310,9 @@ others_manifests() {
 # connection, 1 MiB.
 amount() {
 	case $1:$2 in
-	short:min | ka:min) echo "$CONC" ;;
+	short:min | ka:min | udp:min) echo "$CONC" ;;
 	short:full) echo "$REQUESTS" ;;
-	ka:full) echo "$((REQUESTS * 4))" ;;
+	ka:full | udp:full) echo "$((REQUESTS * 4))" ;;
 	iperf:min) echo 1048576 ;;
 	iperf:full) echo "$IPERF_BYTES" ;;
 	esac
@@ -426,6 +431,12 @@ send() {
 	iperf)
 		if [ -n "$n" ]; then set -- -n "$n"; else set -- -t "$SECS"; fi
 		"${run[@]}" iperf3 -c "$addr" -p "$port" "$@" -J >"$out" 2>&1 ;;
+	udp)
+		# -n: runs through the one-query file; -t: a query unanswered
+		# for 2 s is lost (counted)
+		if [ -n "$n" ]; then set -- -n "$n"; else set -- -l "$SECS"; fi
+		"${run[@]}" dnsperf -s "$addr" -p "$port" -d "$OUT/dns-queries" -c "$CONC" -q "$CONC" \
+			-t 2 "$@" >"$out" 2>&1 ;;
 	esac
 }
 
@@ -591,6 +602,10 @@ rm -f "$MAN"/*.yaml
 cp "$TOP"/testbed/manifests/bench/*.yaml "$MAN/"
 topo_exec pod2a iperf3 -s -D -p 5201 --pidfile /tmp/ipvsbpf-bench-iperf3.pid ||
 	fail "iperf3 server in pod2a"
+topo_exec pod2a dnsmasq --no-resolv --no-hosts --bind-interfaces --listen-address="$POD" \
+	--address=/bench.test/192.0.2.99 --pid-file=/tmp/ipvsbpf-bench-dnsmasq.pid ||
+	fail "dnsmasq in pod2a"
+echo "bench.test A" >"$OUT/dns-queries"
 # direct mode: client reaches pods through node both ways, as a NodePort
 # connection does, so that the floor differs from the Services only by
 # the Service. Node forwards the request out of the interface it came in

@@ -106,6 +106,29 @@ class ParseTest(unittest.TestCase):
         self.assertAlmostEqual(c["cpu_s_per_gb"], 3.0 * 1e9 / 1125000000)
         self.assertEqual(c["problems"], [])
 
+    def test_dnsperf(self):
+        c = parse("udp", data("bench-dnsperf.txt"))
+        self.assertEqual(c["requests"], 3000)
+        self.assertAlmostEqual(c["rps"], 14027.868699)
+        self.assertAlmostEqual(c["lat_mean_ms"], 0.313)
+        self.assertAlmostEqual(c["lat_max_ms"], 1.406)
+        self.assertIsNone(c["lat_p99_ms"])
+        self.assertEqual(c["latency"], "per query")
+        self.assertAlmostEqual(c["cpu_us_per_req"], 3.0e6 / 3000)
+        self.assertEqual(c["problems"], [])
+        self.assertIn("queries/s", c["summary"])
+
+    def test_dnsperf_lost_and_refused_queries_are_problems(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+            f.write(open(data("bench-dnsperf.txt")).read()
+                    .replace("Queries completed:    3000 (100.00%)", "Queries completed:    2990 (99.67%)")
+                    .replace("Queries lost:         0 (0.00%)", "Queries lost:         10 (0.33%)")
+                    .replace("NOERROR 3000 (100.00%)", "NOERROR 2985 (99.50%), REFUSED 5 (0.17%)"))
+            f.flush()
+            c = parse("udp", f.name)
+        self.assertEqual(c["requests"], 2990)
+        self.assertEqual(c["problems"], ["lost: lost 10, not_noerror 5"])
+
     def test_icount_instructions_less_the_baseline(self):
         c = parse("short", data("bench-ab.txt"), instructions=(479 * 250000 + 40000000, 40000000),
                   left=3)
