@@ -748,26 +748,38 @@ fn tc_hook(fd: BorrowedFd<'_>, ifindex: i32, point: libbpf_rs::TcAttachPoint) ->
     b.hook(point)
 }
 
+/// Both hooks, and their names for errors.
+const HOOKS: [(libbpf_rs::TcAttachPoint, &str); 2] =
+    [(TC_EGRESS, "egress"), (TC_INGRESS, "ingress")];
+
+/// An fd for a [`TcHook`] that goes by handle and priority only (detach,
+/// query), where the program's fd is not used.
+fn unused_prog_fd() -> Result<std::fs::File, Error> {
+    std::fs::File::open("/dev/null").map_err(|e| Error::Bpf {
+        what: "opening /dev/null".into(),
+        source: libbpf_rs::Error::from(e),
+    })
+}
+
+/// Whether a detach or query error means there is no filter of ours:
+/// none at that handle and priority (ENOENT), or no clsact qdisc at all
+/// (EINVAL, "Parent Qdisc doesn't exist").
+fn no_filter(e: &libbpf_rs::Error) -> bool {
+    matches!(
+        e.kind(),
+        libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::InvalidInput
+    )
+}
+
 /// Removes the filters [`Datapath::attach`] put on `ifindex` (calling
 /// thread's netns), whoever loaded them. Idempotent: a filter already gone
 /// is not an error, and both hooks are tried whatever the first gives.
 pub fn detach(ifindex: i32) -> Result<(), Error> {
-    // Detaching goes by handle and priority; the fd is not used.
-    let fd = std::fs::File::open("/dev/null").map_err(|e| Error::Bpf {
-        what: "opening /dev/null".into(),
-        source: libbpf_rs::Error::from(e),
-    })?;
+    let fd = unused_prog_fd()?;
     let mut first_err = None;
-    for (point, what) in [(TC_EGRESS, "egress"), (TC_INGRESS, "ingress")] {
+    for (point, what) in HOOKS {
         match tc_hook(fd.as_fd(), ifindex, point).detach() {
-            // No clsact qdisc at all comes back as EINVAL ("Parent Qdisc
-            // doesn't exist"): nothing of ours there either.
-            Err(e)
-                if !matches!(
-                    e.kind(),
-                    libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::InvalidInput
-                ) =>
-            {
+            Err(e) if !no_filter(&e) => {
                 first_err.get_or_insert(Error::Bpf {
                     what: format!("detaching {what} from ifindex {ifindex}"),
                     source: e,
@@ -783,19 +795,11 @@ pub fn detach(ifindex: i32) -> Result<(), Error> {
 /// [`Datapath::attach`]'s priority and handle on either hook, whoever
 /// loaded it.
 pub fn attached(ifindex: i32) -> Result<bool, Error> {
-    let fd = std::fs::File::open("/dev/null").map_err(|e| Error::Bpf {
-        what: "opening /dev/null".into(),
-        source: libbpf_rs::Error::from(e),
-    })?;
-    for (point, what) in [(TC_EGRESS, "egress"), (TC_INGRESS, "ingress")] {
+    let fd = unused_prog_fd()?;
+    for (point, what) in HOOKS {
         match tc_hook(fd.as_fd(), ifindex, point).query() {
             Ok(_) => return Ok(true),
-            // no such filter, or no clsact qdisc (EINVAL)
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    libbpf_rs::ErrorKind::NotFound | libbpf_rs::ErrorKind::InvalidInput
-                ) => {}
+            Err(e) if no_filter(&e) => {}
             Err(e) => {
                 return Err(Error::Bpf {
                     what: format!("querying {what} on ifindex {ifindex}"),
