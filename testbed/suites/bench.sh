@@ -562,9 +562,10 @@ seed_of() {
 # N other Services (from a seed); restarted when N changes.
 API_LEVEL=
 api_level() {
-	local n=$1 held
+	local n=$1 held m scaled=
 	# kube-proxy's ipvs mode runs at 0 only: so does its control plane
-	[[ " $K8S_MODES " =~ " kube-proxy-"(iptables|nftables)" " ]] || n=0
+	for m in $K8S_MODES; do at_scale "$m" && scaled=1; done
+	[ -n "$scaled" ] || n=0
 	[ -n "$K8S_MODES" ] && [ "$API_LEVEL" != "$n" ] || return 0
 	K8S_SEED=
 	if [ "$n" != 0 ]; then
@@ -574,8 +575,7 @@ api_level() {
 	[ -z "$API_LEVEL" ] || k8s_down
 	k8s_up
 	if [ "$n" != 0 ]; then
-		held=$(k8s_api GET '/api/v1/namespaces/bench/services?limit=1' |
-			grep -o '"remainingItemCount": *[0-9]*' | grep -o '[0-9]*$' | awk '{ print $1 + 1 }')
+		held=$(k8s_services_held bench)
 		[ "${held:-1}" = "$n" ] || fail "the seeded API server holds ${held:-1} other Services, not $n"
 		# where ipvsbpf-proxy's files put them, clear of bench's 198.19.0.20
 		[ "$(kc get service -n bench svc-00000 -o jsonpath='{.spec.clusterIP}')" = 198.19.128.1 ] ||

@@ -159,6 +159,13 @@ k8s_ready() {
 		fail "setting Pod $1 Ready=$2"
 }
 
+# k8s_services_held NS: how many Services namespace NS holds, from one
+# page of one (the server's remainingItemCount, plus that one)
+k8s_services_held() {
+	k8s_api GET "/api/v1/namespaces/$1/services?limit=1" |
+		grep -o '"remainingItemCount": *[0-9]*' | grep -o '[0-9]*$' | awk '{ print $1 + 1 }'
+}
+
 # k8s_slices SERVICE: the addresses in SERVICE's EndpointSlices, one a line
 k8s_slices() {
 	k8s_api GET "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3D$1" |

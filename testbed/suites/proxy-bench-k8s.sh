@@ -240,8 +240,7 @@ for seed in ${SEEDS//,/ }; do
 	E=$(sed -n 's/^endpoints=//p' "$seed/SEED")
 	K8S_SEED=$seed
 	k8s_up
-	held=$(k8s_api GET '/api/v1/namespaces/bench/services?limit=1' |
-		grep -o '"remainingItemCount": *[0-9]*' | grep -o '[0-9]*$' | awk '{ print $1 + 1 }')
+	held=$(k8s_services_held bench)
 	echo "      the API server holds ${held:-1} Services in bench"
 	[ "${held:-1}" = "$N" ] || fail "the seed's $N Services are not all served"
 	for m in $MODES; do
