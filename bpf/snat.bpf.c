@@ -5,6 +5,12 @@
  *                    -> source := SNAT addr:port
  *   ipvsbpf_ingress  replies before IPVS: IP_VS_BPF_DIR_REPLY entry
  *                    -> destination := client addr:port
+ *   ipvsbpf_l3_egress, ipvsbpf_l3_ingress
+ *                    the same on devices without a link-layer header
+ *                    (IPIP, ip6tnl, SIT, WireGuard, TUN): the IP header is
+ *                    at offset 0 there, at ETH_HLEN on Ethernet devices
+ *                    (the kernel keeps 15 characters of a name: tc shows
+ *                    ipvsbpf_l3_egre and ipvsbpf_l3_ingr)
  *
  * The session map (ipvs_sessions) is handed to IPVS, which fills it. One
  * hash lookup per TCP/UDP/SCTP packet, but for arriving packets that are
@@ -12,7 +18,8 @@
  * packet untouched.
  * Verdicts are TC_ACT_UNSPEC ("next filter, else pass") so programs of
  * other owners on the same hook still run, and TC_ACT_SHOT only for the
- * IPVSBPF_DROP_* reasons. Ethernet devices only.
+ * IPVSBPF_DROP_* reasons. Devices with another link-layer header (GRE's
+ * NBMA mode, InfiniBand) get neither pair: the proxy refuses them.
  */
 #include "common.h"
 #include "maps.h"
@@ -20,12 +27,13 @@
 #include "parse.h"
 #include "stats.h"
 
-static __always_inline int ipvsbpf_handle(struct __sk_buff *skb, __u8 dir)
+static __always_inline int ipvsbpf_handle(struct __sk_buff *skb, __u8 dir,
+					  __u32 l3_off)
 {
 	struct pkt p = {};
 	int reason;
 
-	p.l3_off = ETH_HLEN;
+	p.l3_off = l3_off;
 	switch (skb->protocol) {
 	case bpf_htons(ETH_P_IP):
 		reason = parse_ipv4(skb, &p, false);
@@ -81,13 +89,25 @@ out:
 SEC("tc")
 int ipvsbpf_egress(struct __sk_buff *skb)
 {
-	return ipvsbpf_handle(skb, IP_VS_BPF_DIR_ORIG);
+	return ipvsbpf_handle(skb, IP_VS_BPF_DIR_ORIG, ETH_HLEN);
 }
 
 SEC("tc")
 int ipvsbpf_ingress(struct __sk_buff *skb)
 {
-	return ipvsbpf_handle(skb, IP_VS_BPF_DIR_REPLY);
+	return ipvsbpf_handle(skb, IP_VS_BPF_DIR_REPLY, ETH_HLEN);
+}
+
+SEC("tc")
+int ipvsbpf_l3_egress(struct __sk_buff *skb)
+{
+	return ipvsbpf_handle(skb, IP_VS_BPF_DIR_ORIG, 0);
+}
+
+SEC("tc")
+int ipvsbpf_l3_ingress(struct __sk_buff *skb)
+{
+	return ipvsbpf_handle(skb, IP_VS_BPF_DIR_REPLY, 0);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -280,6 +280,8 @@ fn main() {
     for (name, prog) in [
         ("ipvsbpf_egress", &dp.skel().progs.ipvsbpf_egress),
         ("ipvsbpf_ingress", &dp.skel().progs.ipvsbpf_ingress),
+        ("ipvsbpf_l3_egress", &dp.skel().progs.ipvsbpf_l3_egress),
+        ("ipvsbpf_l3_ingress", &dp.skel().progs.ipvsbpf_l3_ingress),
         ("pktcount_egress", &floor.progs.pktcount_egress),
     ] {
         let (xlated, calls) = xlated(prog_id(prog));

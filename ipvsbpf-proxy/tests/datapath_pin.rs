@@ -9,8 +9,8 @@ use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 
 use ipvsbpf_proxy::backends::datapath::{
-    self, session_key, session_value, Datapath, Direction, Options, Protocol, MAP_SESSIONS,
-    PINNED_MAPS,
+    self, session_key, session_value, Datapath, Direction, LinkLayer, Options, Protocol,
+    MAP_SESSIONS, PINNED_MAPS,
 };
 use ipvsbpf_proxy::backends::hostinfo;
 use netns::in_private_bpffs;
@@ -262,7 +262,7 @@ fn attached_sees_our_filters_until_detached() {
         );
         let mut storage = MaybeUninit::uninit();
         let dp = Datapath::load_pinned(&mut storage, &Options::default(), &dir).expect("load");
-        let _filters = dp.attach(idx).expect("attach");
+        let _filters = dp.attach(idx, LinkLayer::Ethernet).expect("attach");
         assert!(
             datapath::attached(idx).expect("query"),
             "ours, after attach"

@@ -41,7 +41,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ipvsbpf_proxy::backends::datapath::{Datapath, Direction, Reason};
+use ipvsbpf_proxy::backends::datapath::{Datapath, Direction, LinkLayer, Reason};
 
 struct Topology {
     client: String,
@@ -168,7 +168,7 @@ impl Topology {
         assert_eq!(rc, 0, "setns node: {}", std::io::Error::last_os_error());
         // SAFETY: a NUL-terminated literal.
         let ifindex = unsafe { libc::if_nametoindex(c"ns".as_ptr()) };
-        let attached = dp.attach(ifindex as i32);
+        let attached = dp.attach(ifindex as i32, LinkLayer::Ethernet);
         // SAFETY: as above, back to where the thread started.
         let back = unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(back, 0, "setns back: {}", std::io::Error::last_os_error());

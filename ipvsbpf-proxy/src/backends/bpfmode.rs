@@ -14,8 +14,10 @@
 //! a second uplink towards other nodes' pods. Before each sync programs
 //! IPVS, [`BpfMode::follow_cluster_devices`] attaches the programs to
 //! every device that routes part of the cluster CIDR, found from the
-//! routing table, not from a CNI's naming; those that cannot carry them
-//! (not Ethernet: IPIP, WireGuard) are named once in the log.
+//! routing table, not from a CNI's naming. Devices without a link-layer
+//! header (IPIP, WireGuard) get the programs' L3 pair; those that cannot
+//! carry either pair (GRE's NBMA mode, InfiniBand) are named once in the
+//! log.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::mem::MaybeUninit;
@@ -27,7 +29,7 @@ use ipvs_netlink::{BpfAttach, BpfStatus, Ipvs, Snat};
 use libbpf_rs::{MapCore, OpenObject};
 use tracing::{info, warn};
 
-use crate::backends::datapath::{self, Datapath, Direction, Options, Reason};
+use crate::backends::datapath::{self, Datapath, Direction, LinkLayer, Options, Reason};
 use crate::backends::hostinfo::{self, HostError};
 use crate::model::desired::Cidr;
 
@@ -79,7 +81,7 @@ pub struct BpfModeConfig {
 /// The loaded and attached datapath.
 pub struct BpfMode {
     dp: Datapath<'static>,
-    uplinks: Vec<(String, i32)>,
+    uplinks: Vec<(String, i32, LinkLayer)>,
     snat: Snat,
     /// Other devices that carry the programs, by ifindex, with the name
     /// they had when attached.
@@ -127,8 +129,8 @@ impl BpfMode {
         }
         let mut uplinks = Vec::new();
         for name in &names {
-            hostinfo::check_ethernet(name)?;
-            uplinks.push((name.clone(), hostinfo::ifindex(name)?));
+            let link = hostinfo::link_layer(name)?;
+            uplinks.push((name.clone(), hostinfo::ifindex(name)?, link));
         }
         let snat = snat_for(&names[0], cfg)?;
 
@@ -211,10 +213,10 @@ impl BpfMode {
             }
             None => false,
         };
-        for (name, idx) in &uplinks {
+        for (name, idx, link) in &uplinks {
             // Attachments replace our own filter and are left in place
             // when the proxy exits, so traffic survives a restart.
-            let _filters = dp.attach(*idx)?;
+            let _filters = dp.attach(*idx, *link)?;
             info!(uplink = %name, ifindex = idx, "tc programs attached");
         }
         let mut bm = BpfMode {
@@ -242,7 +244,7 @@ impl BpfMode {
         Ok(bm)
     }
 
-    /// Attaches the programs to every Ethernet device, other than the
+    /// Attaches the programs to every device, other than the
     /// uplinks, that routes part of `cluster` (the cluster CIDR), and
     /// detaches them from a device that no longer does in two reads in a
     /// row (one read of /proc/net/ipv6_route can miss routes while the
@@ -254,7 +256,7 @@ impl BpfMode {
     /// Called before each sync programs IPVS: a pod's route exists before
     /// its endpoint is published, so its device carries the programs
     /// before IPVS can schedule a SNAT connection to it. A device that
-    /// cannot carry them (not Ethernet, or the kernel refuses the filter)
+    /// cannot carry them (an unknown link layer, or the kernel refuses the filter)
     /// is named once in the log and tried again at the next sync; it
     /// never fails the sync, only an unreadable routing table does.
     pub fn follow_cluster_devices(
@@ -268,7 +270,7 @@ impl BpfMode {
         let mut now = BTreeMap::new();
         let mut refused = BTreeSet::new();
         for name in hostinfo::devices_routing(cluster)? {
-            if self.uplinks.iter().any(|(n, _)| *n == name) {
+            if self.uplinks.iter().any(|(n, _, _)| *n == name) {
                 continue;
             }
             // Gone since the routes were read: nothing to attach to.
@@ -280,8 +282,12 @@ impl BpfMode {
                 now.insert(idx, name);
                 continue;
             }
-            let res = match hostinfo::check_ethernet(&name) {
-                Ok(()) => self.dp.attach(idx).map(drop).map_err(BpfModeError::from),
+            let res = match hostinfo::link_layer(&name) {
+                Ok(link) => self
+                    .dp
+                    .attach(idx, link)
+                    .map(drop)
+                    .map_err(BpfModeError::from),
                 Err(e) => Err(e.into()),
             };
             match res {
@@ -351,7 +357,7 @@ impl BpfMode {
             let Ok(idx) = hostinfo::ifindex(&name) else {
                 continue;
             };
-            if self.uplinks.iter().any(|(_, i)| *i == idx)
+            if self.uplinks.iter().any(|(_, i, _)| *i == idx)
                 || self.followed.contains_key(&idx)
                 || self.refused.iter().any(|(_, i)| *i == idx)
                 || routing.contains(&name)
@@ -373,7 +379,7 @@ impl BpfMode {
     }
 
     pub fn uplinks(&self) -> impl Iterator<Item = &str> {
-        self.uplinks.iter().map(|(n, _)| n.as_str())
+        self.uplinks.iter().map(|(n, _, _)| n.as_str())
     }
 
     pub fn snat(&self) -> Snat {

@@ -35,6 +35,18 @@ pub const VALUE_SIZE: usize = std::mem::size_of::<IpVsBpfValue>();
 const AF_INET: u8 = libc::AF_INET as u8;
 const AF_INET6: u8 = libc::AF_INET6 as u8;
 
+/// What precedes the IP header on a device, which picks the pair of
+/// programs it gets: the IP header is at offset 14 on an Ethernet device
+/// (veth, virtio, ENA, mlx5, a bridge, VXLAN) and at 0 on one without a
+/// link-layer header (IPIP, ip6tnl, SIT, WireGuard, TUN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkLayer {
+    /// ARPHRD_ETHER: `ipvsbpf_egress` / `ipvsbpf_ingress`.
+    Ethernet,
+    /// No link-layer header: `ipvsbpf_l3_egress` / `ipvsbpf_l3_ingress`.
+    None,
+}
+
 /// Errors of the datapath layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -436,11 +448,20 @@ impl<'obj> Datapath<'obj> {
         &self.skel
     }
 
-    /// The program of a direction: egress for `Orig`, ingress for `Reply`.
+    /// The program of a direction on Ethernet devices: egress for `Orig`,
+    /// ingress for `Reply`.
     pub fn program(&self, dir: Direction) -> &ProgramMut<'obj> {
-        match dir {
-            Direction::Orig => &self.skel.progs.ipvsbpf_egress,
-            Direction::Reply => &self.skel.progs.ipvsbpf_ingress,
+        self.program_for(dir, LinkLayer::Ethernet)
+    }
+
+    /// The program of a direction on devices of `link`'s kind.
+    pub fn program_for(&self, dir: Direction, link: LinkLayer) -> &ProgramMut<'obj> {
+        let p = &self.skel.progs;
+        match (dir, link) {
+            (Direction::Orig, LinkLayer::Ethernet) => &p.ipvsbpf_egress,
+            (Direction::Reply, LinkLayer::Ethernet) => &p.ipvsbpf_ingress,
+            (Direction::Orig, LinkLayer::None) => &p.ipvsbpf_l3_egress,
+            (Direction::Reply, LinkLayer::None) => &p.ipvsbpf_l3_ingress,
         }
     }
 
@@ -506,11 +527,12 @@ impl<'obj> Datapath<'obj> {
     /// priority 1 with handle [`TC_HANDLE`]: a filter of ours already there
     /// is replaced, other owners' filters are left alone. The filters stay
     /// when the process exits; [`Attachment::detach`] or [`detach`] removes
-    /// them. The device must be an Ethernet device: the programs read the
-    /// IP header at offset 14.
-    pub fn attach(&self, ifindex: i32) -> Result<Attachment, Error> {
-        let mut egress = tc_hook(self.skel.progs.ipvsbpf_egress.as_fd(), ifindex, TC_EGRESS);
-        let mut ingress = tc_hook(self.skel.progs.ipvsbpf_ingress.as_fd(), ifindex, TC_INGRESS);
+    /// them. `link` must be the device's: the other pair would read the IP
+    /// header 14 bytes off ([`crate::backends::hostinfo::link_layer`]).
+    pub fn attach(&self, ifindex: i32, link: LinkLayer) -> Result<Attachment, Error> {
+        let prog = |dir| self.program_for(dir, link).as_fd();
+        let mut egress = tc_hook(prog(Direction::Orig), ifindex, TC_EGRESS);
+        let mut ingress = tc_hook(prog(Direction::Reply), ifindex, TC_INGRESS);
         // One clsact qdisc serves both hooks (an existing one is fine)
         egress
             .create()

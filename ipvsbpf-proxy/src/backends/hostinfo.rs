@@ -7,6 +7,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
+use crate::backends::datapath::LinkLayer;
 use crate::model::desired::Cidr;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +26,13 @@ pub enum HostError {
     Ifaddrs(io::Error),
     #[error("no device {0} in this network namespace")]
     NoDevice(String),
-    #[error("{dev} is not an Ethernet device (ARPHRD {kind}); the tc programs read the IP header at offset 14")]
-    NotEthernet { dev: String, kind: String },
+    #[error(
+        "{dev} has a link-layer header the tc programs cannot parse (ARPHRD {kind}): \
+         they read Ethernet frames or bare IP packets"
+    )]
+    LinkLayer { dev: String, kind: String },
+    #[error("{what}: {source}")]
+    Ioctl { what: String, source: io::Error },
 }
 
 fn read(path: &Path) -> Result<String, HostError> {
@@ -215,17 +221,66 @@ pub fn ifindex(dev: &str) -> Result<i32, HostError> {
     i32::try_from(idx).map_err(|_| HostError::NoDevice(dev.to_string()))
 }
 
-/// The tc programs parse Ethernet frames (ARPHRD_ETHER: veth, virtio,
-/// ENA, mlx5…); a tunnel or an IP-only device would be misparsed.
-pub fn check_ethernet(dev: &str) -> Result<(), HostError> {
-    let kind = read(&Path::new("/sys/class/net").join(dev).join("type"))?;
-    match kind.trim() {
-        "1" => Ok(()),
-        other => Err(HostError::NotEthernet {
-            dev: dev.to_string(),
-            kind: other.to_string(),
-        }),
+/// Which pair of tc programs `dev` takes, from its ARPHRD type: Ethernet
+/// frames (ARPHRD_ETHER: veth, virtio, ENA, mlx5, bridges, VXLAN), or bare
+/// IP packets on a device without a link-layer header (ARPHRD_NONE:
+/// WireGuard, TUN; ARPHRD_TUNNEL, TUNNEL6, SIT: IPIP, ip6tnl, SIT, which
+/// build no header in front of the inner packet). Any other type (GRE's
+/// NBMA mode builds one, InfiniBand, PPP) would be misparsed: refused.
+pub fn link_layer(dev: &str) -> Result<LinkLayer, HostError> {
+    let kind = arphrd_type(dev)?;
+    link_layer_of(kind).ok_or_else(|| HostError::LinkLayer {
+        dev: dev.to_string(),
+        kind: kind.to_string(),
+    })
+}
+
+/// [`link_layer`] of an ARPHRD type.
+pub fn link_layer_of(arphrd: u16) -> Option<LinkLayer> {
+    match arphrd {
+        libc::ARPHRD_ETHER => Some(LinkLayer::Ethernet),
+        libc::ARPHRD_TUNNEL | libc::ARPHRD_TUNNEL6 | libc::ARPHRD_SIT | libc::ARPHRD_NONE => {
+            Some(LinkLayer::None)
+        }
+        _ => None,
     }
+}
+
+/// The ARPHRD type of `dev` in the calling thread's network namespace,
+/// from SIOCGIFHWADDR (/sys/class/net shows the namespace sysfs was
+/// mounted in, which need not be this one).
+fn arphrd_type(dev: &str) -> Result<u16, HostError> {
+    const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
+    // struct ifreq: the name (IFNAMSIZ), then ifr_hwaddr, a struct
+    // sockaddr whose sa_family is the device's type.
+    let mut ifr = [0u8; 40];
+    if dev.is_empty() || dev.len() >= libc::IFNAMSIZ || dev.contains('\0') {
+        return Err(HostError::NoDevice(dev.to_string()));
+    }
+    ifr[..dev.len()].copy_from_slice(dev.as_bytes());
+    let ioctl_err = |source| HostError::Ioctl {
+        what: format!("SIOCGIFHWADDR {dev}"),
+        source,
+    };
+    // SAFETY: socket(2) with constant arguments; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(ioctl_err(io::Error::last_os_error()));
+    }
+    // SAFETY: SIOCGIFHWADDR reads the name from and writes a struct
+    // sockaddr into a struct ifreq, which `ifr` is large enough to hold.
+    let rc = unsafe { libc::ioctl(fd, SIOCGIFHWADDR, ifr.as_mut_ptr()) };
+    let err = io::Error::last_os_error();
+    // SAFETY: our fd, closed once.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(if err.raw_os_error() == Some(libc::ENODEV) {
+            HostError::NoDevice(dev.to_string())
+        } else {
+            ioctl_err(err)
+        });
+    }
+    Ok(u16::from_ne_bytes([ifr[16], ifr[17]]))
 }
 
 /// One address of an interface that is up.
@@ -348,6 +403,37 @@ fn format_port_list(ports: &BTreeSet<(u16, u16)>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_layer_of_a_device_of_this_namespace() {
+        // lo is in every namespace: ARPHRD_LOOPBACK, which gets no programs
+        assert!(matches!(
+            link_layer("lo"),
+            Err(HostError::LinkLayer { ref kind, .. }) if kind == "772"
+        ));
+        assert!(matches!(
+            link_layer("ipvsbpf-none0"),
+            Err(HostError::NoDevice(_))
+        ));
+        assert!(matches!(
+            link_layer("a-name-longer-than-ifnamsiz"),
+            Err(HostError::NoDevice(_))
+        ));
+    }
+
+    #[test]
+    fn link_layer_by_arphrd_type() {
+        // veth/virtio, WireGuard/TUN, IPIP, ip6tnl, SIT
+        assert_eq!(link_layer_of(1), Some(LinkLayer::Ethernet));
+        for l3 in [65534, 768, 769, 776] {
+            assert_eq!(link_layer_of(l3), Some(LinkLayer::None), "{l3}");
+        }
+        // loopback (an Ethernet-like header, never ours), GRE, InfiniBand,
+        // PPP, IEEE 802.11 with radiotap
+        for other in [772, 778, 32, 512, 803] {
+            assert_eq!(link_layer_of(other), None, "{other}");
+        }
+    }
 
     fn defaults(routes: Vec<Route>) -> Vec<String> {
         pick_devices(routes.into_iter(), |r| r.net.prefix_len == 0)

@@ -73,12 +73,12 @@ fn unpin(pin: &Path) -> Result<(), String> {
 
 fn attach(dev: &str, pin: &Path, opts: &Options) -> Result<(), String> {
     let idx = ifindex(dev)?;
-    hostinfo::check_ethernet(dev).map_err(|e| e.to_string())?;
+    let link = hostinfo::link_layer(dev).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(pin).map_err(|e| format!("creating {}: {e}", pin.display()))?;
     let mut storage = MaybeUninit::uninit();
     let mut dp = Datapath::load(&mut storage, opts).map_err(|e| e.to_string())?;
     dp.pin(pin).map_err(|e| e.to_string())?;
-    if let Err(e) = dp.attach(idx) {
+    if let Err(e) = dp.attach(idx, link) {
         // leave nothing behind that a second attempt would trip over
         let _ = unpin(pin);
         return Err(e.to_string());

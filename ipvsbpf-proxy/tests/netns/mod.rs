@@ -1,5 +1,5 @@
 //! Shared by the tests that touch the kernel (`ipvsmode_netns`,
-//! `lbfirewall_netns`, `reconcile_kernel`, `datapath_pin`, `snat_veth`):
+//! `lbfirewall_netns`, `reconcile_kernel`, `datapath_pin`, `snat_veth`, `snat_tun`):
 //! namespaces of the test's own (a network namespace; a mount namespace
 //! with a private bpffs), running a command in one, and what a test does
 //! when the host lacks something it needs ([`require`]).

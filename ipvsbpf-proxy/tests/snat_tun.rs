@@ -1,0 +1,240 @@
+//! Host integration test of the SNAT programs' L3 pair (`ipvsbpf_l3_egress`,
+//! `ipvsbpf_l3_ingress`) on a device without a link-layer header: a TUN
+//! device (ARPHRD_NONE, as WireGuard's; IPIP's ARPHRD_TUNNEL is the same to
+//! the programs), in a network namespace of the test's own, no IPVS:
+//!
+//! ```text
+//!  node netns: UDP socket 192.0.2.1:40000 / [2001:db8::1]:40000
+//!              tun0 (IFF_TUN) -- routes 198.18.1.0/24, 2001:db8:1::/64
+//!              [tc: the L3 pair]       |
+//!                                      the test's fd: reads what tun0
+//!                                      sends, writes what it receives
+//! ```
+//!
+//! The test writes the two session entries IPVS would for a SNAT
+//! connection from the socket to a server behind tun0, sends a datagram,
+//! and reads it off the TUN fd: its source must be the SNAT port, its
+//! checksums right (computed here, not by the code under test). It then
+//! writes the server's answer into the fd, addressed to the SNAT port: the
+//! socket must receive it from the server, which the kernel does only if
+//! the destination was translated back and the UDP checksum verifies.
+//! The Ethernet pair on the same device must translate nothing (it reads
+//! the IP header 14 bytes off): the control that shows the test can tell.
+//!
+//! Needs root, `ip` and /dev/net/tun; without them it fails, naming what is
+//! missing.
+
+mod common;
+mod netns;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::mem::MaybeUninit;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use common::*;
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use ipvsbpf_proxy::backends::datapath::{Direction, LinkLayer, Reason};
+use ipvsbpf_proxy::backends::hostinfo;
+
+const TUN: &str = "ipvsbpf-tun0";
+
+/// Opens /dev/net/tun as an IFF_TUN device named [`TUN`] without packet
+/// information: what is read and written are bare IP packets.
+fn open_tun() -> File {
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .unwrap_or_else(|e| panic!("/dev/net/tun: {e} (the tun driver: `modprobe tun`, as root)"));
+    // struct ifreq: the name, then ifr_flags (a short) at offset 16.
+    let mut ifr = [0u8; 40];
+    ifr[..TUN.len()].copy_from_slice(TUN.as_bytes());
+    let flags = (libc::IFF_TUN | libc::IFF_NO_PI) as i16;
+    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: TUNSETIFF reads and writes a struct ifreq, which `ifr` is
+    // large enough to hold; the fd is open.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) };
+    assert_eq!(rc, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+    // SAFETY: O_NONBLOCK on an fd of ours; reads below poll first.
+    unsafe {
+        let fl = libc::fcntl(tun.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(tun.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    tun
+}
+
+/// The next UDP packet tun0 sends to `dst` (IPv6 sends router
+/// solicitations and the like too), within 2 s: (source, payload, whole
+/// packet).
+fn read_udp_to(tun: &mut File, dst: SocketAddr) -> (SocketAddr, Vec<u8>, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        let mut pfd = libc::pollfd {
+            fd: tun.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd of ours.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        let n = match tun.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => panic!("reading {TUN}: {e}"),
+        };
+        let pkt = &buf[..n];
+        let Ok(s) = SlicedPacket::from_ip(pkt) else {
+            continue;
+        };
+        let (src_ip, dst_ip) = match &s.net {
+            Some(NetSlice::Ipv4(ip)) => (
+                ip.header().source_addr().into(),
+                ip.header().destination_addr().into(),
+            ),
+            Some(NetSlice::Ipv6(ip)) => (
+                ip.header().source_addr().into(),
+                ip.header().destination_addr().into(),
+            ),
+            _ => continue,
+        };
+        let Some(TransportSlice::Udp(udp)) = &s.transport else {
+            continue;
+        };
+        if SocketAddr::new(dst_ip, udp.destination_port()) != dst {
+            continue;
+        }
+        return (
+            SocketAddr::new(src_ip, udp.source_port()),
+            udp.payload().to_vec(),
+            pkt.to_vec(),
+        );
+    }
+    panic!("{TUN} sent no UDP packet to {dst} in 2 s");
+}
+
+/// The packet's IPv4 header checksum (if any) and UDP checksum are right:
+/// rebuilt by etherparse from the packet's own fields and compared.
+fn assert_checksums(pkt: &[u8]) {
+    let s = SlicedPacket::from_ip(pkt).expect("an IP packet");
+    let Some(TransportSlice::Udp(udp)) = &s.transport else {
+        panic!("not UDP");
+    };
+    let got = udp.checksum();
+    let want = match &s.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header().to_header();
+            assert_eq!(
+                h.header_checksum,
+                h.calc_header_checksum(),
+                "IPv4 header checksum"
+            );
+            udp.to_header()
+                .calc_checksum_ipv4(&h, udp.payload())
+                .expect("udp checksum")
+        }
+        Some(NetSlice::Ipv6(ip)) => udp
+            .to_header()
+            .calc_checksum_ipv6(&ip.header().to_header(), udp.payload())
+            .expect("udp checksum"),
+        _ => panic!("no IP header"),
+    };
+    assert_eq!(got, want, "UDP checksum of {pkt:02x?}");
+}
+
+struct Case {
+    client: &'static str,
+    server: &'static str,
+    snat: &'static str,
+}
+
+const CASES: [Case; 2] = [
+    Case {
+        client: "192.0.2.1:40000",
+        server: "198.18.1.10:5353",
+        snat: "192.0.2.1:61000",
+    },
+    Case {
+        client: "[2001:db8::1]:40000",
+        server: "[2001:db8:1::10]:5353",
+        snat: "[2001:db8::1]:61000",
+    },
+];
+
+#[test]
+fn l3_pair_translates_both_ways_on_a_tun_device() {
+    if !netns::require(
+        netns::have("ip"),
+        "`ip` (iproute2) not found",
+        "run testbed/setup (Debian package iproute2)",
+    ) {
+        return;
+    }
+    let ran = netns::in_netns_or_skip(|| {
+        let mut tun = open_tun();
+        for args in [
+            vec!["link", "set", TUN, "up"],
+            vec!["addr", "add", "192.0.2.1/24", "dev", TUN],
+            vec!["-6", "addr", "add", "2001:db8::1/64", "dev", TUN, "nodad"],
+            vec!["route", "add", "198.18.1.0/24", "dev", TUN],
+            vec!["-6", "route", "add", "2001:db8:1::/64", "dev", TUN],
+        ] {
+            netns::run("ip", &args);
+        }
+        let idx = hostinfo::ifindex(TUN).expect("tun0's index");
+        assert_eq!(
+            hostinfo::link_layer(TUN).expect("tun0's type"),
+            LinkLayer::None,
+            "a TUN device has no link-layer header"
+        );
+
+        let mut storage = MaybeUninit::uninit();
+        let dp = load(&mut storage);
+        let _filters = dp.attach(idx, LinkLayer::None).expect("attach the L3 pair");
+        for c in &CASES {
+            let (client, server, snat) = (sa(c.client), sa(c.server), sa(c.snat));
+            set_sessions(&dp, &ipvs_entries(L4::Udp, client, server, Some(snat)));
+            let sock = UdpSocket::bind(client).expect("bind the client");
+            sock.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+
+            sock.send_to(b"request", server).expect("send");
+            let (src, payload, pkt) = read_udp_to(&mut tun, server);
+            assert_eq!(src, snat, "the request leaves {TUN} from the SNAT port");
+            assert_eq!(payload, b"request");
+            assert_checksums(&pkt);
+
+            // The answer, as the server would send it: to the SNAT port.
+            let reply = packet(&Flow::new(L4::Udp, c.server, c.snat), b"reply");
+            tun.write_all(&reply).expect("write the reply into tun0");
+            let mut buf = [0u8; 64];
+            let (n, from) = sock.recv_from(&mut buf).unwrap_or_else(|e| {
+                panic!("the reply to {snat} never reached {client} (not translated back?): {e}")
+            });
+            assert_eq!((&buf[..n], from), (&b"reply"[..], server));
+        }
+        let c = counters(&dp);
+        for dir in [Direction::Orig, Direction::Reply] {
+            let xlated = c.get(&(dir, Reason::Xlated)).map_or(0, |c| c.packets);
+            assert_eq!(xlated, 2, "{dir:?}: one translated packet per family");
+        }
+
+        // Control: the Ethernet pair on the same device reads the IP
+        // header 14 bytes off and translates nothing.
+        let _filters = dp
+            .attach(idx, LinkLayer::Ethernet)
+            .expect("attach the Ethernet pair");
+        let c = &CASES[0];
+        let sock = UdpSocket::bind(sa(c.client)).expect("bind the client");
+        sock.send_to(b"request", sa(c.server)).expect("send");
+        let (src, _, _) = read_udp_to(&mut tun, sa(c.server));
+        assert_eq!(
+            src,
+            sa(c.client),
+            "the Ethernet pair cannot have parsed a bare IP packet"
+        );
+    });
+    assert!(ran.is_some() || !netns::strict());
+}
