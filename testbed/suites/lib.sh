@@ -58,6 +58,7 @@ debian_package() {
 	nginx) echo nginx-light ;;
 	dig) echo dnsutils ;;
 	dnsmasq) echo dnsmasq-base ;;
+	wg) echo wireguard-tools ;;
 	setpriv | nsenter | unshare) echo util-linux ;;
 	awk) echo mawk ;;
 	sort | timeout) echo coreutils ;;

@@ -5,6 +5,9 @@
 #   - overlay: node and node2 reach each other's pods only over VXLAN
 #     (flannel's way: a point-to-point VXLAN device, pod CIDR routes on
 #     it); a SNAT NodePort to node2's pods works and they see the node;
+#     then over IPIP (Calico's way: tunl0, routes via the peer node) and
+#     WireGuard, devices without a link-layer header that take the
+#     programs' L3 pair; the same checks;
 #   - a second uplink: the pod CIDR routes go over a second link between
 #     node and node2; the same checks; a device that stopped routing the
 #     cluster CIDR while no proxy ran loses the programs at the next start;
@@ -16,9 +19,12 @@
 #     `ct state untracked accept` in nftables works the same. In ipvs mode
 #     (conntrack) the same firewall lets Service traffic through as is.
 # Each case asserts on traffic, and that it took the path it is about.
+# The replies come back over eth0 (node2 reaches the node's address
+# directly), so the L3 ingress program is proved by the host test
+# snat_tun, not here.
 MODE=ipvs-bpf
 . "$(dirname "$0")/lib.sh"
-need ipvsadm curl nginx conntrack dig dnsmasq iptables-save ipset bc bpftool
+need ipvsadm curl nginx conntrack dig dnsmasq iptables-save ipset bc bpftool wg
 
 . "$(dirname "$0")/proxy-lib.bash"
 
@@ -74,6 +80,54 @@ done
 pod_routes_via 198.18.2.0 198.18.1.0 vxlan0
 via_node2 vxlan0
 
+# l3_pair DEV: the device carries the programs' L3 pair, not the Ethernet
+# one (tc shows the kernel's names, cut to 15 characters)
+l3_pair() {
+	topo_exec node tc filter show dev "$1" egress | grep -q 'ipvsbpf_l3_egre' ||
+		fail "$1 has no link-layer header but does not carry ipvsbpf_l3_egress: $(topo_exec node tc filter show dev "$1" egress)"
+	topo_exec node tc filter show dev "$1" ingress | grep -q 'ipvsbpf_l3_ingr' ||
+		fail "$1 does not carry ipvsbpf_l3_ingress"
+}
+
+step "overlay: node2's pods only over IPIP (Calico's IPIP mode: tunl0, no link-layer header)"
+# ipip's fallback device tunl0 appears in every namespace once the module
+# is in; with no remote of its own it sends to the route's gateway.
+modprobe ipip || fail "modprobe ipip"
+for n in node node2; do
+	[ "$n" = node ] && a=198.18.1.0 || a=198.18.2.0
+	topo_exec "$n" ip link set tunl0 up || fail "tunl0 in $n"
+	topo_exec "$n" ip addr add "$a/32" dev tunl0
+done
+pod_routes_via "$(topo_ip node2 4)" "$(topo_ip node 4)" tunl0
+via_node2 tunl0
+l3_pair tunl0
+
+step "overlay: node2's pods only over WireGuard (ARPHRD_NONE)"
+wgdir=$(mktemp -d)
+for n in node node2; do
+	(umask 077 && wg genkey >"$wgdir/$n.key") || fail "wg genkey"
+	wg pubkey <"$wgdir/$n.key" >"$wgdir/$n.pub"
+done
+for n in node node2; do
+	if [ "$n" = node ]; then
+		peer=node2 a=198.18.1.0 theirs=198.18.2.0/24
+	else
+		peer=node a=198.18.2.0 theirs=198.18.1.0/24
+	fi
+	topo_exec "$n" ip link add wg0 type wireguard || fail "wg0 in $n (module wireguard)"
+	# The peer's node address too: the SNATed requests come from it, and
+	# WireGuard drops what arrives from outside a peer's allowed IPs.
+	topo_exec "$n" wg set wg0 listen-port 51820 private-key "$wgdir/$n.key" \
+		peer "$(cat "$wgdir/$peer.pub")" endpoint "$(topo_ip "$peer" 4):51820" \
+		allowed-ips "$theirs,$(topo_ip "$peer" 4)/32" || fail "wg set in $n"
+	topo_exec "$n" ip link set wg0 up
+	topo_exec "$n" ip addr add "$a/32" dev wg0
+done
+rm -rf "$wgdir"
+pod_routes_via 198.18.2.0 198.18.1.0 wg0
+via_node2 wg0
+l3_pair wg0
+
 step "a second uplink: node2's pods over a link of their own (eth1)"
 ip link add eth1 netns node type veth peer name eth1 netns node2
 topo_exec node ip addr add 198.51.100.1/24 dev eth1
@@ -82,17 +136,20 @@ topo_exec node ip link set eth1 up
 topo_exec node2 ip link set eth1 up
 pod_routes_via 198.51.100.2 198.51.100.1 eth1
 via_node2 eth1
-# The VXLAN device no longer routes cluster addresses: its programs go
-# after two reads of the routes without it, that is two route changes.
+# The overlay devices no longer route cluster addresses: their programs
+# go after two reads of the routes without them, that is two route
+# changes.
 topo_exec node ip route add 198.18.250.0/24 dev eth1
 sleep 1
 topo_exec node ip route del 198.18.250.0/24 dev eth1
-for i in $(seq 1 50); do
-	topo_exec node tc filter show dev vxlan0 egress | grep -q . || break
-	sleep 0.2
+for dev in vxlan0 tunl0 wg0; do
+	for i in $(seq 1 50); do
+		topo_exec node tc filter show dev "$dev" egress | grep -q . || break
+		sleep 0.2
+	done
+	topo_exec node tc filter show dev "$dev" egress | grep -q . &&
+		fail "$dev routes no cluster address any more but keeps the programs"
 done
-topo_exec node tc filter show dev vxlan0 egress | grep -q . &&
-	fail "vxlan0 routes no cluster address any more but keeps the programs"
 
 step "a device that stopped routing cluster addresses while no proxy ran loses the programs"
 # An update stops the proxy (SIGTERM, the programs stay); the pods move
@@ -178,4 +235,4 @@ firewall
 reach client "http://$NODE:30080/" pod1a pod1b pod2a pod2b
 firewall_off
 
-step "PASS: overlay, second uplink and stateful firewall"
+step "PASS: overlays (VXLAN, IPIP, WireGuard), second uplink and stateful firewall"
