@@ -8,7 +8,9 @@ KSFT_SKIP=4
 TOP=${IPVSBPF_TOP:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 . "$TOP/testbed/guest/topology.sh"
 
-step() { printf '  * %s\n' "$*"; }
+# step MSG: a step's heading, with the seconds since the suite began (a
+# CI log then shows where a suite's time goes).
+step() { printf '  * [+%ds] %s\n' "$SECONDS" "$*"; }
 fail() { printf '  FAIL: %s\n' "$*"; exit $KSFT_FAIL; }
 
 # calc EXPR [N]: awk arithmetic, printed with N decimals (3); comparisons

@@ -139,14 +139,15 @@ step "ipvsbpf-proxy --source kube (ServiceAccount token, TLS verified) on node"
 t0=$(date +%s.%N)
 start_proxy
 echo "      healthy and synced after $(echo "$(date +%s.%N) - $t0" | bc | xargs printf '%.1f') s"
-ipvs | sed 's/^/      /'
+held=$(ipvs)
+echo "$held" | sed 's/^/      /'
 for line in "-A -t 198.19.0.10:80 -s rr" "-a -t 198.19.0.10:80 -r 198.18.1.2:80 -m -w 1" \
 	"-a -t 198.19.0.10:80 -r 198.18.2.2:80 -m -w 1" "-A -t [$WEB6]:80 -s rr" \
 	"-a -t [$WEB6]:80 -r [2001:db8:1:1::2]:80 -m -w 1" "-a -t [$WEB6]:80 -r [2001:db8:1:2::2]:80 -m -w 1" \
 	"-a -t 192.0.2.1:30080 -r 198.18.2.2:80 -m -w 1" "-a -t [2001:db8::1]:30080 -r [2001:db8:1:1::2]:80 -m -w 1" \
 	"-a -t 198.19.0.20:80 -r 198.18.1.3:80 -m -w 1" "-a -t 198.19.0.20:80 -r 198.18.2.3:80 -m -w 1" \
 	"-a -t 198.19.0.1:443 -r $K8S_ADDR:6443 -m -w 1"; do
-	has "$line" || fail "IPVS lacks '$line'"
+	echo "$held" | grep -qxF -- "$line" || fail "IPVS lacks '$line'"
 done
 reach pod1b http://198.19.0.10/ pod1a pod2a
 reach pod1b "http://[$WEB6]/" pod1a pod2a

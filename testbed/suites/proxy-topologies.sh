@@ -186,11 +186,7 @@ firewall_off() {
 # served N: how many of N NodePort requests from client were answered
 # (short timeouts: an unanswered one is a dropped reply).
 served() {
-	local i n=0
-	for i in $(seq 1 "$1"); do
-		topo_exec client curl -s -m 2 -o /dev/null "http://$NODE:30080/" && n=$((n + 1))
-	done
-	echo "$n"
+	hits client "http://$NODE:30080/" "$1" 2 | grep -cvx '<error>'
 }
 
 step "stateful FORWARD firewall, ipvs-bpf mode: untracked replies are dropped without the rule"
