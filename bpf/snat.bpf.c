@@ -18,8 +18,9 @@
  * packet untouched.
  * Verdicts are TC_ACT_UNSPEC ("next filter, else pass") so programs of
  * other owners on the same hook still run, and TC_ACT_SHOT only for the
- * IPVSBPF_DROP_* reasons. Devices with another link-layer header (GRE's
- * NBMA mode, InfiniBand) get neither pair: the proxy refuses them.
+ * IPVSBPF_DROP_* reasons. Devices with another link-layer header (GRE,
+ * InfiniBand, IPsec vti/xfrm after decapsulation) get neither pair: the
+ * proxy refuses them.
  */
 #include "common.h"
 #include "maps.h"

@@ -186,13 +186,13 @@ fn l3_pair_translates_both_ways_on_a_tun_device() {
         let idx = hostinfo::ifindex(TUN).expect("tun0's index");
         assert_eq!(
             hostinfo::link_layer(TUN).expect("tun0's type"),
-            LinkLayer::None,
+            LinkLayer::L3,
             "a TUN device has no link-layer header"
         );
 
         let mut storage = MaybeUninit::uninit();
         let dp = load(&mut storage);
-        let _filters = dp.attach(idx, LinkLayer::None).expect("attach the L3 pair");
+        let _filters = dp.attach(idx, LinkLayer::L3).expect("attach the L3 pair");
         for c in &CASES {
             let (client, server, snat) = (sa(c.client), sa(c.server), sa(c.snat));
             set_sessions(&dp, &ipvs_entries(L4::Udp, client, server, Some(snat)));
@@ -221,20 +221,36 @@ fn l3_pair_translates_both_ways_on_a_tun_device() {
             assert_eq!(xlated, 2, "{dir:?}: one translated packet per family");
         }
 
-        // Control: the Ethernet pair on the same device reads the IP
-        // header 14 bytes off and translates nothing.
+        // Control: with the same session in the map, the Ethernet pair on
+        // the same device reads the IP header 14 bytes off, finds no IP
+        // header there and translates nothing.
         let _filters = dp
             .attach(idx, LinkLayer::Ethernet)
             .expect("attach the Ethernet pair");
         let c = &CASES[0];
-        let sock = UdpSocket::bind(sa(c.client)).expect("bind the client");
-        sock.send_to(b"request", sa(c.server)).expect("send");
-        let (src, _, _) = read_udp_to(&mut tun, sa(c.server));
+        let (client, server, snat) = (sa(c.client), sa(c.server), sa(c.snat));
+        set_sessions(&dp, &ipvs_entries(L4::Udp, client, server, Some(snat)));
+        let err_l3 = |dp: &_| {
+            counters(dp)
+                .get(&(Direction::Orig, Reason::ErrL3))
+                .map_or(0, |c| c.packets)
+        };
+        let before = err_l3(&dp);
+        let sock = UdpSocket::bind(client).expect("bind the client");
+        sock.send_to(b"request", server).expect("send");
+        let (src, _, _) = read_udp_to(&mut tun, server);
         assert_eq!(
-            src,
-            sa(c.client),
+            src, client,
             "the Ethernet pair cannot have parsed a bare IP packet"
         );
+        assert!(
+            err_l3(&dp) > before,
+            "the Ethernet pair, not the L3 one, saw the packet (no IP header at 14)"
+        );
+        let xlated = counters(&dp)
+            .get(&(Direction::Orig, Reason::Xlated))
+            .map_or(0, |c| c.packets);
+        assert_eq!(xlated, 2, "nothing more translated");
     });
     assert!(ran.is_some() || !netns::strict());
 }

@@ -7,7 +7,8 @@
 #     it); a SNAT NodePort to node2's pods works and they see the node;
 #     then over IPIP (Calico's way: tunl0, routes via the peer node) and
 #     WireGuard, devices without a link-layer header that take the
-#     programs' L3 pair; the same checks;
+#     programs' L3 pair; the same checks; an IPsec vti device, which
+#     neither pair can serve, is refused and named;
 #   - a second uplink: the pod CIDR routes go over a second link between
 #     node and node2; the same checks; a device that stopped routing the
 #     cluster CIDR while no proxy ran loses the programs at the next start;
@@ -127,6 +128,25 @@ rm -rf "$wgdir"
 pod_routes_via 198.18.2.0 198.18.1.0 wg0
 via_node2 wg0
 l3_pair wg0
+
+step "an IPsec vti device routing cluster addresses is refused and named, not given a pair"
+# xfrm puts a 14-byte MAC header back in front of what it decapsulates:
+# neither pair could read the replies there (docs/proxy.md).
+modprobe ip_vti || fail "modprobe ip_vti"
+topo_exec node ip link add vti0 type vti local "$(topo_ip node 4)" remote 203.0.113.9 key 7 ||
+	fail "vti0 in node"
+topo_exec node ip link set vti0 up
+topo_exec node ip route add 198.18.251.0/24 dev vti0
+for i in $(seq 1 50); do
+	grep -q 'cannot carry the tc programs.*device=vti0' "$LOG" && break
+	sleep 0.2
+done
+grep 'device=vti0' "$LOG" | tail -n 1 | sed 's/^.*WARN /      proxy: /'
+grep -q 'cannot carry the tc programs.*device=vti0' "$LOG" ||
+	fail "the proxy did not name vti0 as a device it cannot serve"
+topo_exec node tc filter show dev vti0 egress | grep -q . &&
+	fail "vti0 got tc programs"
+topo_exec node ip link del vti0
 
 step "a second uplink: node2's pods over a link of their own (eth1)"
 ip link add eth1 netns node type veth peer name eth1 netns node2

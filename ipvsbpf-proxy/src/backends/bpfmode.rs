@@ -16,8 +16,8 @@
 //! every device that routes part of the cluster CIDR, found from the
 //! routing table, not from a CNI's naming. Devices without a link-layer
 //! header (IPIP, WireGuard) get the programs' L3 pair; those that cannot
-//! carry either pair (GRE's NBMA mode, InfiniBand) are named once in the
-//! log.
+//! carry either pair (GRE, InfiniBand, IPsec vti/xfrm) are named once in
+//! the log.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::mem::MaybeUninit;

@@ -44,7 +44,7 @@ pub enum LinkLayer {
     /// ARPHRD_ETHER: `ipvsbpf_egress` / `ipvsbpf_ingress`.
     Ethernet,
     /// No link-layer header: `ipvsbpf_l3_egress` / `ipvsbpf_l3_ingress`.
-    None,
+    L3,
 }
 
 /// Errors of the datapath layer.
@@ -460,8 +460,8 @@ impl<'obj> Datapath<'obj> {
         match (dir, link) {
             (Direction::Orig, LinkLayer::Ethernet) => &p.ipvsbpf_egress,
             (Direction::Reply, LinkLayer::Ethernet) => &p.ipvsbpf_ingress,
-            (Direction::Orig, LinkLayer::None) => &p.ipvsbpf_l3_egress,
-            (Direction::Reply, LinkLayer::None) => &p.ipvsbpf_l3_ingress,
+            (Direction::Orig, LinkLayer::L3) => &p.ipvsbpf_l3_egress,
+            (Direction::Reply, LinkLayer::L3) => &p.ipvsbpf_l3_ingress,
         }
     }
 

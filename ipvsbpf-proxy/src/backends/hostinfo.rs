@@ -31,8 +31,8 @@ pub enum HostError {
          they read Ethernet frames or bare IP packets"
     )]
     LinkLayer { dev: String, kind: String },
-    #[error("{what}: {source}")]
-    Ioctl { what: String, source: io::Error },
+    #[error("{what}: {error}")]
+    Rtnetlink { what: String, error: String },
 }
 
 fn read(path: &Path) -> Result<String, HostError> {
@@ -225,14 +225,24 @@ pub fn ifindex(dev: &str) -> Result<i32, HostError> {
 /// frames (ARPHRD_ETHER: veth, virtio, ENA, mlx5, bridges, VXLAN), or bare
 /// IP packets on a device without a link-layer header (ARPHRD_NONE:
 /// WireGuard, TUN; ARPHRD_TUNNEL, TUNNEL6, SIT: IPIP, ip6tnl, SIT, which
-/// build no header in front of the inner packet). Any other type (GRE's
-/// NBMA mode builds one, InfiniBand, PPP) would be misparsed: refused.
+/// build no header in front of the inner packet). Any other type (GRE,
+/// InfiniBand, PPP) would be misparsed: refused. So are the IPsec devices
+/// among those types (kinds `vti`, `vti6`, `xfrm`): after decapsulation
+/// xfrm rebuilds a 14-byte MAC header in front of the inner packet, which
+/// tc ingress then shows, so neither pair could read their replies.
 pub fn link_layer(dev: &str) -> Result<LinkLayer, HostError> {
-    let kind = arphrd_type(dev)?;
-    link_layer_of(kind).ok_or_else(|| HostError::LinkLayer {
+    let (kind, rtnl_kind) = link_info(dev)?;
+    let refused = || HostError::LinkLayer {
         dev: dev.to_string(),
-        kind: kind.to_string(),
-    })
+        kind: match &rtnl_kind {
+            Some(k) => format!("{kind}, kind {k}"),
+            None => kind.to_string(),
+        },
+    };
+    if matches!(rtnl_kind.as_deref(), Some("vti" | "vti6" | "xfrm")) {
+        return Err(refused());
+    }
+    link_layer_of(kind).ok_or_else(refused)
 }
 
 /// [`link_layer`] of an ARPHRD type.
@@ -240,47 +250,83 @@ pub fn link_layer_of(arphrd: u16) -> Option<LinkLayer> {
     match arphrd {
         libc::ARPHRD_ETHER => Some(LinkLayer::Ethernet),
         libc::ARPHRD_TUNNEL | libc::ARPHRD_TUNNEL6 | libc::ARPHRD_SIT | libc::ARPHRD_NONE => {
-            Some(LinkLayer::None)
+            Some(LinkLayer::L3)
         }
         _ => None,
     }
 }
 
-/// The ARPHRD type of `dev` in the calling thread's network namespace,
-/// from SIOCGIFHWADDR (/sys/class/net shows the namespace sysfs was
-/// mounted in, which need not be this one).
-fn arphrd_type(dev: &str) -> Result<u16, HostError> {
-    const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
-    // struct ifreq: the name (IFNAMSIZ), then ifr_hwaddr, a struct
-    // sockaddr whose sa_family is the device's type.
-    let mut ifr = [0u8; 40];
+/// The ARPHRD type of `dev` and its rtnetlink kind (IFLA_INFO_KIND:
+/// "wireguard", "ipip"...; none for a physical device), from RTM_GETLINK on
+/// a socket of the calling thread's network namespace (/sys/class/net
+/// shows the namespace sysfs was mounted in, which need not be this one).
+fn link_info(dev: &str) -> Result<(u16, Option<String>), HostError> {
+    use neli::consts::nl::NlmF;
+    use neli::consts::rtnl::{Ifla, IflaInfo, RtAddrFamily, Rtm};
+    use neli::consts::socket::NlFamily;
+    use neli::err::RouterError;
+    use neli::nl::NlPayload;
+    use neli::router::synchronous::NlRouter;
+    use neli::rtnl::{Ifinfomsg, IfinfomsgBuilder, RtattrBuilder};
+    use neli::types::RtBuffer;
+    use neli::utils::Groups;
+
+    let failed = |e: String| HostError::Rtnetlink {
+        what: format!("RTM_GETLINK {dev}"),
+        error: e,
+    };
     if dev.is_empty() || dev.len() >= libc::IFNAMSIZ || dev.contains('\0') {
         return Err(HostError::NoDevice(dev.to_string()));
     }
-    ifr[..dev.len()].copy_from_slice(dev.as_bytes());
-    let ioctl_err = |source| HostError::Ioctl {
-        what: format!("SIOCGIFHWADDR {dev}"),
-        source,
-    };
-    // SAFETY: socket(2) with constant arguments; the fd is closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(ioctl_err(io::Error::last_os_error()));
+    let (router, _) = NlRouter::connect(NlFamily::Route, None, Groups::empty())
+        .map_err(|e| failed(e.to_string()))?;
+    let mut attrs = RtBuffer::new();
+    attrs.push(
+        RtattrBuilder::default()
+            .rta_type(Ifla::Ifname)
+            .rta_payload(dev)
+            .build()
+            .map_err(|e| failed(e.to_string()))?,
+    );
+    let msg = IfinfomsgBuilder::default()
+        .ifi_family(RtAddrFamily::Unspecified)
+        .rtattrs(attrs)
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let recv = router
+        .send::<Rtm, Ifinfomsg, Rtm, Ifinfomsg>(
+            Rtm::Getlink,
+            NlmF::empty(),
+            NlPayload::Payload(msg),
+        )
+        .map_err(|e| failed(e.to_string()))?;
+    for m in recv {
+        let m = match m {
+            Ok(m) => m,
+            Err(RouterError::Nlmsgerr(e)) if e.error().abs() == libc::ENODEV => {
+                return Err(HostError::NoDevice(dev.to_string()))
+            }
+            Err(e) => return Err(failed(e.to_string())),
+        };
+        let NlPayload::Payload(info) = m.nl_payload() else {
+            continue;
+        };
+        let kind = info
+            .rtattrs()
+            .get_attr_handle()
+            .get_attribute(Ifla::Linkinfo)
+            .and_then(|li| li.get_attr_handle::<IflaInfo>().ok())
+            .and_then(|h| {
+                h.get_attribute(IflaInfo::Kind)
+                    .map(|k| k.rta_payload().as_ref().to_vec())
+            })
+            .map(|b: Vec<u8>| {
+                let b = b.split(|c| *c == 0).next().unwrap_or_default();
+                String::from_utf8_lossy(b).into_owned()
+            });
+        return Ok((u16::from(*info.ifi_type()), kind));
     }
-    // SAFETY: SIOCGIFHWADDR reads the name from and writes a struct
-    // sockaddr into a struct ifreq, which `ifr` is large enough to hold.
-    let rc = unsafe { libc::ioctl(fd, SIOCGIFHWADDR, ifr.as_mut_ptr()) };
-    let err = io::Error::last_os_error();
-    // SAFETY: our fd, closed once.
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        return Err(if err.raw_os_error() == Some(libc::ENODEV) {
-            HostError::NoDevice(dev.to_string())
-        } else {
-            ioctl_err(err)
-        });
-    }
-    Ok(u16::from_ne_bytes([ifr[16], ifr[17]]))
+    Err(HostError::NoDevice(dev.to_string()))
 }
 
 /// One address of an interface that is up.
@@ -426,7 +472,7 @@ mod tests {
         // veth/virtio, WireGuard/TUN, IPIP, ip6tnl, SIT
         assert_eq!(link_layer_of(1), Some(LinkLayer::Ethernet));
         for l3 in [65534, 768, 769, 776] {
-            assert_eq!(link_layer_of(l3), Some(LinkLayer::None), "{l3}");
+            assert_eq!(link_layer_of(l3), Some(LinkLayer::L3), "{l3}");
         }
         // loopback (an Ethernet-like header, never ours), GRE, InfiniBand,
         // PPP, IEEE 802.11 with radiotap
