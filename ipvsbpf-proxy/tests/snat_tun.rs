@@ -18,6 +18,9 @@
 //! writes the server's answer into the fd, addressed to the SNAT port: the
 //! socket must receive it from the server, which the kernel does only if
 //! the destination was translated back and the UDP checksum verifies.
+//! Then a TCP handshake the same way, the test playing the server: the SYN
+//! and the last ACK leave from the SNAT port, and the SYN-ACK written back
+//! completes the socket's connect() (the kernel checks its checksum).
 //! The Ethernet pair on the same device must translate nothing (it reads
 //! the IP header 14 bytes off): the control that shows the test can tell.
 //!
@@ -30,12 +33,12 @@ mod netns;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::mem::MaybeUninit;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use common::*;
-use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use etherparse::{IpNumber, NetSlice, SlicedPacket, TcpHeader, TransportSlice};
 use ipvsbpf_proxy::backends::datapath::{Direction, LinkLayer, Reason};
 use ipvsbpf_proxy::backends::hostinfo;
 
@@ -66,10 +69,19 @@ fn open_tun() -> File {
     tun
 }
 
-/// The next UDP packet tun0 sends to `dst` (IPv6 sends router
-/// solicitations and the like too), within 2 s: (source, payload, whole
-/// packet).
-fn read_udp_to(tun: &mut File, dst: SocketAddr) -> (SocketAddr, Vec<u8>, Vec<u8>) {
+/// A packet tun0 sent: its source, transport payload and whole bytes.
+struct Sent {
+    src: SocketAddr,
+    payload: Vec<u8>,
+    pkt: Vec<u8>,
+    /// TCP: the sequence number and whether SYN is set
+    seq: u32,
+    syn: bool,
+}
+
+/// The next UDP or TCP packet tun0 sends to `dst` (IPv6 sends router
+/// solicitations and the like too), within 2 s.
+fn read_to(tun: &mut File, dst: SocketAddr) -> Sent {
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut buf = [0u8; 2048];
     while Instant::now() < deadline {
@@ -100,30 +112,39 @@ fn read_udp_to(tun: &mut File, dst: SocketAddr) -> (SocketAddr, Vec<u8>, Vec<u8>
             ),
             _ => continue,
         };
-        let Some(TransportSlice::Udp(udp)) = &s.transport else {
-            continue;
+        let (sport, dport, payload, seq, syn) = match &s.transport {
+            Some(TransportSlice::Udp(u)) => {
+                (u.source_port(), u.destination_port(), u.payload(), 0, false)
+            }
+            Some(TransportSlice::Tcp(t)) => (
+                t.source_port(),
+                t.destination_port(),
+                t.payload(),
+                t.sequence_number(),
+                t.syn(),
+            ),
+            _ => continue,
         };
-        if SocketAddr::new(dst_ip, udp.destination_port()) != dst {
+        if SocketAddr::new(dst_ip, dport) != dst {
             continue;
         }
-        return (
-            SocketAddr::new(src_ip, udp.source_port()),
-            udp.payload().to_vec(),
-            pkt.to_vec(),
-        );
+        return Sent {
+            src: SocketAddr::new(src_ip, sport),
+            payload: payload.to_vec(),
+            pkt: pkt.to_vec(),
+            seq,
+            syn,
+        };
     }
-    panic!("{TUN} sent no UDP packet to {dst} in 2 s");
+    panic!("{TUN} sent nothing to {dst} in 2 s");
 }
 
-/// The packet's IPv4 header checksum (if any) and UDP checksum are right:
-/// rebuilt by etherparse from the packet's own fields and compared.
+/// The packet's IPv4 header checksum (if any) and its UDP or TCP checksum
+/// are right: rebuilt by etherparse from the packet's own fields and
+/// compared.
 fn assert_checksums(pkt: &[u8]) {
     let s = SlicedPacket::from_ip(pkt).expect("an IP packet");
-    let Some(TransportSlice::Udp(udp)) = &s.transport else {
-        panic!("not UDP");
-    };
-    let got = udp.checksum();
-    let want = match &s.net {
+    let (v4, v6) = match &s.net {
         Some(NetSlice::Ipv4(ip)) => {
             let h = ip.header().to_header();
             assert_eq!(
@@ -131,17 +152,96 @@ fn assert_checksums(pkt: &[u8]) {
                 h.calc_header_checksum(),
                 "IPv4 header checksum"
             );
-            udp.to_header()
-                .calc_checksum_ipv4(&h, udp.payload())
-                .expect("udp checksum")
+            (Some(h), None)
         }
-        Some(NetSlice::Ipv6(ip)) => udp
-            .to_header()
-            .calc_checksum_ipv6(&ip.header().to_header(), udp.payload())
-            .expect("udp checksum"),
+        Some(NetSlice::Ipv6(ip)) => (None, Some(ip.header().to_header())),
         _ => panic!("no IP header"),
     };
-    assert_eq!(got, want, "UDP checksum of {pkt:02x?}");
+    let (got, want) = match &s.transport {
+        Some(TransportSlice::Udp(u)) => {
+            let h = u.to_header();
+            let want = match (&v4, &v6) {
+                (Some(ip), _) => h.calc_checksum_ipv4(ip, u.payload()),
+                (_, Some(ip)) => h.calc_checksum_ipv6(ip, u.payload()),
+                _ => unreachable!(),
+            };
+            (u.checksum(), want.expect("udp checksum"))
+        }
+        Some(TransportSlice::Tcp(t)) => {
+            let h = t.to_header();
+            let want = match (&v4, &v6) {
+                (Some(ip), _) => h.calc_checksum_ipv4(ip, t.payload()),
+                (_, Some(ip)) => h.calc_checksum_ipv6(ip, t.payload()),
+                _ => unreachable!(),
+            };
+            (t.checksum(), want.expect("tcp checksum"))
+        }
+        _ => panic!("neither UDP nor TCP"),
+    };
+    assert_eq!(got, want, "transport checksum of {pkt:02x?}");
+}
+
+/// A TCP handshake from a socket bound to `client` to `server` behind
+/// tun0, the test playing the server: the SYN must leave from `snat` with
+/// a right checksum, and the SYN-ACK the test writes back to `snat` must
+/// complete the socket's connect(), which the kernel allows only if the
+/// destination was translated back and the TCP checksum verifies; the
+/// handshake's last ACK leaves from `snat` too.
+/// Returns the connected socket: closing it would send a FIN (counted).
+fn tcp_handshake(
+    tun: &mut File,
+    client: SocketAddr,
+    server: SocketAddr,
+    snat: SocketAddr,
+) -> socket2::Socket {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(client), Type::STREAM, None).expect("socket");
+    sock.bind(&client.into()).expect("bind the client");
+    sock.set_nonblocking(true).expect("nonblocking");
+    match sock.connect(&server.into()) {
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        other => panic!("connect to {server}: {other:?}"),
+    }
+    let syn = read_to(tun, server);
+    assert!(syn.syn, "the first segment is the SYN");
+    assert_eq!(syn.src, snat, "the SYN leaves {TUN} from the SNAT port");
+    assert_checksums(&syn.pkt);
+
+    let mut tcp = TcpHeader::new(server.port(), snat.port(), 0x5000_0000, 64240);
+    tcp.syn = true;
+    tcp.ack = true;
+    tcp.acknowledgment_number = syn.seq.wrapping_add(1);
+    tcp.checksum = match (server.ip(), snat.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            tcp.calc_checksum_ipv4(&ipv4_header(IpNumber::TCP, s.octets(), d.octets(), 0), &[])
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            tcp.calc_checksum_ipv6(&ipv6_header(IpNumber::TCP, s.octets(), d.octets(), 0), &[])
+        }
+        _ => panic!("{server} and {snat} of two families"),
+    }
+    .expect("tcp checksum");
+    let body = tcp.to_bytes();
+    tun.write_all(&ip_packet(IpNumber::TCP, server, snat, &body))
+        .expect("write the SYN-ACK into tun0");
+    let ack = read_to(tun, server);
+    assert!(
+        !ack.syn,
+        "a SYN again, not the handshake's ACK: the SYN-ACK to {snat} was refused"
+    );
+    assert_eq!(
+        ack.src, snat,
+        "the handshake's ACK leaves from the SNAT port"
+    );
+    assert_checksums(&ack.pkt);
+    // connect() completes in softirq context: the SYN-ACK was delivered
+    // by the time write() returned, and the ACK read above followed it.
+    if let Some(e) = sock.take_error().expect("SO_ERROR") {
+        panic!("the SYN-ACK to {snat} did not complete {client}'s connect(): {e}");
+    }
+    let peer = sock.peer_addr().expect("connected").as_socket();
+    assert_eq!(peer, Some(server), "connected to {server}");
+    sock
 }
 
 struct Case {
@@ -193,6 +293,7 @@ fn l3_pair_translates_both_ways_on_a_tun_device() {
         let mut storage = MaybeUninit::uninit();
         let dp = load(&mut storage);
         let _filters = dp.attach(idx, LinkLayer::L3).expect("attach the L3 pair");
+        let mut connected = Vec::new();
         for c in &CASES {
             let (client, server, snat) = (sa(c.client), sa(c.server), sa(c.snat));
             set_sessions(&dp, &ipvs_entries(L4::Udp, client, server, Some(snat)));
@@ -201,10 +302,13 @@ fn l3_pair_translates_both_ways_on_a_tun_device() {
                 .expect("timeout");
 
             sock.send_to(b"request", server).expect("send");
-            let (src, payload, pkt) = read_udp_to(&mut tun, server);
-            assert_eq!(src, snat, "the request leaves {TUN} from the SNAT port");
-            assert_eq!(payload, b"request");
-            assert_checksums(&pkt);
+            let sent = read_to(&mut tun, server);
+            assert_eq!(
+                sent.src, snat,
+                "the request leaves {TUN} from the SNAT port"
+            );
+            assert_eq!(sent.payload, b"request");
+            assert_checksums(&sent.pkt);
 
             // The answer, as the server would send it: to the SNAT port.
             let reply = packet(&Flow::new(L4::Udp, c.server, c.snat), b"reply");
@@ -214,11 +318,20 @@ fn l3_pair_translates_both_ways_on_a_tun_device() {
                 panic!("the reply to {snat} never reached {client} (not translated back?): {e}")
             });
             assert_eq!((&buf[..n], from), (&b"reply"[..], server));
+
+            // TCP: the pseudo-header sums, both ways, in a handshake.
+            let port = |a: SocketAddr, p| SocketAddr::new(a.ip(), p);
+            let (client, server, snat) =
+                (port(client, 40001), port(server, 8080), port(snat, 61001));
+            set_sessions(&dp, &ipvs_entries(L4::Tcp, client, server, Some(snat)));
+            connected.push(tcp_handshake(&mut tun, client, server, snat));
         }
+        // per family: out, the datagram, the SYN and the last ACK; in, the
+        // answer and the SYN-ACK
         let c = counters(&dp);
-        for dir in [Direction::Orig, Direction::Reply] {
+        for (dir, want) in [(Direction::Orig, 6), (Direction::Reply, 4)] {
             let xlated = c.get(&(dir, Reason::Xlated)).map_or(0, |c| c.packets);
-            assert_eq!(xlated, 2, "{dir:?}: one translated packet per family");
+            assert_eq!(xlated, want, "{dir:?}: translated packets");
         }
 
         // Control: with the same session in the map, the Ethernet pair on
@@ -238,9 +351,9 @@ fn l3_pair_translates_both_ways_on_a_tun_device() {
         let before = err_l3(&dp);
         let sock = UdpSocket::bind(client).expect("bind the client");
         sock.send_to(b"request", server).expect("send");
-        let (src, _, _) = read_udp_to(&mut tun, server);
+        let sent = read_to(&mut tun, server);
         assert_eq!(
-            src, client,
+            sent.src, client,
             "the Ethernet pair cannot have parsed a bare IP packet"
         );
         assert!(
@@ -250,7 +363,8 @@ fn l3_pair_translates_both_ways_on_a_tun_device() {
         let xlated = counters(&dp)
             .get(&(Direction::Orig, Reason::Xlated))
             .map_or(0, |c| c.packets);
-        assert_eq!(xlated, 2, "nothing more translated");
+        assert_eq!(xlated, 6, "nothing more translated");
+        drop(connected);
     });
     assert!(ran.is_some() || !netns::strict());
 }

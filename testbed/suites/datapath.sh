@@ -3,8 +3,9 @@
 # Suite datapath: the tc SNAT programs (bpf/snat.bpf.c) on the testbed's
 # 6.12 kernel.
 #  1. The host's datapath tests, run here: the programs load and pass the
-#     verifier of 6.12, and every table, fragment, property and veth
-#     test holds on it (testbed/build-datapath builds them on the host).
+#     verifier of 6.12, and every table, fragment, property, veth and
+#     TUN test holds on it (testbed/build-datapath builds them on the
+#     host).
 #  2. End to end with the patched IPVS in bpf_mode: ipvsbpf-datapath
 #     attaches the programs to node's uplink and pins the session map,
 #     ipvs_bpf_tool hands it to IPVS with node's address for SNAT, and
@@ -38,7 +39,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# 1. the host's tests on this kernel
+# 1. the host's tests on this kernel (snat_tun opens /dev/net/tun)
+modprobe tun || fail "modprobe tun"
 run_test_list "$list" 1 --test-threads=2
 
 # 2. end to end with IPVS
