@@ -8,6 +8,8 @@
 # Paths (testbed/manifests/bench: Service `bench`, one endpoint, pod2a):
 #   nodeport   client -> 192.0.2.1:30090 (node, SNAT) -> pod2a on node2
 #   clusterip  pod1a -> 198.19.0.20:80 (node, no SNAT) -> pod2a on node2
+#   lb         client -> 198.19.200.20:80, the LoadBalancer address
+#              (routed to node, SNAT) -> pod2a on node2; not by default
 #   (mode `direct` addresses pod2a itself: the floor, no Service at all)
 # Modes: direct; ipvs and ipvs-bpf (ipvsbpf-proxy from the manifests);
 # kube-proxy-iptables, kube-proxy-nftables and kube-proxy-ipvs, the real
@@ -29,7 +31,7 @@
 # mode the kernel's and the tc programs' counters.
 #
 # Environment: BENCH_MODES (direct ipvs ipvs-bpf), BENCH_ROUNDS (5),
-# BENCH_SECONDS (6), BENCH_PATHS (nodeport clusterip), BENCH_WORKLOADS
+# BENCH_SECONDS (6), BENCH_PATHS (nodeport clusterip; lb), BENCH_WORKLOADS
 # (short ka iperf), BENCH_CONC (8). Raw figures: $IPVSBPF_RESULTS/bench.jsonl,
 # one JSON object per cell, read by testbed/bench-report.
 #
@@ -125,6 +127,11 @@ trap 'rc=$?; thaw; rmdir "$CG" 2>/dev/null; (exit $rc); $on_exit' EXIT
 ROUNDS=${BENCH_ROUNDS:-5}
 SECS=${BENCH_SECONDS:-6}
 PATHS=${BENCH_PATHS:-nodeport clusterip}
+for p in $PATHS; do
+	case $p in nodeport | clusterip | lb) ;; *) fail "BENCH_PATHS: no path '$p' (nodeport clusterip lb)" ;; esac
+done
+# Service bench's LoadBalancer address (testbed/manifests/bench)
+LB_IP=198.19.200.20
 WORKLOADS=${BENCH_WORKLOADS:-short ka iperf}
 CONC=${BENCH_CONC:-8}
 ICOUNT=${IPVSBPF_ICOUNT:-0}
@@ -178,6 +185,8 @@ target() {
 		echo "client $NODE $port" ;;
 	clusterip:direct) echo "pod1a $POD $port" ;;
 	clusterip:*) echo "pod1a 198.19.0.20 $port" ;;
+	lb:direct) echo "client $POD $port" ;;
+	lb:*) echo "client $LB_IP $port" ;;
 	esac
 }
 
@@ -582,6 +591,9 @@ api_level() {
 			fail "the seed's first Service is not at 198.19.128.1 (testbed/k8s/seed --first-vip)"
 	fi
 	kc apply -f - <"$MAN/services.yaml" >/dev/null || fail "applying Service bench"
+	k8s_api PATCH /api/v1/namespaces/default/services/bench/status \
+		"{\"status\": {\"loadBalancer\": {\"ingress\": [{\"ip\": \"$LB_IP\"}]}}}" >/dev/null ||
+		fail "writing Service bench's LoadBalancer address"
 	k8s_pod pod2a app=bench
 	wait_for 120 eval '[ "$(k8s_slices bench)" = "$POD" ]' ||
 		fail "the EndpointSlice controller wrote no slice with pod2a for bench"
@@ -600,6 +612,7 @@ at_scale() {
 proxy_cluster_up
 rm -f "$MAN"/*.yaml
 cp "$TOP"/testbed/manifests/bench/*.yaml "$MAN/"
+grep -q "ip: $LB_IP\$" "$MAN/services.yaml" || fail "Service bench's manifest lacks the LB address $LB_IP"
 topo_exec pod2a iperf3 -s -D -p 5201 --pidfile /tmp/ipvsbpf-bench-iperf3.pid ||
 	fail "iperf3 server in pod2a"
 topo_exec pod2a dnsmasq --no-resolv --no-hosts --bind-interfaces --listen-address="$POD" \
