@@ -264,10 +264,9 @@ fn link_info(dev: &str) -> Result<(u16, Option<String>), HostError> {
     use neli::consts::nl::NlmF;
     use neli::consts::rtnl::{Ifla, IflaInfo, RtAddrFamily, Rtm};
     use neli::consts::socket::NlFamily;
-    use neli::err::RouterError;
-    use neli::nl::NlPayload;
-    use neli::router::synchronous::NlRouter;
+    use neli::nl::{NlPayload, NlmsghdrBuilder};
     use neli::rtnl::{Ifinfomsg, IfinfomsgBuilder, RtattrBuilder};
+    use neli::socket::synchronous::NlSocketHandle;
     use neli::types::RtBuffer;
     use neli::utils::Groups;
 
@@ -278,7 +277,9 @@ fn link_info(dev: &str) -> Result<(u16, Option<String>), HostError> {
     if dev.is_empty() || dev.len() >= libc::IFNAMSIZ || dev.contains('\0') {
         return Err(HostError::NoDevice(dev.to_string()));
     }
-    let (router, _) = NlRouter::connect(NlFamily::Route, None, Groups::empty())
+    // A plain socket, not neli's router: no processing thread per call
+    // (a refused device is asked again at every sync).
+    let sock = NlSocketHandle::connect(NlFamily::Route, None, Groups::empty())
         .map_err(|e| failed(e.to_string()))?;
     let mut attrs = RtBuffer::new();
     attrs.push(
@@ -293,23 +294,28 @@ fn link_info(dev: &str) -> Result<(u16, Option<String>), HostError> {
         .rtattrs(attrs)
         .build()
         .map_err(|e| failed(e.to_string()))?;
-    let recv = router
-        .send::<Rtm, Ifinfomsg, Rtm, Ifinfomsg>(
-            Rtm::Getlink,
-            NlmF::empty(),
-            NlPayload::Payload(msg),
-        )
+    let hdr = NlmsghdrBuilder::default()
+        .nl_type(Rtm::Getlink)
+        .nl_flags(NlmF::REQUEST)
+        .nl_payload(NlPayload::Payload(msg))
+        .build()
         .map_err(|e| failed(e.to_string()))?;
-    for m in recv {
-        let m = match m {
-            Ok(m) => m,
-            Err(RouterError::Nlmsgerr(e)) if e.error().abs() == libc::ENODEV => {
+    sock.send(&hdr).map_err(|e| failed(e.to_string()))?;
+    let (msgs, _) = sock
+        .recv::<Rtm, Ifinfomsg>()
+        .map_err(|e| failed(e.to_string()))?;
+    for m in msgs {
+        let m = m.map_err(|e| failed(e.to_string()))?;
+        let info = match m.nl_payload() {
+            NlPayload::Payload(info) => info,
+            NlPayload::Err(e) if e.error().abs() == libc::ENODEV => {
                 return Err(HostError::NoDevice(dev.to_string()))
             }
-            Err(e) => return Err(failed(e.to_string())),
-        };
-        let NlPayload::Payload(info) = m.nl_payload() else {
-            continue;
+            NlPayload::Err(e) => {
+                let errno = e.error().abs();
+                return Err(failed(io::Error::from_raw_os_error(errno).to_string()));
+            }
+            _ => continue,
         };
         let kind = info
             .rtattrs()
@@ -326,7 +332,7 @@ fn link_info(dev: &str) -> Result<(u16, Option<String>), HostError> {
             });
         return Ok((u16::from(*info.ifi_type()), kind));
     }
-    Err(HostError::NoDevice(dev.to_string()))
+    Err(failed("no answer".to_string()))
 }
 
 /// One address of an interface that is up.
