@@ -33,6 +33,11 @@ proxy_cluster_up
 step "ipvsbpf-proxy --proxy-mode ipvs-bpf on node"
 start_proxy
 
+# ours_on DEV: node's DEV has our program on egress; no_filter_on DEV:
+# it has no egress filter at all
+ours_on() { topo_exec node tc filter show dev "$1" egress | grep -q ipvsbpf; }
+no_filter_on() { ! topo_exec node tc filter show dev "$1" egress | grep -q .; }
+
 # tx_packets NS DEV
 tx_packets() { topo_exec "$1" cat "/sys/class/net/$2/statistics/tx_packets"; }
 
@@ -45,12 +50,7 @@ via_node2() {
 		fail "node does not route node2's pods over $dev: $(topo_exec node ip route get 198.18.2.2)"
 	# The route change itself wakes the proxy (its route watch): nothing
 	# in the Services changed, and the next full sync is 30 s away.
-	for i in $(seq 1 50); do
-		topo_exec node tc filter show dev "$dev" egress | grep -q ipvsbpf && break
-		sleep 0.2
-	done
-	topo_exec node tc filter show dev "$dev" egress | grep -q ipvsbpf ||
-		fail "no tc program on $dev"
+	poll ours_on "$dev" || fail "no tc program on $dev"
 	before=$(tx_packets node "$dev")
 	ans=$(hits client "http://$NODE:30080/ip" 16 | sort | uniq -c)
 	after=$(tx_packets node "$dev")
@@ -137,14 +137,10 @@ topo_exec node ip link add vti0 type vti local "$(topo_ip node 4)" remote 203.0.
 	fail "vti0 in node"
 topo_exec node ip link set vti0 up
 topo_exec node ip route add 198.18.251.0/24 dev vti0
-for i in $(seq 1 50); do
-	grep -q 'cannot carry the tc programs.*device=vti0' "$LOG" && break
-	sleep 0.2
-done
-grep 'device=vti0' "$LOG" | tail -n 1 | sed 's/^.*WARN /      proxy: /'
-grep -q 'cannot carry the tc programs.*device=vti0' "$LOG" ||
+poll grep -q 'cannot carry the tc programs.*device=vti0' "$LOG" ||
 	fail "the proxy did not name vti0 as a device it cannot serve"
-topo_exec node tc filter show dev vti0 egress | grep -q . &&
+grep 'device=vti0' "$LOG" | tail -n 1 | sed 's/^.*WARN /      proxy: /'
+no_filter_on vti0 ||
 	fail "vti0 got tc programs"
 topo_exec node ip link del vti0
 
@@ -163,11 +159,7 @@ topo_exec node ip route add 198.18.250.0/24 dev eth1
 sleep 1
 topo_exec node ip route del 198.18.250.0/24 dev eth1
 for dev in vxlan0 tunl0 wg0; do
-	for i in $(seq 1 50); do
-		topo_exec node tc filter show dev "$dev" egress | grep -q . || break
-		sleep 0.2
-	done
-	topo_exec node tc filter show dev "$dev" egress | grep -q . &&
+	poll no_filter_on "$dev" ||
 		fail "$dev routes no cluster address any more but keeps the programs"
 done
 
@@ -178,14 +170,14 @@ step "a device that stopped routing cluster addresses while no proxy ran loses t
 # pass the new sessions' replies untranslated.
 end_proxy
 pod_routes_via "$(topo_ip node2 4)" "$(topo_ip node 4)" eth0
-topo_exec node tc filter show dev eth1 egress | grep -q ipvsbpf ||
+ours_on eth1 ||
 	fail "eth1 lost its programs with the proxy: nothing left to test"
 start_proxy
-topo_exec node tc filter show dev eth1 egress | grep -q ipvsbpf &&
+ours_on eth1 &&
 	fail "eth1 routes no cluster address any more but keeps the earlier run's programs"
 # and a device that does route them keeps its programs: pod1a's
 pod_dev=$(topo_exec node ip route get "$(topo_ip pod1a 4)" | grep -o 'dev [^ ]*' | cut -d' ' -f2)
-topo_exec node tc filter show dev "$pod_dev" egress | grep -q ipvsbpf ||
+ours_on "$pod_dev" ||
 	fail "pod1a's device ($pod_dev) lost its programs at the proxy's start"
 via_node2 eth0
 
