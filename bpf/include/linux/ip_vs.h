@@ -26,6 +26,9 @@
 #define IP_VS_SVC_F_SCHED3	0x0020		/* scheduler flag 3 */
 
 #define IP_VS_SVC_F_BPF_SNAT	0x0040		/* bpf_mode: SNAT every connection */
+#define IP_VS_SVC_F_BPF_SNAT_FOREIGN 0x0080	/* bpf_mode: SNAT clients outside
+						 * the session map's local nets
+						 */
 
 #define IP_VS_SVC_F_SCHED_SH_FALLBACK	IP_VS_SVC_F_SCHED1 /* SH fallback */
 #define IP_VS_SVC_F_SCHED_SH_PORT	IP_VS_SVC_F_SCHED2 /* SH use port */
@@ -535,6 +538,12 @@ struct ip_vs_bpf_value {
  * MAP_FD and, to allocate SNAT, the addresses and the port range;
  * IPVS_CMD_GET_BPF answers with everything but MAP_FD. SCTP sessions keep
  * the client's port, in the range or not: their checksum covers it.
+ *
+ * LOCAL_NET, repeated up to IP_VS_BPF_LOCAL_NETS_MAX times, names the
+ * clients of IP_VS_SVC_F_BPF_SNAT_FOREIGN services that need no SNAT (a
+ * cluster's pod networks): a connection from any other address is given
+ * SNAT, one from inside them only if it is hairpin. With no LOCAL_NET every
+ * client is foreign. While no map is attached, such services SNAT no one.
  */
 enum {
 	IPVS_BPF_ATTR_UNSPEC = 0,
@@ -546,10 +555,25 @@ enum {
 	IPVS_BPF_ATTR_PORT_MAX,		/* u16: last SNAT port (host order) */
 	IPVS_BPF_ATTR_STATS,		/* nested IPVS_BPF_STATS_ATTR_* */
 	IPVS_BPF_ATTR_PAD,
+	IPVS_BPF_ATTR_LOCAL_NET,	/* nested IPVS_BPF_NET_ATTR_*, repeated */
 	__IPVS_BPF_ATTR_MAX,
 };
 
 #define IPVS_BPF_ATTR_MAX (__IPVS_BPF_ATTR_MAX - 1)
+
+/* Local nets an attachment takes, at most */
+#define IP_VS_BPF_LOCAL_NETS_MAX	8
+
+/* A local net: one address with its host bits clear, and a prefix length */
+enum {
+	IPVS_BPF_NET_ATTR_UNSPEC = 0,
+	IPVS_BPF_NET_ATTR_ADDR4,	/* in_addr */
+	IPVS_BPF_NET_ATTR_ADDR6,	/* in6_addr */
+	IPVS_BPF_NET_ATTR_PREFIXLEN,	/* u8 */
+	__IPVS_BPF_NET_ATTR_MAX,
+};
+
+#define IPVS_BPF_NET_ATTR_MAX (__IPVS_BPF_NET_ATTR_MAX - 1)
 
 /* Counters of the session map attachment, all u64 */
 enum {
