@@ -137,8 +137,18 @@ pub enum BpfAttr {
     PortMax = uapi::IPVS_BPF_ATTR_PORT_MAX,
     Stats = uapi::IPVS_BPF_ATTR_STATS,
     Pad = uapi::IPVS_BPF_ATTR_PAD,
+    LocalNet = uapi::IPVS_BPF_ATTR_LOCAL_NET,
 }
 impl neli::consts::genl::NlAttrType for BpfAttr {}
+
+/// `IPVS_BPF_NET_ATTR_*`, nested in each [`BpfAttr::LocalNet`].
+#[neli_enum(serialized_type = "u16")]
+pub enum BpfNetAttr {
+    Addr4 = uapi::IPVS_BPF_NET_ATTR_ADDR4,
+    Addr6 = uapi::IPVS_BPF_NET_ATTR_ADDR6,
+    PrefixLen = uapi::IPVS_BPF_NET_ATTR_PREFIXLEN,
+}
+impl neli::consts::genl::NlAttrType for BpfNetAttr {}
 
 /// `IPVS_BPF_STATS_ATTR_*`, nested in [`BpfAttr::Stats`].
 #[neli_enum(serialized_type = "u16")]

@@ -338,7 +338,7 @@ macro_rules! ops {
 
         /// ipvs-bpf: hand IPVS the session map (and SNAT settings).
         pub $($async_)? fn attach_bpf(&mut self, a: &BpfAttach) -> Result<()> {
-            self.execute(&Request::AttachBpf(*a)) $($aw)*
+            self.execute(&Request::AttachBpf(a.clone())) $($aw)*
         }
 
         /// ipvs-bpf: take the session map back.

@@ -22,12 +22,13 @@ use neli::{
 };
 
 use crate::attr::{
-    BpfAttr, BpfStatsAttr, Cmd, CmdAttr, DaemonAttr, DestAttr, InfoAttr, StatsAttr, SvcAttr,
+    BpfAttr, BpfNetAttr, BpfStatsAttr, Cmd, CmdAttr, DaemonAttr, DestAttr, InfoAttr, StatsAttr,
+    SvcAttr,
 };
 use crate::error::{DecodeError, Error, Op};
 use crate::types::{
     BpfAttach, BpfStats, BpfStatus, Daemon, DaemonState, Destination, Family, ForwardMethod, Info,
-    Protocol, Service, ServiceFlags, ServiceKey, Snat, Stats, Timeouts, TunnelType,
+    LocalNet, Protocol, Service, ServiceFlags, ServiceKey, Snat, Stats, Timeouts, TunnelType,
 };
 use crate::uapi;
 
@@ -298,6 +299,14 @@ impl Request {
                     }
                     b.push(attr(BpfAttr::PortMin, &s.port_min.to_ne_bytes()));
                     b.push(attr(BpfAttr::PortMax, &s.port_max.to_ne_bytes()));
+                }
+                for n in &a.local_nets {
+                    let addr = match n.addr {
+                        IpAddr::V4(v4) => attr(BpfNetAttr::Addr4, &v4.octets()),
+                        IpAddr::V6(v6) => attr(BpfNetAttr::Addr6, &v6.octets()),
+                    };
+                    let net = [addr, attr(BpfNetAttr::PrefixLen, &[n.prefix_len])];
+                    b.push(nest(BpfAttr::LocalNet, &net).map_err(ser)?);
                 }
                 out.push(nest(CmdAttr::Bpf, &b).map_err(ser)?);
             }
@@ -816,6 +825,7 @@ pub fn decode_bpf(bytes: &[u8]) -> Result<BpfStatus, DecodeError> {
     let ctx = "BPF attachment";
     let (mut id, mut a4, mut a6, mut min, mut max) = (None, None, None, None, None);
     let mut stats = BpfStats::default();
+    let mut local_nets = Vec::new();
     for (t, p) in parse_attrs::<BpfAttr>(bytes, ctx)? {
         let f = |name| field(ctx, name, &p);
         match t {
@@ -825,6 +835,7 @@ pub fn decode_bpf(bytes: &[u8]) -> Result<BpfStatus, DecodeError> {
             BpfAttr::PortMin => min = Some(f("PORT_MIN").u16()?),
             BpfAttr::PortMax => max = Some(f("PORT_MAX").u16()?),
             BpfAttr::Stats => stats = decode_bpf_stats(p.as_ref())?,
+            BpfAttr::LocalNet => local_nets.push(decode_bpf_net(p.as_ref())?),
             _ => {}
         }
     }
@@ -840,7 +851,26 @@ pub fn decode_bpf(bytes: &[u8]) -> Result<BpfStatus, DecodeError> {
     Ok(BpfStatus {
         map_id: id.ok_or_else(|| missing(ctx, "MAP_ID"))?,
         snat,
+        local_nets,
         stats,
+    })
+}
+
+fn decode_bpf_net(bytes: &[u8]) -> Result<LocalNet, DecodeError> {
+    let ctx = "BPF LOCAL_NET";
+    let (mut addr, mut len) = (None, None);
+    for (t, p) in parse_attrs::<BpfNetAttr>(bytes, ctx)? {
+        let f = |name| field(ctx, name, &p);
+        match t {
+            BpfNetAttr::Addr4 => addr = Some(IpAddr::from(f("ADDR4").exact::<4>()?)),
+            BpfNetAttr::Addr6 => addr = Some(IpAddr::from(f("ADDR6").exact::<16>()?)),
+            BpfNetAttr::PrefixLen => len = Some(f("PREFIXLEN").u8()?),
+            _ => {}
+        }
+    }
+    Ok(LocalNet {
+        addr: addr.ok_or_else(|| missing(ctx, "ADDR4 or ADDR6"))?,
+        prefix_len: len.ok_or_else(|| missing(ctx, "PREFIXLEN"))?,
     })
 }
 

@@ -169,6 +169,9 @@ impl ServiceFlags {
     pub const MH_PORT: ServiceFlags = ServiceFlags(uapi::IP_VS_SVC_F_SCHED_MH_PORT);
     /// ipvs-bpf: SNAT every connection of this service (`bpf_mode`).
     pub const BPF_SNAT: ServiceFlags = ServiceFlags(uapi::IP_VS_SVC_F_BPF_SNAT);
+    /// ipvs-bpf: SNAT the connections of clients outside the attachment's
+    /// [local nets](BpfAttach::local_nets) (`bpf_mode`).
+    pub const BPF_SNAT_FOREIGN: ServiceFlags = ServiceFlags(uapi::IP_VS_SVC_F_BPF_SNAT_FOREIGN);
 
     pub const fn empty() -> ServiceFlags {
         ServiceFlags(0)
@@ -510,12 +513,31 @@ pub struct Snat {
     pub port_max: u16,
 }
 
+/// A prefix whose clients need no SNAT from services flagged
+/// [`ServiceFlags::BPF_SNAT_FOREIGN`] (a cluster's pod network). The
+/// kernel refuses an address with host bits set, or a prefix longer than
+/// the address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LocalNet {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl fmt::Display for LocalNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
 /// `IPVS_CMD_NEW_BPF`: attach a session map, by file descriptor, with
 /// optional SNAT. The descriptor must stay open until the request returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BpfAttach {
     pub map_fd: u32,
     pub snat: Option<Snat>,
+    /// At most [`uapi::IP_VS_BPF_LOCAL_NETS_MAX`]; none makes every client
+    /// of a `BPF_SNAT_FOREIGN` service foreign.
+    pub local_nets: Vec<LocalNet>,
 }
 
 /// Counters of the session map attachment.
@@ -552,10 +574,12 @@ pub struct BpfStats {
 }
 
 /// What `IPVS_CMD_GET_BPF` reports about an attached session map.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BpfStatus {
     /// Kernel id of the attached map (`bpftool map show id N`).
     pub map_id: u32,
     pub snat: Option<Snat>,
+    /// As attached, in the order given.
+    pub local_nets: Vec<LocalNet>,
     pub stats: BpfStats,
 }

@@ -21,6 +21,9 @@ pub const IP_VS_BPF_MODE_SYSCTL: &str = "net/ipv4/vs/bpf_mode";
 
 /// Service flag: SNAT every connection of this service (bpf_mode).
 pub const IP_VS_SVC_F_BPF_SNAT: u32 = 0x0040;
+/// Service flag: SNAT the connections of clients outside the session map
+/// attachment's local nets (bpf_mode).
+pub const IP_VS_SVC_F_BPF_SNAT_FOREIGN: u32 = 0x0080;
 
 // Virtual service flags (IPVS_SVC_ATTR_FLAGS).
 pub const IP_VS_SVC_F_PERSISTENT: u32 = 0x0001;
@@ -171,6 +174,15 @@ pub const IPVS_BPF_ATTR_PORT_MIN: u16 = 5;
 pub const IPVS_BPF_ATTR_PORT_MAX: u16 = 6;
 pub const IPVS_BPF_ATTR_STATS: u16 = 7;
 pub const IPVS_BPF_ATTR_PAD: u16 = 8;
+pub const IPVS_BPF_ATTR_LOCAL_NET: u16 = 9;
+
+/// Local nets an attachment takes, at most.
+pub const IP_VS_BPF_LOCAL_NETS_MAX: usize = 8;
+
+// Attributes nested in each IPVS_BPF_ATTR_LOCAL_NET.
+pub const IPVS_BPF_NET_ATTR_ADDR4: u16 = 1;
+pub const IPVS_BPF_NET_ATTR_ADDR6: u16 = 2;
+pub const IPVS_BPF_NET_ATTR_PREFIXLEN: u16 = 3;
 
 // Counters nested in IPVS_BPF_ATTR_STATS, all u64.
 pub const IPVS_BPF_STATS_ATTR_SESSIONS: u16 = 1;

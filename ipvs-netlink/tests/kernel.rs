@@ -19,8 +19,9 @@ use std::process::{Command, Stdio};
 
 use ipvs_netlink::uapi::{self, IpVsBpfKey, IpVsBpfValue};
 use ipvs_netlink::{
-    BpfAttach, Daemon, DaemonState, Destination, Error, ErrorKind, ForwardMethod, Ipvs, Protocol,
-    Request, Service, ServiceFlags, ServiceKey, Snat, Stats, Timeouts, Tunnel, TunnelType,
+    BpfAttach, Daemon, DaemonState, Destination, Error, ErrorKind, ForwardMethod, Ipvs, LocalNet,
+    Protocol, Request, Service, ServiceFlags, ServiceKey, Snat, Stats, Timeouts, Tunnel,
+    TunnelType,
 };
 
 // ---- running in a namespace of one's own --------------------------------
@@ -1443,6 +1444,7 @@ fn bpf_session_map_attach_and_detach() {
         let attach = |fd: &OwnedFd, snat| BpfAttach {
             map_fd: fd.as_raw_fd() as u32,
             snat,
+            local_nets: Vec::new(),
         };
         // Refused maps: the wrong type, the wrong value size, too small.
         let array = bpf_map(ARRAY, 4, value, 1024);
@@ -1471,7 +1473,8 @@ fn bpf_session_map_attach_and_detach() {
         assert_eq!(
             kind(ipvs.attach_bpf(&BpfAttach {
                 map_fd: closed,
-                snat: None
+                snat: None,
+                local_nets: Vec::new(),
             })),
             Some(ErrorKind::BadFd),
             "a closed fd"
@@ -1520,11 +1523,39 @@ fn bpf_session_map_attach_and_detach() {
             "detach twice"
         );
 
+        // Local nets: refused with host bits or past the address's length,
+        // reported back in order as attached.
+        let net = |a: &str, prefix_len| LocalNet {
+            addr: a.parse().expect("address"),
+            prefix_len,
+        };
+        for bad in [net("10.0.0.4", 24), net("10.0.0.0", 33), net("fd00::1", 64)] {
+            let a = BpfAttach {
+                local_nets: vec![bad],
+                ..attach(&second, None)
+            };
+            assert_eq!(
+                kind(ipvs.attach_bpf(&a)),
+                Some(ErrorKind::InvalidArgument),
+                "local net {bad}"
+            );
+        }
+        let nets = vec![net("198.18.0.0", 16), net("2001:db8:1::", 48)];
+        ipvs.attach_bpf(&BpfAttach {
+            local_nets: nets.clone(),
+            ..attach(&second, Some(snat))
+        })
+        .expect("attach with local nets");
+        let st = ipvs.bpf().expect("get bpf").expect("attached");
+        assert_eq!(st.local_nets, nets, "local nets");
+        ipvs.detach_bpf().expect("detach");
+
         // Attached again without SNAT, it reports none.
         ipvs.attach_bpf(&attach(&second, None))
             .expect("attach another");
         let st = ipvs.bpf().expect("get bpf").expect("attached");
         assert_eq!((st.map_id, st.snat), (bpf_map_id(&second), None));
+        assert!(st.local_nets.is_empty(), "no local nets");
         ipvs.detach_bpf().expect("detach");
     });
 }

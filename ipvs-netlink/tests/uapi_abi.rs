@@ -59,6 +59,7 @@ fn rust_mirror_matches_the_uapi_header() {
     consts!(
         IPVS_GENL_VERSION,
         IP_VS_SVC_F_BPF_SNAT,
+        IP_VS_SVC_F_BPF_SNAT_FOREIGN,
         IP_VS_SVC_F_PERSISTENT,
         IP_VS_SVC_F_HASHED,
         IP_VS_SVC_F_ONEPACKET,
@@ -169,6 +170,11 @@ fn rust_mirror_matches_the_uapi_header() {
         IPVS_BPF_ATTR_PORT_MAX,
         IPVS_BPF_ATTR_STATS,
         IPVS_BPF_ATTR_PAD,
+        IPVS_BPF_ATTR_LOCAL_NET,
+        IP_VS_BPF_LOCAL_NETS_MAX,
+        IPVS_BPF_NET_ATTR_ADDR4,
+        IPVS_BPF_NET_ATTR_ADDR6,
+        IPVS_BPF_NET_ATTR_PREFIXLEN,
         IPVS_BPF_STATS_ATTR_SESSIONS,
         IPVS_BPF_STATS_ATTR_INSERTED,
         IPVS_BPF_STATS_ATTR_DELETED,
@@ -189,7 +195,8 @@ fn rust_mirror_matches_the_uapi_header() {
     // The last entries: nothing was added behind the mirror's back.
     c("IPVS_CMD_MAX", IPVS_CMD_GET_BPF as u64);
     c("IPVS_CMD_ATTR_MAX", IPVS_CMD_ATTR_BPF as u64);
-    c("IPVS_BPF_ATTR_MAX", IPVS_BPF_ATTR_PAD as u64);
+    c("IPVS_BPF_ATTR_MAX", IPVS_BPF_ATTR_LOCAL_NET as u64);
+    c("IPVS_BPF_NET_ATTR_MAX", IPVS_BPF_NET_ATTR_PREFIXLEN as u64);
     c(
         "IPVS_BPF_STATS_ATTR_MAX",
         IPVS_BPF_STATS_ATTR_DELETE_MISS as u64,

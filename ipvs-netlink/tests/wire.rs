@@ -40,8 +40,9 @@ use ipvs_netlink::codec::{
     decode_bpf, decode_daemon, decode_destination, decode_info, decode_service, decode_timeouts,
 };
 use ipvs_netlink::{
-    BpfAttach, BpfStats, Daemon, DaemonState, Destination, Family, ForwardMethod, Protocol,
-    Request, Service, ServiceFlags, ServiceKey, Snat, Stats, Timeouts, Tunnel, TunnelType,
+    BpfAttach, BpfStats, Daemon, DaemonState, Destination, Family, ForwardMethod, LocalNet,
+    Protocol, Request, Service, ServiceFlags, ServiceKey, Snat, Stats, Timeouts, Tunnel,
+    TunnelType,
 };
 
 /// The id the kernel gave the IPVS family (any value; it goes to
@@ -578,6 +579,7 @@ fn attach_bpf() {
     let a = BpfAttach {
         map_fd: 7,
         snat: None,
+        local_nets: Vec::new(),
     };
     assert_encodes(Request::AttachBpf(a), message(32, ACK, 18, &attrs)); // IPVS_CMD_NEW_BPF
 }
@@ -592,6 +594,7 @@ fn attach_bpf_snat() {
             port_min: 40000,
             port_max: 60000,
         }),
+        local_nets: Vec::new(),
     };
     #[rustfmt::skip]
     let attrs = [
@@ -607,6 +610,40 @@ fn attach_bpf_snat() {
         0x06, 0x00, 0x06, 0x00, 0x60, 0xea, 0x00, 0x00, // IPVS_BPF_ATTR_PORT_MAX (6): host u16 60000 (>= 1), pad 2
     ];
     assert_encodes(Request::AttachBpf(a), message(76, ACK, 18, &attrs));
+}
+
+#[test]
+fn attach_bpf_local_nets() {
+    let a = BpfAttach {
+        map_fd: 3,
+        snat: None,
+        local_nets: vec![
+            LocalNet {
+                addr: "198.18.0.0".parse().unwrap(),
+                prefix_len: 16,
+            },
+            LocalNet {
+                addr: "2001:db8:1::".parse().unwrap(),
+                prefix_len: 48,
+            },
+        ],
+    };
+    #[rustfmt::skip]
+    let attrs = [
+        0x40, 0x00, 0x07, 0x80, // IPVS_CMD_ATTR_BPF (7) | NLA_F_NESTED: len 64
+        0x08, 0x00, 0x01, 0x00, 0x03, 0x00, 0x00, 0x00, // MAP_FD (1): u32 3
+        0x14, 0x00, 0x09, 0x80, // IPVS_BPF_ATTR_LOCAL_NET (9) | NLA_F_NESTED: len 20 (strict: the flag is required)
+        0x08, 0x00, 0x01, 0x00, 0xc6, 0x12, 0x00, 0x00, //   IPVS_BPF_NET_ATTR_ADDR4 (1): exactly 4, 198.18.0.0
+        0x05, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00, 0x00, //   IPVS_BPF_NET_ATTR_PREFIXLEN (3): u8 16 (<= 128), pad 3
+        0x20, 0x00, 0x09, 0x80, // LOCAL_NET (9) | NLA_F_NESTED: len 32, repeated
+        0x14, 0x00, 0x02, 0x00, //   IPVS_BPF_NET_ATTR_ADDR6 (2): exactly 16
+        0x20, 0x01, 0x0d, 0xb8, //     2001:db8:1::
+        0x00, 0x01, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00,
+        0x05, 0x00, 0x03, 0x00, 0x30, 0x00, 0x00, 0x00, //   PREFIXLEN (3): u8 48, pad 3
+    ];
+    assert_encodes(Request::AttachBpf(a), message(84, ACK, 18, &attrs));
 }
 
 #[test]
@@ -1044,6 +1081,42 @@ fn decode_bpf_with_snat() {
     );
 }
 
+/// `ip_vs_bpf_fill` writes each local net as a `LOCAL_NET` nest
+/// (`nla_nest_start`, so flagged), in the order they were attached.
+#[test]
+fn decode_bpf_with_local_nets() {
+    #[rustfmt::skip]
+    let bytes = [
+        0x08, 0x00, 0x02, 0x00, 0x05, 0x00, 0x00, 0x00, // MAP_ID (2): 5
+        0x20, 0x00, 0x09, 0x80, // LOCAL_NET (9) | NLA_F_NESTED: len 32
+        0x14, 0x00, 0x02, 0x00, //   ADDR6 (2): nla_put_in6_addr fd00::
+        0xfd, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00,
+        0x05, 0x00, 0x03, 0x00, 0x08, 0x00, 0x00, 0x00, //   PREFIXLEN (3): nla_put_u8 8
+        0x14, 0x00, 0x09, 0x80, // LOCAL_NET (9): len 20
+        0x08, 0x00, 0x01, 0x00, 0x0a, 0x00, 0x00, 0x04, //   ADDR4 (1): nla_put_in_addr 10.0.0.4
+        0x05, 0x00, 0x03, 0x00, 0x20, 0x00, 0x00, 0x00, //   PREFIXLEN (3): 32
+    ];
+    let b = decode_bpf(&bytes).expect("decodes");
+    assert_eq!(b.map_id, 5);
+    assert_eq!(
+        b.local_nets,
+        vec![
+            LocalNet {
+                addr: "fd00::".parse().unwrap(),
+                prefix_len: 8
+            },
+            LocalNet {
+                addr: "10.0.0.4".parse().unwrap(),
+                prefix_len: 32
+            },
+        ]
+    );
+    assert_eq!(b.local_nets[1].to_string(), "10.0.0.4/32");
+}
+
 /// Without SNAT `ip_vs_bpf_fill` writes no address and no port range. The
 /// counters carry `IPVS_BPF_STATS_ATTR_PAD` (11) as a strict-alignment
 /// kernel adds them; a kernel without the SNAT reuse and unmapped counters sends none.
@@ -1160,6 +1233,17 @@ fn bpf_without_map_id_is_an_error() {
         0x06, 0x00, 0x06, 0x00, 0x60, 0xea, 0x00, 0x00, // PORT_MAX (6): 60000
     ];
     assert_err_names(decode_bpf(&bytes), "MAP_ID");
+}
+
+#[test]
+fn bpf_local_net_without_prefix_len_is_an_error() {
+    #[rustfmt::skip]
+    let bytes = [
+        0x08, 0x00, 0x02, 0x00, 0x05, 0x00, 0x00, 0x00, // MAP_ID (2): 5
+        0x0c, 0x00, 0x09, 0x80, // LOCAL_NET (9): len 12, no PREFIXLEN
+        0x08, 0x00, 0x01, 0x00, 0x0a, 0x00, 0x00, 0x04, //   ADDR4 (1): 10.0.0.4
+    ];
+    assert_err_names(decode_bpf(&bytes), "PREFIXLEN");
 }
 
 #[test]
