@@ -696,6 +696,10 @@ fn model_config(
         masquerade_all: cfg.masquerade_all,
         scheduler: cfg.ipvs_scheduler.clone(),
         bpf_snat: mode == ProxyMode::IpvsBpf,
+        bpf_snat_foreign: (
+            cfg.cluster_cidrs.iter().any(|c| c.is_ipv4()),
+            cfg.cluster_cidrs.iter().any(|c| !c.is_ipv4()),
+        ),
         ipv4: true,
         ipv6: ipv6_enabled(),
         service_proxy_name: cfg.service_proxy_name.clone(),

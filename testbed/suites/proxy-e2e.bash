@@ -8,7 +8,8 @@
 #     its own Service and itself (hairpin: TCP v4, v6 and UDP); local pods
 #     of a SNAT NodePort see the node, not the client; 2 MB uploads
 #     through a SNAT NodePort behind a 1280-byte hop learn the path MTU
-#     (v4, v6); in ipvs mode also a ClusterIP from off-cluster;
+#     (v4, v6); a ClusterIP from off-cluster is source-NATed (v4, v6),
+#     from a pod not;
 #   - eTP=Local: only the local pod, which sees the real client address;
 #     the health-check node port answers with one local endpoint; with
 #     the local pod gone, a pod on the node still reaches the LB address
@@ -93,10 +94,29 @@ reach client "http://$NODE:30080/" $ALL
 reach client "http://[2001:db8::1]:30080/" pod1a pod2a
 reach client http://198.19.200.10/ $ALL
 reach client http://198.19.100.10/ $ALL
-if [ "$MODE" = ipvs ]; then
-	step "ClusterIP from client (off-cluster: masqueraded by --cluster-cidr)"
-	reach client http://198.19.0.10/ $ALL
-fi
+step "ClusterIP from client (off-cluster: source-NATed by --cluster-cidr; v4, v6)"
+# kube-proxy masquerades a ClusterIP's clients from outside the cluster
+# CIDR: a pod would answer such a client directly. ipvs-bpf: the CIDR is
+# the session map's local nets, ClusterIPs carry BPF_SNAT_FOREIGN.
+reach client http://198.19.0.10/ $ALL
+CLIENT6=$(topo_ip client 6)
+for url in http://198.19.0.10/ip "http://[2001:db8:2::10]/ip"; do
+	ans=$(hits client "$url" 12 | sort -u)
+	echo "$ans" | sed "s|^|      $url seen by |"
+	echo "$ans" | grep -q '<error>' && fail "off-cluster requests to $url failed"
+	echo "$ans" | grep -Eq " ($CLIENT|$CLIENT6)\$" &&
+		fail "an off-cluster client of $url was not source-NATed"
+	echo "$ans" | grep -Eq "^pod2a ($NODE|2001:db8::1)\$" ||
+		fail "pod2a never saw the node's address through $url"
+done
+# ... and a pod's connections keep its address (but hairpin ones, which
+# pod1b makes when scheduled to itself)
+POD1B=$(topo_ip pod1b 4)
+ans=$(hits pod1b http://198.19.0.10/ip 8 | sort -u)
+echo "$ans" | sed 's/^/      from pod1b, seen by /'
+echo "$ans" | grep -v "^pod1b " | grep -v " $POD1B\$" | grep -q . &&
+	fail "a pod's ClusterIP connection was source-NATed"
+echo "$ans" | grep -v "^pod1b " | grep -q . || fail "pod1b's requests all went to itself"
 
 step "path MTU through a SNAT NodePort: 2 MB uploads from client to pods behind a 1280-byte hop (v4, v6)"
 # node2's side of its pods' veths is narrowed and the pods keep 1500, so

@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use ipvs_netlink::{BpfAttach, BpfStatus, Ipvs, Snat};
+use ipvs_netlink::{BpfAttach, BpfStatus, Ipvs, LocalNet, Snat};
 use libbpf_rs::{MapCore, OpenObject};
 use tracing::{info, warn};
 
@@ -193,12 +193,14 @@ impl BpfMode {
         // replies, for good if this start failed half way. Without a map,
         // IPVS refuses SNAT connections (clients retry) until it gets ours.
         let map_id = dp.skel().maps.ipvs_sessions.info().map(|i| i.info.id).ok();
+        let local_nets = local_nets(&cfg.cluster);
         let adopted = match ipvs.bpf()? {
             Some(BpfStatus {
                 map_id: id,
                 snat: Some(s),
+                local_nets: l,
                 ..
-            }) if Some(id) == map_id && s == snat => {
+            }) if Some(id) == map_id && s == snat && l == local_nets => {
                 info!(map_id = id, "IPVS already holds our session map; adopted");
                 true
             }
@@ -234,7 +236,7 @@ impl BpfMode {
         hostinfo::reserve_ports(cfg.port_min, cfg.port_max)?;
 
         if !adopted {
-            attach(ipvs, &bm.dp, snat)?;
+            attach(ipvs, &bm.dp, snat, local_nets)?;
         }
         hostinfo::write_sysctl(BPF_MODE_SYSCTL, "1")?;
         info!(
@@ -454,16 +456,38 @@ impl BpfMode {
     }
 }
 
-fn attach(ipvs: &mut Ipvs, dp: &Datapath<'_>, snat: Snat) -> Result<(), BpfModeError> {
+fn attach(
+    ipvs: &mut Ipvs,
+    dp: &Datapath<'_>,
+    snat: Snat,
+    local_nets: Vec<LocalNet>,
+) -> Result<(), BpfModeError> {
     // A BorrowedFd is never negative; were it so, the kernel's EBADF
     // would say it.
     let map_fd = u32::try_from(dp.sessions_fd().as_raw_fd()).unwrap_or(u32::MAX);
+    let nets: Vec<String> = local_nets.iter().map(LocalNet::to_string).collect();
     ipvs.attach_bpf(&BpfAttach {
         map_fd,
         snat: Some(snat),
+        local_nets,
     })?;
-    info!("session map handed to IPVS");
+    info!(local_nets = %nets.join(","), "session map handed to IPVS");
     Ok(())
+}
+
+/// The cluster CIDR as IPVS's local nets: clients inside them reach a
+/// ClusterIP without SNAT, everyone else (an off-cluster host routed to
+/// the service range through this node) with it, as kube-proxy's
+/// `--cluster-cidr` masquerade rule does. [`Cidr`] is already masked; the
+/// CLI takes at most one prefix per family, within IPVS's limit.
+fn local_nets(cluster: &[Cidr]) -> Vec<LocalNet> {
+    cluster
+        .iter()
+        .map(|c| LocalNet {
+            addr: c.addr,
+            prefix_len: c.prefix_len,
+        })
+        .collect()
 }
 
 /// SNAT sources: the uplink's first global IPv4 and IPv6 addresses.

@@ -64,6 +64,14 @@ pub struct ModelConfig {
     pub scheduler: String,
     /// ipvs-bpf mode: set ipvs_netlink::ServiceFlags::BPF_SNAT on virtual servers whose `masquerade` is true.
     pub bpf_snat: bool,
+    /// ipvs-bpf mode with a --cluster-cidr of the family (IPv4, IPv6):
+    /// set ServiceFlags::BPF_SNAT_FOREIGN on that family's ClusterIP
+    /// virtual servers that are not masqueraded, so IPVS gives SNAT to
+    /// clients outside the cluster CIDR (the session map's local nets),
+    /// as kube-proxy's `! -s clusterCIDR` masquerade rule does. Without
+    /// a CIDR of the family nobody can be told apart, and kube-proxy
+    /// masquerades no one.
+    pub bpf_snat_foreign: (bool, bool),
     /// Families the proxy programs (dual-stack node: both).
     pub ipv4: bool,
     pub ipv6: bool,
@@ -79,6 +87,7 @@ impl Default for ModelConfig {
             masquerade_all: false,
             scheduler: "rr".to_string(),
             bpf_snat: false,
+            bpf_snat_foreign: (false, false),
             ipv4: true,
             ipv6: true,
             service_proxy_name: None,
@@ -535,6 +544,14 @@ impl ParsedService {
         if cfg.bpf_snat && masquerade {
             service.flags |= ServiceFlags::BPF_SNAT;
         }
+        let foreign = if addr.is_ipv4() {
+            cfg.bpf_snat_foreign.0
+        } else {
+            cfg.bpf_snat_foreign.1
+        };
+        if cfg.bpf_snat && kind == VsKind::ClusterIp && !masquerade && foreign {
+            service.flags |= ServiceFlags::BPF_SNAT_FOREIGN;
+        }
         VirtualServer {
             service,
             destinations: destinations.to_vec(),
@@ -968,6 +985,9 @@ mod tests {
         if s.flags.contains(ServiceFlags::BPF_SNAT) {
             out.push_str(" bpf");
         }
+        if s.flags.contains(ServiceFlags::BPF_SNAT_FOREIGN) {
+            out.push_str(" bpf-foreign");
+        }
         if s.flags.contains(ServiceFlags::MH_PORT) {
             out.push_str(" mh-port");
         }
@@ -1355,6 +1375,26 @@ mod tests {
                 vec![v4(json!([ep("10.1.0.1", "node-a")]))],
                 &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1] masq bpf"])
                 .cfg(|c| { c.bpf_snat = true; c.masquerade_all = true; }),
+            case("bpf_snat_foreign flags the cluster IPs of its families only",
+                merge(svc(dual_stack()), json!({"spec": {"type": "NodePort",
+                    "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}})),
+                vec![v4(json!([ep("10.1.0.1", "node-a")])),
+                     slice("web-v6", "IPv6", json!([ep("fd01::1", "node-a")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1] bpf-foreign",
+                  "np TCP 192.168.0.10:30080 rr [10.1.0.1:8080 w1] masq bpf",
+                  "cip TCP [fd00::1]:80 rr [[fd01::1]:8080 w1]",
+                  "np TCP [fd00::10]:30080 rr [[fd01::1]:8080 w1] masq bpf"])
+                .cfg(|c| { c.bpf_snat = true; c.bpf_snat_foreign = (true, false); }),
+            case("bpf_snat_foreign gives way to masquerade-all",
+                svc(json!({})),
+                vec![v4(json!([ep("10.1.0.1", "node-a")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1] masq bpf"])
+                .cfg(|c| { c.bpf_snat = true; c.masquerade_all = true; c.bpf_snat_foreign = (true, true); }),
+            case("bpf_snat_foreign needs ipvs-bpf mode",
+                svc(json!({})),
+                vec![v4(json!([ep("10.1.0.1", "node-a")]))],
+                &["cip TCP 10.0.0.1:80 rr [10.1.0.1:8080 w1]"])
+                .cfg(|c| c.bpf_snat_foreign = (true, true)),
             case("bpf_snat leaves eTP Local virtual servers alone",
                 svc(json!({"spec": {"type": "NodePort", "externalTrafficPolicy": "Local",
                     "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}})),
