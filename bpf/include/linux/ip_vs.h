@@ -541,9 +541,10 @@ struct ip_vs_bpf_value {
  *
  * LOCAL_NET, repeated up to IP_VS_BPF_LOCAL_NETS_MAX times, names the
  * clients of IP_VS_SVC_F_BPF_SNAT_FOREIGN services that need no SNAT (a
- * cluster's pod networks): a connection from any other address is given
- * SNAT, one from inside them only if it is hairpin. With no LOCAL_NET every
- * client is foreign. While no map is attached, such services SNAT no one.
+ * cluster's pod networks): a connection from any other address of a
+ * family they cover is given SNAT, one from inside them only if it is
+ * hairpin. Without a LOCAL_NET of the client's family, or while no map is
+ * attached, such services SNAT no one.
  */
 enum {
 	IPVS_BPF_ATTR_UNSPEC = 0,
