@@ -4,7 +4,8 @@
 # the patched tree: bpf_mode hooks ahead of conntrack (1,000 connections,
 # 0 conntrack entries), session map attach validation and hostile input,
 # mirroring against ipvsadm -Lnc, SNAT allocation, fragments and ICMP,
-# and flipping the switch under traffic.
+# SNAT for clients outside the local nets, ICMP errors and path MTU
+# discovery through twins, and flipping the switch under traffic.
 . "$(dirname "$0")/lib.sh"
 
 dir=$TOP/build/linux-6.12/tools/testing/selftests/net/netfilter
