@@ -9,7 +9,8 @@
 #     of a SNAT NodePort see the node, not the client; 2 MB uploads
 #     through a SNAT NodePort behind a 1280-byte hop learn the path MTU
 #     (v4, v6); a ClusterIP from off-cluster is source-NATed (v4, v6),
-#     from a pod not;
+#     from a pod not; SCTP through a SNAT NodePort keeps client ports
+#     outside the SNAT range (socat as client);
 #   - eTP=Local: only the local pod, which sees the real client address;
 #     the health-check node port answers with one local endpoint; with
 #     the local pod gone, a pod on the node still reaches the LB address
@@ -155,6 +156,62 @@ done
 topo_exec node2 ip link set veth-pod2a mtu 1500
 topo_exec node2 ip link set veth-pod2b mtu 1500
 rm -rf "$MAN/blob" /tmp/ipvsbpf-nginx-pod*/upload
+
+step "SCTP through a SNAT NodePort, from client ports outside the SNAT range (a real SCTP client)"
+# SCTP's CRC32c covers the ports, and the tc programs cannot recompute it:
+# IPVS keeps the client's port for SCTP SNAT sessions, in the range or not,
+# and the programs rewrite only the address (ipvs mode: nf_nat's
+# MASQUERADE, which keeps a free port too). Each pod's echo server names
+# itself and the peer it sees (address and port: socat would take a colon
+# in its command for an option separator).
+modprobe sctp 2>/dev/null || [ -d /proc/sys/net/sctp ] || fail "no SCTP in this kernel (modprobe sctp)"
+for p in pod1a pod2a; do
+	topo_exec "$p" socat SCTP-LISTEN:7,fork,reuseaddr \
+		SYSTEM:"echo $p \$SOCAT_PEERADDR \$SOCAT_PEERPORT" &
+done
+cat >"$MAN/sctp-echo.yaml" <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: sctp-echo, namespace: default}
+spec:
+  type: NodePort
+  selector: {app: sctp-echo}
+  clusterIP: 198.19.0.7
+  clusterIPs: [198.19.0.7]
+  ports:
+    - {name: assoc, protocol: SCTP, port: 7, targetPort: 7, nodePort: 30132}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: sctp-echo-1
+  namespace: default
+  labels: {kubernetes.io/service-name: sctp-echo}
+addressType: IPv4
+ports:
+  - {name: assoc, protocol: SCTP, port: 7}
+endpoints:
+  - {addresses: [$(topo_ip pod1a 4)], conditions: {ready: true}, nodeName: node}
+  - {addresses: [$(topo_ip pod2a 4)], conditions: {ready: true}, nodeName: node2}
+EOF
+poll sh -c "ip netns exec node ipvsadm -Ln --sctp-service $NODE:30132 | grep -q $(topo_ip pod2a 4)" ||
+	fail "the SCTP NodePort never reached IPVS"
+ans=$(for i in 1 2 3 4 5 6; do
+	sleep 2 | topo_exec client timeout 10 socat - \
+		SCTP:"$NODE":30132,bind="$CLIENT":$((40100 + i)) || echo "<error $i>"
+done)
+echo "$ans" | sed 's/^/      SCTP answer: /'
+echo "$ans" | grep -q '<error' && fail "an SCTP association through the NodePort failed"
+for i in 1 2 3 4 5 6; do
+	echo "$ans" | grep -Eq "^pod[12]a [0-9.]+ $((40100 + i))\$" ||
+		fail "client port $((40100 + i)) was not kept (or not answered)"
+done
+echo "$ans" | grep -q " $CLIENT " && fail "an SCTP association was not source-NATed"
+echo "$ans" | grep -q "^pod2a $NODE " || fail "pod2a never saw the node's address"
+echo "$ans" | grep -q "^pod1a " || fail "pod1a never answered"
+rm -f "$MAN/sctp-echo.yaml"
+poll sh -c "! ip netns exec node ipvsadm -Ln --sctp-service $NODE:30132 >/dev/null 2>&1" ||
+	fail "the SCTP NodePort stayed in IPVS after its Service went"
 
 step "externalTrafficPolicy=Local: the local pod only, with the client's address"
 reach client "http://$NODE:30081/" pod1a
