@@ -535,8 +535,8 @@ impl fmt::Display for LocalNet {
 pub struct BpfAttach {
     pub map_fd: u32,
     pub snat: Option<Snat>,
-    /// At most [`uapi::IP_VS_BPF_LOCAL_NETS_MAX`]; none makes every client
-    /// of a `BPF_SNAT_FOREIGN` service foreign.
+    /// At most [`uapi::IP_VS_BPF_LOCAL_NETS_MAX`]. Without a net of a
+    /// client's family no client of that family is foreign.
     pub local_nets: Vec<LocalNet>,
 }
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 # Suite ipvs-bpf-selftest: the series' own kselftest, ipvs_bpf.sh, from
-# the patched tree: bpf_mode hooks ahead of conntrack (1,000 connections,
-# 0 conntrack entries), session map attach validation and hostile input,
+# the patched tree: bpf_mode hooks ahead of conntrack (300 connections
+# here, 0 conntrack entries), session map attach validation and hostile input,
 # mirroring against ipvsadm -Lnc, SNAT allocation, fragments and ICMP,
 # SNAT for clients outside the local nets, ICMP errors and path MTU
 # discovery through twins, and flipping the switch under traffic.
