@@ -557,6 +557,26 @@ node_clean() {
 	[ "${#left[@]}" = 0 ] || echo "${left[*]}"
 }
 
+# backend_fresh: no TIME_WAIT socket left in the backend and the clients
+# (ss -K, SOCK_DESTROY), so that a mode does not meet the previous mode's.
+# The backend (nginx closes first: ab speaks HTTP/1.0) keeps TIME_WAIT
+# for 60 s on each tuple it saw, and a mode reaches it from other
+# addresses and ports than the one before (direct: the client's own,
+# through a Service: the SNAT address and ports), so a new SYN on an old
+# tuple carries unrelated sequence numbers and timestamps and is refused
+# by PAWS about half the time: a 1 s retransmission charged to the wrong
+# mode (568 in one cell of `ipvs` after `direct`). Within a mode the
+# sockets stay: what its cells leave to each other is its own doing.
+backend_fresh() {
+	local ns left
+	for ns in pod2a pod1a client; do
+		topo_exec "$ns" ss -K -t state time-wait >/dev/null ||
+			fail "ss -K in $ns (SOCK_DESTROY: CONFIG_INET_DIAG_DESTROY)"
+	done
+	left=$(topo_exec pod2a ss -Htn state time-wait | wc -l)
+	[ "$left" = 0 ] || fail "$left TIME_WAIT sockets left in pod2a after ss -K"
+}
+
 # seed_of N: the etcd seed holding N other Services (BENCH_SEEDS); fails
 # quietly without one
 seed_of() {
@@ -667,6 +687,7 @@ for others in $OTHERS; do
 		step "round $round/$ROUNDS: ${order[*]}"
 		for m in "${order[@]}"; do
 			[ "$others" = 0 ] || at_scale "$m" || continue
+			backend_fresh
 			mode_up "$m"
 			ok=1
 			for path in $PATHS; do
