@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
-# Suite snat-capacity: new connections through the SNAT path for a minute,
-# as fast as the guest goes, against one backend, with the proxy's default
+# Suite snat-capacity: new connections through the SNAT path for a minute
+# (SNAT_CAPACITY_SECONDS; 30 s in make test), as fast as the guest goes,
+# against one backend, with the proxy's default
 # SNAT range: many more connections than the range has ports. ipvsbpf-proxy
 # in ipvs-bpf mode (tc programs on node's uplink), ab from client to the
 # NodePort of Service `bench` (testbed/manifests/bench), whose only

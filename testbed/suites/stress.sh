@@ -12,7 +12,8 @@
 #   - flushes services and adds them back,
 # and, when IPVS is a module, unloads it with live connections and an
 # attached map (module unload = netns exit for IPVS) and loads it again.
-# Every loop is bounded in rounds and time.
+# Every loop is bounded in rounds (STRESS_ROUNDS, 12; 6 in make test)
+# and time.
 . "$(dirname "$0")/lib.sh"
 
 need ipvsadm socat
