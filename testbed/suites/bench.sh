@@ -130,8 +130,6 @@ PATHS=${BENCH_PATHS:-nodeport clusterip}
 for p in $PATHS; do
 	case $p in nodeport | clusterip | lb) ;; *) fail "BENCH_PATHS: no path '$p' (nodeport clusterip lb)" ;; esac
 done
-# Service bench's LoadBalancer address (testbed/manifests/bench)
-LB_IP=198.19.200.20
 WORKLOADS=${BENCH_WORKLOADS:-short ka iperf}
 CONC=${BENCH_CONC:-8}
 ICOUNT=${IPVSBPF_ICOUNT:-0}
@@ -186,7 +184,7 @@ target() {
 	clusterip:direct) echo "pod1a $POD $port" ;;
 	clusterip:*) echo "pod1a 198.19.0.20 $port" ;;
 	lb:direct) echo "client $POD $port" ;;
-	lb:*) echo "client $LB_IP $port" ;;
+	lb:*) echo "client $BENCH_LB_IP $port" ;;
 	esac
 }
 
@@ -612,7 +610,7 @@ api_level() {
 	fi
 	kc apply -f - <"$MAN/services.yaml" >/dev/null || fail "applying Service bench"
 	k8s_api PATCH /api/v1/namespaces/default/services/bench/status \
-		"{\"status\": {\"loadBalancer\": {\"ingress\": [{\"ip\": \"$LB_IP\"}]}}}" >/dev/null ||
+		"{\"status\": {\"loadBalancer\": {\"ingress\": [{\"ip\": \"$BENCH_LB_IP\"}]}}}" >/dev/null ||
 		fail "writing Service bench's LoadBalancer address"
 	k8s_pod pod2a app=bench
 	wait_for 120 eval '[ "$(k8s_slices bench)" = "$POD" ]' ||
@@ -630,9 +628,7 @@ at_scale() {
 }
 
 proxy_cluster_up
-rm -f "$MAN"/*.yaml
-cp "$TOP"/testbed/manifests/bench/*.yaml "$MAN/"
-grep -q "ip: $LB_IP\$" "$MAN/services.yaml" || fail "Service bench's manifest lacks the LB address $LB_IP"
+bench_manifests
 topo_exec pod2a iperf3 -s -D -p 5201 --pidfile /tmp/ipvsbpf-bench-iperf3.pid ||
 	fail "iperf3 server in pod2a"
 topo_exec pod2a dnsmasq --no-resolv --no-hosts --bind-interfaces --listen-address="$POD" \

@@ -93,6 +93,18 @@ start_proxy_with() {
 	fail "the proxy did not become healthy"
 }
 
+# Service bench's LoadBalancer address (testbed/manifests/bench)
+BENCH_LB_IP=198.19.200.20
+
+# bench_manifests: the proxy's manifests are testbed/manifests/bench's
+# alone (Service bench, one endpoint: pod2a), with its LoadBalancer address
+bench_manifests() {
+	rm -f "$MAN"/*.yaml
+	cp "$TOP"/testbed/manifests/bench/*.yaml "$MAN/" || fail "copying testbed/manifests/bench"
+	grep -q "ip: $BENCH_LB_IP\$" "$MAN/services.yaml" ||
+		fail "Service bench's manifest lacks the LB address $BENCH_LB_IP"
+}
+
 # metric NAME: the sum of NAME's samples over all labels (0 if none).
 metric() {
 	topo_exec node curl -s -m 2 http://127.0.0.1:10249/metrics |

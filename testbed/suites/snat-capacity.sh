@@ -32,18 +32,14 @@ TWIN_SECS=${SNAT_TWIN_SECONDS:-10}
 # the proxy's default range (cli.rs DEFAULT_SNAT_PORT_RANGE)
 PORTS=61000-65000
 RANGE=4001
-# Service bench's LoadBalancer address (testbed/manifests/bench)
-LB_IP=198.19.200.20
 proxy_set_mode ipvs-bpf
 
 proxy_cluster_up
-rm -f "$MAN"/*.yaml
-cp "$TOP"/testbed/manifests/bench/*.yaml "$MAN/"
-grep -q "ip: $LB_IP\$" "$MAN/services.yaml" || fail "Service bench's manifest lacks the LB address $LB_IP"
+bench_manifests
 step "ipvsbpf-proxy --proxy-mode ipvs-bpf --snat-port-range $PORTS"
 start_proxy
 nodeport="http://$NODE:30090/"
-lb="http://$LB_IP/"
+lb="http://$BENCH_LB_IP/"
 for url in "$nodeport" "$lb"; do
 	poll sh -c "[ \"\$(ip netns exec client curl -s -m 3 $url)\" = pod2a ]" ||
 		fail "$url does not reach pod2a"
