@@ -66,10 +66,6 @@ fn generate(args: &[&str]) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn name(meta_name: Option<&String>) -> String {
-    meta_name.cloned().unwrap_or_default()
-}
-
 /// The model's virtual servers per Service name: (address, port,
 /// destination addresses).
 fn virtual_servers(loaded: &Loaded) -> BTreeMap<String, Vec<(IpAddr, u16, Vec<IpAddr>)>> {
@@ -79,9 +75,8 @@ fn virtual_servers(loaded: &Loaded) -> BTreeMap<String, Vec<(IpAddr, u16, Vec<Ip
     };
     let mut by_service: BTreeMap<String, Vec<Arc<_>>> = BTreeMap::new();
     for s in &loaded.slices {
-        let labels = s.labels.as_ref().expect("slice labels");
         by_service
-            .entry(labels["kubernetes.io/service-name"].clone())
+            .entry(s.service().expect("slice owner label").to_string())
             .or_default()
             .push(Arc::clone(s));
     }
@@ -89,7 +84,7 @@ fn virtual_servers(loaded: &Loaded) -> BTreeMap<String, Vec<(IpAddr, u16, Vec<Ip
         .services
         .iter()
         .map(|svc| {
-            let n = name(svc.metadata.name.as_ref());
+            let n = svc.name.name.clone();
             let slices = by_service.get(&n).cloned().unwrap_or_default();
             let state = service_state(&cfg, svc, &slices, loaded.node.as_ref())
                 .unwrap_or_else(|e| panic!("{n}: {e}"));

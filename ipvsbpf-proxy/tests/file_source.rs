@@ -142,11 +142,8 @@ fn list_yaml() -> String {
     )
 }
 
-fn names(services: &[std::sync::Arc<k8s_openapi::api::core::v1::Service>]) -> Vec<String> {
-    let mut v: Vec<String> = services
-        .iter()
-        .filter_map(|s| s.metadata.name.clone())
-        .collect();
+fn names(services: &[std::sync::Arc<ipvsbpf_proxy::model::service::StoredService>]) -> Vec<String> {
+    let mut v: Vec<String> = services.iter().map(|s| s.name.name.clone()).collect();
     v.sort();
     v
 }
@@ -172,18 +169,19 @@ fn load_once_reads_every_shape_and_selects() {
         let node = loaded.node.expect("node-1 present");
         assert_eq!(node.metadata.resource_version.as_deref(), Some("7"));
     }
-    // The parsed Service is the typed object, not just a name.
+    // The Service is parsed, not just named.
     let loaded = load_once(dir.path(), "node-1", None).expect("load");
     let dns = loaded
         .services
         .iter()
-        .find(|s| s.metadata.name.as_deref() == Some("dns"))
+        .find(|s| s.name.name == "dns")
         .expect("dns");
     let port = dns
         .spec
         .as_ref()
-        .and_then(|s| s.ports.as_ref())
-        .and_then(|p| p.first())
+        .ok()
+        .and_then(Option::as_ref)
+        .and_then(|s| s.ports.first())
         .map(|p| p.port);
     assert_eq!(port, Some(53));
 

@@ -280,7 +280,15 @@ async fn add_modify_delete_events() {
         .inv
         .lock()
         .service(&ServiceName::new("default", "a"))
-        .and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port));
+        .and_then(|s| {
+            s.spec
+                .as_ref()
+                .ok()?
+                .as_ref()?
+                .ports
+                .first()
+                .map(|p| p.port)
+        });
     assert_eq!(port, Some(8080));
     // Events, not relists, carried this.
     assert_eq!(src.stats.relists(), relists);

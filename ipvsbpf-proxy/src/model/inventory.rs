@@ -19,6 +19,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::desired::ServiceName;
+use crate::model::service::StoredService;
 use crate::model::slice::Slice;
 use crate::model::sorted::SortedVec;
 
@@ -105,7 +106,7 @@ type SliceKey = (String, String);
 /// The store. See the module documentation.
 #[derive(Debug, Default)]
 pub struct Inventory {
-    services: HashMap<ServiceName, Arc<Service>>,
+    services: HashMap<ServiceName, Arc<StoredService>>,
     slices: HashMap<SliceKey, Arc<Slice>>,
     /// Slice names (in the service's namespace) per owning Service, so a
     /// Service's slices are found without scanning all slices.
@@ -118,27 +119,8 @@ pub struct Inventory {
     since: Since,
 }
 
-fn key_of(kind: &'static str, meta: &ObjectMeta) -> Result<(String, String), InventoryError> {
-    let namespace =
-        meta.namespace
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .ok_or(InventoryError::MissingMeta {
-                kind,
-                field: "namespace",
-            })?;
-    let name =
-        meta.name
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .ok_or(InventoryError::MissingMeta {
-                kind,
-                field: "name",
-            })?;
-    Ok((namespace.to_string(), name.to_string()))
-}
-
-/// A slice's key, checked as [`key_of`] checks an API object's.
+/// A slice's key: without a namespace and a name an object cannot be
+/// keyed (the API server never sends one).
 fn slice_key(slice: &Slice) -> Result<SliceKey, InventoryError> {
     let missing = |field| InventoryError::MissingMeta {
         kind: "EndpointSlice",
@@ -183,6 +165,45 @@ impl IntoSlice for Arc<Slice> {
     }
 }
 
+/// What the inventory takes as a Service: an API object, converted to a
+/// [`StoredService`], or a [`StoredService`] a source keeps too, shared.
+pub trait IntoService {
+    fn into_service(self) -> Arc<StoredService>;
+}
+
+impl IntoService for Service {
+    fn into_service(self) -> Arc<StoredService> {
+        Arc::new(StoredService::from(&self))
+    }
+}
+
+impl IntoService for StoredService {
+    fn into_service(self) -> Arc<StoredService> {
+        Arc::new(self)
+    }
+}
+
+impl IntoService for Arc<StoredService> {
+    fn into_service(self) -> Arc<StoredService> {
+        self
+    }
+}
+
+/// A Service's key, checked as [`slice_key`] checks a slice's.
+fn service_key(svc: &StoredService) -> Result<ServiceName, InventoryError> {
+    let missing = |field| InventoryError::MissingMeta {
+        kind: "Service",
+        field,
+    };
+    if svc.name.namespace.is_empty() {
+        return Err(missing("namespace"));
+    }
+    if svc.name.name.is_empty() {
+        return Err(missing("name"));
+    }
+    Ok(svc.name.clone())
+}
+
 /// Drops what the proxy never reads from an object's metadata before it
 /// is stored: managedFields (often the largest part of an object as the
 /// API server sends it), owner references, and every annotation but
@@ -199,42 +220,6 @@ fn slim(meta: &mut ObjectMeta, keep: Option<&str>) {
     if meta.annotations.as_ref().is_some_and(|a| a.is_empty()) {
         meta.annotations = None;
     }
-}
-
-/// Whether [`slim`] would change `meta`.
-fn is_fat(meta: &ObjectMeta, keep: Option<&str>) -> bool {
-    meta.managed_fields.is_some()
-        || meta.owner_references.is_some()
-        || meta
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.is_empty() || a.keys().any(|k| Some(k.as_str()) != keep))
-}
-
-/// A Service as the inventory stores it; sources that keep their own copy
-/// (the file source's cache) store this one and share it.
-/// Beside [`slim`]'s metadata, the selector goes: it is the
-/// EndpointSlice controller's business, kube-proxy never reads it, and its
-/// map costs more than the rest of a small Service.
-pub fn slim_service(svc: &mut Service) {
-    slim(&mut svc.metadata, None);
-    if let Some(spec) = svc.spec.as_mut() {
-        spec.selector = None;
-    }
-}
-
-fn service_is_fat(svc: &Service) -> bool {
-    is_fat(&svc.metadata, None) || svc.spec.as_ref().is_some_and(|s| s.selector.is_some())
-}
-
-/// Equal for the proxy's purposes: resourceVersion, managedFields,
-/// generation and timestamps change on every write and mean nothing here.
-fn same_meta(a: &ObjectMeta, b: &ObjectMeta) -> bool {
-    a.labels == b.labels && a.annotations == b.annotations
-}
-
-fn same_service(a: &Service, b: &Service) -> bool {
-    same_meta(&a.metadata, &b.metadata) && a.spec == b.spec && a.status == b.status
 }
 
 /// Node fields the model reads: labels (topology) and addresses (NodePort
@@ -256,25 +241,19 @@ impl Inventory {
         Inventory::default()
     }
 
-    /// Adds or updates a Service; it becomes dirty only if something the
-    /// proxy reads changed.
-    /// An `Arc` already slimmed ([`slim_service`]) is stored as it is,
-    /// shared with its sender.
-    pub fn apply_service(&mut self, svc: impl Into<Arc<Service>>) -> Result<(), InventoryError> {
-        let mut svc: Arc<Service> = svc.into();
-        let (namespace, name) = key_of("Service", &svc.metadata)?;
-        if service_is_fat(&svc) {
-            slim_service(Arc::make_mut(&mut svc));
-        }
-        let key = ServiceName { namespace, name };
+    /// Adds or updates a Service, stored as a [`StoredService`] (one in
+    /// an `Arc` is shared as it is); it becomes dirty only if something
+    /// the proxy reads changed.
+    pub fn apply_service(&mut self, svc: impl IntoService) -> Result<(), InventoryError> {
+        let svc = svc.into_service();
+        let key = service_key(&svc)?;
         let changed = match self.services.get(&key) {
-            Some(old) => !same_service(old, &svc),
+            Some(old) => !old.same(&svc),
             None => true,
         };
         if changed {
             self.dirty.services.insert(key.clone());
         }
-        // Stored even when unchanged, so readers see the latest version.
         self.services.insert(key, svc);
         Ok(())
     }
@@ -371,13 +350,13 @@ impl Inventory {
     /// Replaces all Services with a complete listing (a relist or a file
     /// re-read): only Services that differ or are gone become dirty.
     /// Objects without namespace or name are skipped with a warning.
-    pub fn replace_services<S: Into<Arc<Service>>>(&mut self, all: impl IntoIterator<Item = S>) {
+    pub fn replace_services<S: IntoService>(&mut self, all: impl IntoIterator<Item = S>) {
         let mut seen = BTreeSet::new();
         for svc in all {
-            let svc: Arc<Service> = svc.into();
-            match key_of("Service", &svc.metadata) {
-                Ok((namespace, name)) => {
-                    seen.insert(ServiceName { namespace, name });
+            let svc = svc.into_service();
+            match service_key(&svc) {
+                Ok(key) => {
+                    seen.insert(key);
                     // Cannot fail: the key was just checked.
                     let _ = self.apply_service(svc);
                 }
@@ -446,7 +425,7 @@ impl Inventory {
         std::mem::take(&mut self.dirty)
     }
 
-    pub fn service(&self, name: &ServiceName) -> Option<&Arc<Service>> {
+    pub fn service(&self, name: &ServiceName) -> Option<&Arc<StoredService>> {
         self.services.get(name)
     }
 
@@ -568,7 +547,7 @@ mod tests {
 
     /// Stored objects keep what the model reads and lose the rest:
     /// managedFields, owner references, annotations (a slice's trigger
-    /// time excepted), a Node's image list.
+    /// time excepted), a Service's selector, a Node's image list.
     #[test]
     fn stored_objects_are_slimmed() {
         let mut inv = Inventory::new();
@@ -587,13 +566,20 @@ mod tests {
         s["spec"]["selector"] = json!({"app": "web"});
         inv.apply_service(serde_json::from_value::<Service>(s).expect("service"))
             .expect("apply");
+        // Stored as a StoredService (model::service): the name, the labels
+        // that select it and the spec as the model parsed it.
         let stored = inv.service(&sn("ns", "a")).expect("stored");
-        assert_eq!(stored.metadata.managed_fields, None);
-        assert_eq!(stored.metadata.annotations, None);
-        assert!(stored.metadata.labels.is_some(), "labels are read: kept");
-        let spec = stored.spec.as_ref().expect("spec");
-        assert_eq!(spec.selector, None);
-        assert!(spec.cluster_ip.is_some(), "the spec is read: kept");
+        assert_eq!(stored.labels, crate::model::ProxyLabels::default());
+        let parsed = stored
+            .spec
+            .as_ref()
+            .expect("valid")
+            .as_ref()
+            .expect("has a cluster IP");
+        assert_eq!(
+            parsed.cluster_ips,
+            ["10.0.0.1".parse::<std::net::IpAddr>().expect("ip")]
+        );
 
         let mut sl =
             serde_json::to_value(slice("ns", "s1", Some("a"), "1", "10.1.0.1")).expect("json");
@@ -631,15 +617,12 @@ mod tests {
     }
 
     /// A source that keeps its own copy (the file source's cache) hands
-    /// the inventory a slimmed Service or a Slice in an `Arc`: stored as it
-    /// is, one copy between them. A fat Service is slimmed into a copy of
-    /// its own.
+    /// the inventory a StoredService or a Slice in an `Arc`: stored as it
+    /// is, one copy between them.
     #[test]
-    fn slim_arcs_are_shared() {
+    fn stored_arcs_are_shared() {
         let mut inv = Inventory::new();
-        let mut s = svc("ns", "a", "1", 80);
-        slim_service(&mut s);
-        let s = Arc::new(s);
+        let s = Arc::new(StoredService::from(svc("ns", "a", "1", 80)));
         inv.apply_service(Arc::clone(&s)).expect("apply");
         assert!(Arc::ptr_eq(
             &s,
@@ -649,14 +632,6 @@ mod tests {
         let sl = Arc::new(Slice::from(slice("ns", "s1", Some("a"), "1", "10.1.0.1")));
         inv.replace_slices([Arc::clone(&sl)]);
         assert!(Arc::ptr_eq(&sl, inv.slice("ns", "s1").expect("stored")));
-
-        let mut fat = svc("ns", "b", "1", 80);
-        fat.metadata.owner_references = Some(vec![Default::default()]);
-        let fat = Arc::new(fat);
-        inv.apply_service(Arc::clone(&fat)).expect("apply");
-        let stored = inv.service(&sn("ns", "b")).expect("stored");
-        assert!(!Arc::ptr_eq(&fat, stored));
-        assert_eq!(stored.metadata.owner_references, None);
     }
 
     #[test]
@@ -687,10 +662,49 @@ mod tests {
                 dirty: false,
             },
             Case {
-                what: "label added",
+                what: "proxy name label added",
+                second: {
+                    let mut s = svc("ns", "a", "3", 80);
+                    s.metadata.labels = Some(
+                        [(
+                            crate::model::LABEL_SERVICE_PROXY_NAME.to_string(),
+                            "other".to_string(),
+                        )]
+                        .into(),
+                    );
+                    s
+                },
+                dirty: true,
+            },
+            Case {
+                // Only the labels that select a Service are read.
+                what: "unrelated label added",
                 second: {
                     let mut s = svc("ns", "a", "3", 80);
                     s.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
+                    s
+                },
+                dirty: false,
+            },
+            Case {
+                // The EndpointSlice controller's business, not the proxy's.
+                what: "selector changed",
+                second: {
+                    let mut s = svc("ns", "a", "3", 80);
+                    if let Some(spec) = s.spec.as_mut() {
+                        spec.selector = Some([("app".to_string(), "x".to_string())].into());
+                    }
+                    s
+                },
+                dirty: false,
+            },
+            Case {
+                what: "cluster IP changed",
+                second: {
+                    let mut s = svc("ns", "a", "3", 80);
+                    if let Some(spec) = s.spec.as_mut() {
+                        spec.cluster_ip = Some("10.0.0.2".to_string());
+                    }
                     s
                 },
                 dirty: true,
@@ -721,9 +735,8 @@ mod tests {
             assert_eq!(!d.services.is_empty(), c.dirty, "{}", c.what);
             // The latest version is stored either way.
             assert_eq!(
-                inv.service(&sn("ns", "a"))
-                    .map(|s| s.metadata.resource_version.clone()),
-                Some(c.second.metadata.resource_version.clone()),
+                inv.service(&sn("ns", "a")).map(|s| s.as_ref()),
+                Some(&StoredService::from(&c.second)),
                 "{}",
                 c.what
             );

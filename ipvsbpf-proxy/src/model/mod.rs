@@ -24,6 +24,7 @@
 
 pub mod desired;
 pub mod inventory;
+pub mod service;
 pub mod slice;
 pub mod sorted;
 
@@ -34,11 +35,12 @@ use std::sync::Arc;
 use ipvs_netlink::{
     Destination, Family, Protocol, Service as IpvsService, ServiceFlags, ServiceKey,
 };
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::Node;
 
 use crate::model::desired::{
     Cidr, HealthCheck, ServiceName, ServiceState, SourceRanges, VirtualServer, VsKind,
 };
+use crate::model::service::{ParsedService, StoredService, SvcPort};
 use crate::model::slice::{Address, Slice};
 
 /// Label naming the proxy that serves a Service (`--service-proxy-name`).
@@ -47,6 +49,36 @@ pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 /// Node label holding the node's zone, for topology-aware routing.
 pub const LABEL_TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
+/// The labels that decide which proxy serves a Service and its
+/// EndpointSlices (the EndpointSlice controller copies them onto the
+/// slices), as the inventory keeps them: the rest of an object's labels
+/// is not read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyLabels {
+    /// `service.kubernetes.io/service-proxy-name`, when set.
+    pub proxy_name: Option<Box<str>>,
+    /// Labelled `service.kubernetes.io/headless` (by the API).
+    pub headless: bool,
+}
+
+impl ProxyLabels {
+    pub fn of(labels: Option<&BTreeMap<String, String>>) -> ProxyLabels {
+        let get = |key: &str| labels.and_then(|l| l.get(key));
+        ProxyLabels {
+            proxy_name: get(LABEL_SERVICE_PROXY_NAME).map(|v| v.as_str().into()),
+            headless: get(LABEL_HEADLESS).is_some(),
+        }
+    }
+
+    /// Whether the proxy named `proxy_name` (`--service-proxy-name`)
+    /// serves the object, as kube-proxy's informer label selector decides:
+    /// with no name, objects that name a proxy belong to another one; with
+    /// a name, only the objects naming it. Headless ones are never served.
+    pub fn selected_by(&self, proxy_name: Option<&str>) -> bool {
+        !self.headless && self.proxy_name.as_deref() == proxy_name
+    }
+}
+
 /// Session affinity timeout when `ClientIP` affinity gives none (3 hours,
 /// the API default).
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
@@ -155,22 +187,10 @@ pub enum ModelError {
     },
 }
 
-/// Whether this proxy serves `svc`, by its labels, as kube-proxy's
-/// informer label selector does: with no `--service-proxy-name`, Services
-/// that name a proxy belong to another one; with a name, only the Services
-/// naming it. Headless Services (labelled by the API) are never served.
-pub fn selects(cfg: &ModelConfig, svc: &Service) -> bool {
-    let labels = svc.metadata.labels.as_ref();
-    let label = |key: &str| labels.and_then(|l| l.get(key));
-    if label(LABEL_HEADLESS).is_some() {
-        return false;
-    }
-    match (&cfg.service_proxy_name, label(LABEL_SERVICE_PROXY_NAME)) {
-        (None, None) => true,
-        (None, Some(_)) => false,
-        (Some(want), Some(have)) => want == have,
-        (Some(_), None) => false,
-    }
+/// Whether this proxy serves `svc`, by its labels
+/// ([`ProxyLabels::selected_by`]).
+pub fn selects(cfg: &ModelConfig, svc: &StoredService) -> bool {
+    svc.labels.selected_by(cfg.service_proxy_name.as_deref())
 }
 
 /// The virtual servers `svc` asks of this node, with their real servers
@@ -187,22 +207,25 @@ pub fn selects(cfg: &ModelConfig, svc: &Service) -> bool {
 /// when any field of the Service is invalid.
 pub fn service_state(
     cfg: &ModelConfig,
-    svc: &Service,
+    svc: &StoredService,
     slices: &[Arc<Slice>],
     node: Option<&Node>,
 ) -> Result<ServiceState, ModelError> {
     if !selects(cfg, svc) {
         return Ok(ServiceState::default());
     }
-    let Some(parsed) = ParsedService::parse(svc)? else {
-        return Ok(ServiceState::default());
+    let parsed = match &svc.spec {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Ok(ServiceState::default()),
+        Err(e) => return Err(e.clone()),
     };
+    let name = &svc.name;
     let zone = node
         .and_then(|n| n.metadata.labels.as_ref())
         .and_then(|l| l.get(LABEL_TOPOLOGY_ZONE))
         .map(String::as_str)
         .unwrap_or("");
-    let slices = accepted_slices(cfg, &parsed.name, slices);
+    let slices = accepted_slices(cfg, name, slices);
 
     // Families the Service has (by its cluster IPs) and we program: a
     // single-stack Service gets no NodePort, external IP or LB address of
@@ -218,7 +241,7 @@ pub fn service_state(
     let mut local_ready: BTreeSet<IpAddr> = BTreeSet::new();
 
     for port in &parsed.ports {
-        let endpoints = port_endpoints(cfg, &parsed.name, port, &slices);
+        let endpoints = port_endpoints(cfg, name, port, &slices);
         local_ready.extend(
             endpoints
                 .iter()
@@ -307,212 +330,7 @@ pub fn service_state(
     })
 }
 
-/// One `spec.ports` entry, validated.
-#[derive(Clone, Debug)]
-struct SvcPort {
-    /// "" when unnamed; matches the EndpointSlice port of the same name.
-    name: String,
-    protocol: Protocol,
-    port: u16,
-    node_port: Option<u16>,
-}
-
-/// The fields of a Service the model uses, all validated up front so a bad
-/// Service fails before anything is built.
-struct ParsedService {
-    name: ServiceName,
-    cluster_ips: Vec<IpAddr>,
-    ports: Vec<SvcPort>,
-    /// NodePort or LoadBalancer type: `nodePort`s are served.
-    node_ports: bool,
-    external_ips: Vec<IpAddr>,
-    /// Ingress IPs of a LoadBalancer Service, except `ipMode: Proxy` ones
-    /// (the load balancer proxies to node ports; capturing its address on
-    /// the node would bypass it).
-    lb_ips: Vec<IpAddr>,
-    /// `spec.loadBalancerSourceRanges` of a LoadBalancer, both families.
-    source_ranges: Vec<Cidr>,
-    external_local: bool,
-    internal_local: bool,
-    affinity_timeout: Option<u32>,
-    /// Only for a LoadBalancer with eTP=Local, as kube-proxy's
-    /// `NeedsHealthCheck`.
-    health_check_node_port: Option<u16>,
-}
-
 impl ParsedService {
-    /// `Ok(None)` for a Service without virtual servers (ExternalName,
-    /// headless, no cluster IP yet).
-    fn parse(svc: &Service) -> Result<Option<ParsedService>, ModelError> {
-        let name = ServiceName::new(
-            svc.metadata.namespace.as_deref().unwrap_or_default(),
-            svc.metadata.name.as_deref().unwrap_or_default(),
-        );
-        let Some(spec) = svc.spec.as_ref() else {
-            return Ok(None);
-        };
-        let is_lb = match spec.type_.as_deref() {
-            None | Some("ClusterIP") => false,
-            Some("NodePort") => false,
-            Some("LoadBalancer") => true,
-            Some("ExternalName") => return Ok(None),
-            Some(other) => {
-                return Err(ModelError::UnknownType {
-                    service: name,
-                    value: other.to_string(),
-                })
-            }
-        };
-        let node_ports = is_lb || spec.type_.as_deref() == Some("NodePort");
-
-        // clusterIPs, when set, starts with clusterIP; older objects have
-        // only clusterIP.
-        let (field, raw_ips): (&str, Vec<&str>) = match &spec.cluster_ips {
-            Some(ips) if !ips.is_empty() => {
-                ("spec.clusterIPs", ips.iter().map(String::as_str).collect())
-            }
-            _ => (
-                "spec.clusterIP",
-                spec.cluster_ip.as_deref().into_iter().collect(),
-            ),
-        };
-        match raw_ips.first() {
-            None | Some(&"") | Some(&"None") => return Ok(None),
-            Some(_) => {}
-        }
-        let cluster_ips = raw_ips
-            .iter()
-            .enumerate()
-            .map(|(i, ip)| parse_ip(&name, &indexed(field, i, raw_ips.len()), ip))
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let mut ports = Vec::new();
-        for (i, p) in spec.ports.iter().flatten().enumerate() {
-            let field = format!("spec.ports[{i}]");
-            let protocol =
-                parse_protocol(&name, &format!("{field}.protocol"), p.protocol.as_deref())?;
-            let port = parse_port(&name, &format!("{field}.port"), p.port)?;
-            let node_port = match p.node_port {
-                None | Some(0) => None,
-                Some(n) => Some(parse_port(&name, &format!("{field}.nodePort"), n)?),
-            };
-            ports.push(SvcPort {
-                name: p.name.clone().unwrap_or_default(),
-                protocol,
-                port,
-                node_port,
-            });
-        }
-
-        let external_ips = spec
-            .external_ips
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, ip)| parse_ip(&name, &format!("spec.externalIPs[{i}]"), ip))
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let mut lb_ips = Vec::new();
-        if is_lb {
-            let ingress = svc
-                .status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .and_then(|lb| lb.ingress.as_ref());
-            for (i, ing) in ingress.into_iter().flatten().enumerate() {
-                // Hostname-only ingress (some cloud LBs) has nothing to capture.
-                let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) else {
-                    continue;
-                };
-                let addr = parse_ip(&name, &format!("status.loadBalancer.ingress[{i}].ip"), ip)?;
-                if ing.ip_mode.as_deref() != Some("Proxy") {
-                    lb_ips.push(addr);
-                }
-            }
-        }
-
-        // Only a LoadBalancer's ranges mean anything (the API refuses them
-        // on other types). kube-proxy trims them: validation once let
-        // padded values through. Unlike kube-proxy, which drops a range it
-        // cannot parse, a bad one refuses the Service: dropping it could
-        // leave none, which would open the load balancer to every source.
-        let mut source_ranges = Vec::new();
-        if is_lb {
-            for (i, r) in spec
-                .load_balancer_source_ranges
-                .iter()
-                .flatten()
-                .enumerate()
-            {
-                let cidr = r
-                    .trim()
-                    .parse::<Cidr>()
-                    .map_err(|reason| ModelError::BadCidr {
-                        service: name.clone(),
-                        field: format!("spec.loadBalancerSourceRanges[{i}]"),
-                        value: r.clone(),
-                        reason,
-                    })?;
-                source_ranges.push(cidr);
-            }
-        }
-
-        let affinity_timeout = match spec.session_affinity.as_deref() {
-            None | Some("None") => None,
-            Some("ClientIP") => {
-                let timeout = spec
-                    .session_affinity_config
-                    .as_ref()
-                    .and_then(|c| c.client_ip.as_ref())
-                    .and_then(|c| c.timeout_seconds);
-                Some(match timeout {
-                    None => DEFAULT_AFFINITY_TIMEOUT,
-                    Some(t) => match u32::try_from(t) {
-                        Ok(t) if (1..=MAX_AFFINITY_TIMEOUT).contains(&t) => t,
-                        _ => {
-                            return Err(ModelError::BadAffinityTimeout {
-                                service: name,
-                                value: t,
-                            })
-                        }
-                    },
-                })
-            }
-            Some(other) => {
-                return Err(ModelError::UnknownAffinity {
-                    service: name,
-                    value: other.to_string(),
-                })
-            }
-        };
-
-        // eTP only means anything for a Service reachable from outside
-        // (kube-proxy's ExternallyAccessible); the external virtual servers
-        // exist only then, so the plain field is enough here.
-        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-        let health_check_node_port = match spec.health_check_node_port {
-            Some(n) if n != 0 && is_lb && external_local => {
-                Some(parse_port(&name, "spec.healthCheckNodePort", n)?)
-            }
-            _ => None,
-        };
-
-        Ok(Some(ParsedService {
-            name,
-            cluster_ips,
-            ports,
-            node_ports,
-            external_ips,
-            lb_ips,
-            source_ranges,
-            external_local,
-            internal_local,
-            affinity_timeout,
-            health_check_node_port,
-        }))
-    }
-
     fn virtual_server(
         &self,
         cfg: &ModelConfig,
@@ -593,34 +411,6 @@ impl ParsedService {
     }
 }
 
-/// `spec.clusterIPs[1]`, or `spec.clusterIP` for the single legacy field.
-fn indexed(field: &str, i: usize, len: usize) -> String {
-    if field == "spec.clusterIP" && len == 1 {
-        field.to_string()
-    } else {
-        format!("{field}[{i}]")
-    }
-}
-
-fn parse_ip(service: &ServiceName, field: &str, value: &str) -> Result<IpAddr, ModelError> {
-    value.parse().map_err(|_| ModelError::BadIp {
-        service: service.clone(),
-        field: field.to_string(),
-        value: value.to_string(),
-    })
-}
-
-fn parse_port(service: &ServiceName, field: &str, value: i32) -> Result<u16, ModelError> {
-    match u16::try_from(value) {
-        Ok(p) if p != 0 => Ok(p),
-        _ => Err(ModelError::BadPort {
-            service: service.clone(),
-            field: field.to_string(),
-            value,
-        }),
-    }
-}
-
 /// The API defaults a missing protocol to TCP.
 fn protocol_of(value: Option<&str>) -> Option<Protocol> {
     match value {
@@ -629,18 +419,6 @@ fn protocol_of(value: Option<&str>) -> Option<Protocol> {
         Some("SCTP") => Some(Protocol::Sctp),
         Some(_) => None,
     }
-}
-
-fn parse_protocol(
-    service: &ServiceName,
-    field: &str,
-    value: Option<&str>,
-) -> Result<Protocol, ModelError> {
-    protocol_of(value).ok_or_else(|| ModelError::UnknownProtocol {
-        service: service.clone(),
-        field: field.to_string(),
-        value: value.unwrap_or_default().to_string(),
-    })
 }
 
 /// One endpoint for one service port, with what the selection rules need.
@@ -703,7 +481,7 @@ fn port_endpoints(
     for (slice, family) in slices {
         let slice_name = slice.name.as_str();
         for sp in &slice.ports {
-            if sp.name != port.name || protocol_of(sp.protocol.as_deref()) != Some(port.protocol) {
+            if sp.name != port.name || sp.protocol != Some(port.protocol) {
                 continue;
             }
             let Some(number) = sp
@@ -849,6 +627,7 @@ fn select(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Service;
     use serde_json::{json, Value};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -1509,6 +1288,7 @@ mod tests {
     fn run(c: &Case, slices: &[Value]) -> Result<ServiceState, String> {
         let svc: Service =
             serde_json::from_value(c.svc.clone()).map_err(|e| format!("service json: {e}"))?;
+        let svc = StoredService::from(&svc);
         let slices = slices
             .iter()
             .map(|s| {
@@ -1573,8 +1353,10 @@ mod tests {
 
     #[test]
     fn selects_by_labels() {
-        let labelled = |labels: Value| -> Service {
-            serde_json::from_value(svc(json!({"metadata": {"labels": labels}}))).unwrap()
+        let labelled = |labels: Value| -> StoredService {
+            let svc: Service =
+                serde_json::from_value(svc(json!({"metadata": {"labels": labels}}))).unwrap();
+            StoredService::from(&svc)
         };
         let named = |n: &str| ModelConfig {
             service_proxy_name: Some(n.to_string()),

@@ -10,13 +10,15 @@
 //! here: a bad address is kept as written, and the model skips it with the
 //! Service's name in the warning, as it did reading the API object.
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
-use ipvs_netlink::Family;
+use ipvs_netlink::{Family, Protocol};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::model::inventory::{SERVICE_NAME_LABEL, TRIGGER_TIME_ANNOTATION};
+use crate::model::{protocol_of, ProxyLabels};
 
 /// One EndpointSlice, compact. See the module documentation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,7 +27,10 @@ pub struct Slice {
     pub name: String,
     /// Written by the API server on every change; not compared.
     pub resource_version: Option<String>,
-    pub labels: Option<BTreeMap<String, String>>,
+    /// The owning Service's name (`kubernetes.io/service-name`).
+    pub service: Option<Box<str>>,
+    /// The labels that select it, as its Service's.
+    pub labels: ProxyLabels,
     /// `endpoints.kubernetes.io/last-change-trigger-time` as written.
     pub trigger_time: Option<String>,
     /// The address type's family; `None` for `FQDN` and unknown types.
@@ -39,8 +44,8 @@ pub struct Slice {
 pub struct SlicePort {
     /// Empty when unnamed, as the Service port it matches.
     pub name: String,
-    /// As written; absent means TCP.
-    pub protocol: Option<String>,
+    /// `None` for a protocol the API does not know (absent means TCP).
+    pub protocol: Option<Protocol>,
     pub port: Option<i32>,
 }
 
@@ -62,7 +67,8 @@ pub struct SliceEndpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub node_name: Option<Box<str>>,
+    /// Shared by every endpoint of the same node ([`node_name`]).
+    pub node_name: Option<Arc<str>>,
     /// Topology hints; boxed because most endpoints have none.
     pub hints: Option<Box<Hints>>,
 }
@@ -77,10 +83,7 @@ pub struct Hints {
 impl Slice {
     /// The Service that owns the slice, from its label.
     pub fn service(&self) -> Option<&str> {
-        self.labels
-            .as_ref()?
-            .get(SERVICE_NAME_LABEL)
-            .map(String::as_str)
+        self.service.as_deref()
     }
 
     /// Equal for the proxy's purposes: everything but the resource version.
@@ -90,6 +93,7 @@ impl Slice {
             namespace,
             name,
             resource_version: _,
+            service,
             labels,
             trigger_time,
             family,
@@ -98,6 +102,7 @@ impl Slice {
         } = self;
         *namespace == o.namespace
             && *name == o.name
+            && *service == o.service
             && *labels == o.labels
             && *trigger_time == o.trigger_time
             && *family == o.family
@@ -113,7 +118,12 @@ impl From<&EndpointSlice> for Slice {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
             resource_version: meta.resource_version.clone(),
-            labels: meta.labels.clone(),
+            service: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                .map(|v| v.as_str().into()),
+            labels: ProxyLabels::of(meta.labels.as_ref()),
             trigger_time: meta
                 .annotations
                 .as_ref()
@@ -130,7 +140,7 @@ impl From<&EndpointSlice> for Slice {
                 .flatten()
                 .map(|p| SlicePort {
                     name: p.name.clone().unwrap_or_default(),
-                    protocol: p.protocol.clone(),
+                    protocol: protocol_of(p.protocol.as_deref()),
                     port: p.port,
                 })
                 .collect(),
@@ -165,13 +175,46 @@ impl From<&EndpointSlice> for Slice {
                         ready: cond.and_then(|c| c.ready).unwrap_or(true),
                         serving: cond.and_then(|c| c.serving).unwrap_or(true),
                         terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
-                        node_name: ep.node_name.as_deref().map(Box::from),
+                        node_name: ep.node_name.as_deref().map(node_name),
                         hints: hints.map(Box::new),
                     }
                 })
                 .collect(),
         }
     }
+}
+
+/// Node names, shared: a cluster has far fewer nodes than endpoints, and
+/// a name of its own for each of 100,000 endpoints is 100,000 small
+/// allocations. Names no endpoint holds any more are dropped whenever the
+/// set has doubled since it was last pruned, so nodes that come and go
+/// do not accumulate.
+static NODE_NAMES: Mutex<NodeNames> = Mutex::new(NodeNames {
+    names: None,
+    pruned_at: 0,
+});
+
+struct NodeNames {
+    names: Option<HashSet<Arc<str>>>,
+    pruned_at: usize,
+}
+
+/// `name` as an `Arc` shared with every other endpoint of that node.
+pub fn node_name(name: &str) -> Arc<str> {
+    // A panic elsewhere under the lock cannot leave the set inconsistent.
+    let mut guard = NODE_NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    let NodeNames { names, pruned_at } = &mut *guard;
+    let names = names.get_or_insert_with(HashSet::new);
+    if let Some(shared) = names.get(name) {
+        return Arc::clone(shared);
+    }
+    if names.len() >= 2 * *pruned_at + 64 {
+        names.retain(|n| Arc::strong_count(n) > 1);
+        *pruned_at = names.len();
+    }
+    let shared: Arc<str> = Arc::from(name);
+    names.insert(Arc::clone(&shared));
+    shared
 }
 
 impl From<EndpointSlice> for Slice {
@@ -197,7 +240,8 @@ mod tests {
                          "labels": {SERVICE_NAME_LABEL: "web"},
                          "annotations": {TRIGGER_TIME_ANNOTATION: "2026-12-05T00:00:00Z"}},
             "addressType": "IPv6",
-            "ports": [{"name": "http", "port": 8080}, {"protocol": "UDP", "port": 53}],
+            "ports": [{"name": "http", "port": 8080}, {"protocol": "UDP", "port": 53},
+                      {"protocol": "QUIC", "port": 443}],
             "endpoints": [
                 {"addresses": ["2001:db8::1", "2001:db8::2"], "nodeName": "n1",
                  "conditions": {"ready": false, "terminating": true},
@@ -216,13 +260,18 @@ mod tests {
             [
                 SlicePort {
                     name: "http".into(),
-                    protocol: None,
+                    protocol: Some(Protocol::Tcp),
                     port: Some(8080)
                 },
                 SlicePort {
                     name: String::new(),
-                    protocol: Some("UDP".into()),
+                    protocol: Some(Protocol::Udp),
                     port: Some(53)
+                },
+                SlicePort {
+                    name: String::new(),
+                    protocol: None,
+                    port: Some(443)
                 },
             ]
         );
@@ -248,6 +297,28 @@ mod tests {
             (true, true, false)
         );
         assert_eq!(e[2].hints, None);
+    }
+
+    /// Endpoints of one node share its name; a name nobody holds any
+    /// more leaves the set at the next pruning.
+    #[test]
+    fn node_names_are_shared_and_pruned() {
+        let a = node_name("slice-test-node");
+        assert!(Arc::ptr_eq(&a, &node_name("slice-test-node")));
+        let s = Slice::from(api(json!({
+            "metadata": {"name": "x"}, "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.1"], "nodeName": "slice-test-node"},
+                          {"addresses": ["10.0.0.2"], "nodeName": "slice-test-node"}],
+        })));
+        for ep in &s.endpoints {
+            assert!(Arc::ptr_eq(&a, ep.node_name.as_ref().expect("node name")));
+        }
+        let gone = Arc::downgrade(&node_name("slice-test-gone"));
+        for i in 0..1000 {
+            node_name(&format!("slice-test-churn-{i}"));
+        }
+        assert!(gone.upgrade().is_none(), "an unheld name was kept");
+        assert!(Arc::ptr_eq(&a, &node_name("slice-test-node")));
     }
 
     #[test]

@@ -23,8 +23,9 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::Value;
 
-use super::{selected, SourceError, SourceStats};
-use crate::model::inventory::{slim_service, Kind, Shared};
+use super::{SourceError, SourceStats};
+use crate::model::inventory::{Kind, Shared};
+use crate::model::service::StoredService;
 use crate::model::slice::Slice;
 
 /// Why one file was not used.
@@ -62,11 +63,11 @@ pub enum FileError {
 
 /// The objects one file holds (all of them, before selection).
 ///
-/// Services and slices are slimmed as the inventory stores them and shared
+/// Services and slices are in the form the inventory stores them, shared
 /// with it: the poll's cache and the inventory hold one copy between them.
 #[derive(Clone, Debug, Default)]
 pub struct FileObjects {
-    pub services: Vec<Arc<Service>>,
+    pub services: Vec<Arc<StoredService>>,
     pub slices: Vec<Arc<Slice>>,
     pub nodes: Vec<Node>,
 }
@@ -74,7 +75,7 @@ pub struct FileObjects {
 /// A directory read once: the selected objects and the files skipped.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    pub services: Vec<Arc<Service>>,
+    pub services: Vec<Arc<StoredService>>,
     pub slices: Vec<Arc<Slice>>,
     /// The Node named like this node, if any file holds it.
     pub node: Option<Node>,
@@ -167,9 +168,8 @@ pub fn parse_file(path: &Path) -> Result<FileObjects, FileError> {
             };
             match kind.as_str() {
                 "Service" => {
-                    let mut svc: Service = serde_json::from_value(item).map_err(err)?;
-                    slim_service(&mut svc);
-                    objects.services.push(Arc::new(svc));
+                    let svc: Service = serde_json::from_value(item).map_err(err)?;
+                    objects.services.push(Arc::new(StoredService::from(&svc)));
                 }
                 "EndpointSlice" => {
                     let slice: EndpointSlice = serde_json::from_value(item).map_err(err)?;
@@ -192,7 +192,7 @@ fn select<'a>(
     files: impl Iterator<Item = &'a FileObjects>,
     node_name: &str,
     proxy_name: Option<&str>,
-) -> (Vec<Arc<Service>>, Vec<Arc<Slice>>, Option<Node>) {
+) -> (Vec<Arc<StoredService>>, Vec<Arc<Slice>>, Option<Node>) {
     let mut services = Vec::new();
     let mut slices = Vec::new();
     let mut node = None;
@@ -200,13 +200,13 @@ fn select<'a>(
         services.extend(
             f.services
                 .iter()
-                .filter(|s| selected(s.metadata.labels.as_ref(), proxy_name))
+                .filter(|s| s.labels.selected_by(proxy_name))
                 .cloned(),
         );
         slices.extend(
             f.slices
                 .iter()
-                .filter(|s| selected(s.labels.as_ref(), proxy_name))
+                .filter(|s| s.labels.selected_by(proxy_name))
                 .cloned(),
         );
         if let Some(n) = f

@@ -27,7 +27,8 @@ use serde::{Deserialize, Deserializer};
 
 use super::{label_selector, ObjectKind, SourceError, SourceStats};
 use crate::model::desired::ServiceName;
-use crate::model::inventory::{slim_service, IntoSlice, Inventory, Kind, Shared};
+use crate::model::inventory::{IntoService, IntoSlice, Inventory, Kind, Shared};
+use crate::model::service::StoredService;
 use crate::model::slice::Slice;
 
 /// An object as received, or the metadata of one that did not parse.
@@ -299,10 +300,9 @@ fn ns_name(meta: &ObjectMeta) -> Option<(&str, &str)> {
 }
 
 impl Watched for Service {
-    type Listed = Arc<Service>;
-    fn listed(mut self) -> Arc<Service> {
-        slim_service(&mut self);
-        Arc::new(self)
+    type Listed = Arc<StoredService>;
+    fn listed(self) -> Arc<StoredService> {
+        self.into_service()
     }
     fn apply(self, inv: &mut Inventory, _: &Target) -> Result<(), String> {
         inv.apply_service(self).map_err(|e| e.to_string())
@@ -312,8 +312,8 @@ impl Watched for Service {
             inv.delete_service(ns, name);
         }
     }
-    fn replace(all: Vec<Arc<Service>>, bad: &[ObjectMeta], inv: &mut Inventory, _: &Target) {
-        let kept: Vec<Arc<Service>> = bad
+    fn replace(all: Vec<Arc<StoredService>>, bad: &[ObjectMeta], inv: &mut Inventory, _: &Target) {
+        let kept: Vec<Arc<StoredService>> = bad
             .iter()
             .filter_map(ns_name)
             .filter_map(|(ns, name)| inv.service(&ServiceName::new(ns, name)).cloned())

@@ -7,7 +7,6 @@
 //! Service) that are not headless and that belong to this proxy by the
 //! `service.kubernetes.io/service-proxy-name` label.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -16,30 +15,19 @@ pub mod kube;
 
 /// Services carrying this label belong to the proxy of that name; the
 /// default proxy (no name) must leave them alone.
-pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+pub const SERVICE_PROXY_NAME_LABEL: &str = crate::model::LABEL_SERVICE_PROXY_NAME;
 /// Headless Services get no virtual server; the EndpointSlice controller
 /// copies this label onto their slices so both can be filtered server-side.
-pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+pub const HEADLESS_LABEL: &str = crate::model::LABEL_HEADLESS;
 
 /// The label selector for Services and EndpointSlices, as kube-proxy
-/// sends it.
+/// sends it; the file source, which has no server to do it, selects with
+/// [`ProxyLabels::selected_by`](crate::model::ProxyLabels::selected_by),
+/// checked against this below.
 pub fn label_selector(proxy_name: Option<&str>) -> String {
     match proxy_name {
         None => format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}"),
         Some(name) => format!("{SERVICE_PROXY_NAME_LABEL}={name},!{HEADLESS_LABEL}"),
-    }
-}
-
-/// The same selection as [`label_selector`], evaluated in-process (the
-/// file source has no server to do it).
-pub fn selected(labels: Option<&BTreeMap<String, String>>, proxy_name: Option<&str>) -> bool {
-    let get = |key: &str| labels.and_then(|l| l.get(key));
-    if get(HEADLESS_LABEL).is_some() {
-        return false;
-    }
-    match proxy_name {
-        None => get(SERVICE_PROXY_NAME_LABEL).is_none(),
-        Some(name) => get(SERVICE_PROXY_NAME_LABEL).map(String::as_str) == Some(name),
     }
 }
 
@@ -148,6 +136,8 @@ impl SourceStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ProxyLabels;
+    use std::collections::BTreeMap;
 
     #[test]
     fn selector_strings() {
@@ -187,12 +177,12 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
             assert_eq!(
-                selected(Some(&map), *proxy),
+                ProxyLabels::of(Some(&map)).selected_by(*proxy),
                 *want,
                 "labels {labels:?} proxy {proxy:?}"
             );
         }
-        assert!(selected(None, None));
-        assert!(!selected(None, Some("p")));
+        assert!(ProxyLabels::of(None).selected_by(None));
+        assert!(!ProxyLabels::of(None).selected_by(Some("p")));
     }
 }

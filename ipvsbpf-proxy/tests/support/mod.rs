@@ -52,7 +52,7 @@ pub fn snapshot(inv: &Inventory) -> BTreeMap<String, String> {
     for name in inv.service_names() {
         let rv = inv
             .service(name)
-            .and_then(|s| s.metadata.resource_version.clone())
+            .and_then(|s| s.resource_version.as_deref().map(str::to_string))
             .unwrap_or_default();
         out.insert(format!("Service {name}"), rv);
     }
