@@ -84,7 +84,7 @@ fn virtual_servers(loaded: &Loaded) -> BTreeMap<String, Vec<(IpAddr, u16, Vec<Ip
         .services
         .iter()
         .map(|svc| {
-            let n = svc.name.name.clone();
+            let n = svc.name.name.to_string();
             let slices = by_service.get(&n).cloned().unwrap_or_default();
             let state = service_state(&cfg, svc, &slices, loaded.node.as_ref())
                 .unwrap_or_else(|e| panic!("{n}: {e}"));

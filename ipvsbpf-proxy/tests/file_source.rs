@@ -143,7 +143,7 @@ fn list_yaml() -> String {
 }
 
 fn names(services: &[std::sync::Arc<ipvsbpf_proxy::model::service::StoredService>]) -> Vec<String> {
-    let mut v: Vec<String> = services.iter().map(|s| s.name.name.clone()).collect();
+    let mut v: Vec<String> = services.iter().map(|s| s.name.name.to_string()).collect();
     v.sort();
     v
 }
@@ -174,7 +174,7 @@ fn load_once_reads_every_shape_and_selects() {
     let dns = loaded
         .services
         .iter()
-        .find(|s| s.name.name == "dns")
+        .find(|s| &*s.name.name == "dns")
         .expect("dns");
     let port = dns
         .spec

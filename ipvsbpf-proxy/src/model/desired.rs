@@ -9,18 +9,20 @@ use std::sync::Arc;
 
 use ipvs_netlink::{Destination, Service, ServiceKey};
 
-/// A Service's identity: namespace and name.
+/// A Service's identity: namespace and name. Shared: the inventory, the
+/// model's state and the reconciler each key a map by it, and a clone is
+/// two reference counts, not two allocations.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceName {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ServiceName {
     pub fn new(namespace: &str, name: &str) -> ServiceName {
         ServiceName {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+            namespace: namespace.into(),
+            name: name.into(),
         }
     }
 }

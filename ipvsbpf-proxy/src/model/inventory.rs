@@ -438,7 +438,7 @@ impl Inventory {
             .iter()
             .filter_map(|n| {
                 self.slices
-                    .get(&(name.namespace.clone(), n.clone()))
+                    .get(&(name.namespace.to_string(), n.clone()))
                     .cloned()
             })
             .collect()

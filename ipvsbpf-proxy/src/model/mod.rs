@@ -452,7 +452,7 @@ fn accepted_slices<'a>(
         .iter()
         .map(Arc::as_ref)
         .filter(|s| {
-            let ours = s.namespace == name.namespace && s.service() == Some(name.name.as_str());
+            let ours = *s.namespace == *name.namespace && s.service() == Some(&*name.name);
             if !ours {
                 tracing::debug!(service = %name, slice = s.name, "ignoring EndpointSlice of another Service");
             }
