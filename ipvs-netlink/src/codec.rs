@@ -721,14 +721,16 @@ pub fn decode_destination(bytes: &[u8], family: Family) -> Result<Destination, D
             DestAttr::Weight => weight = Some(f("WEIGHT").u32()?),
             DestAttr::UThresh => d.upper_threshold = f("U_THRESH").u32()?,
             DestAttr::LThresh => d.lower_threshold = f("L_THRESH").u32()?,
-            DestAttr::ActiveConns => d.active_conns = f("ACTIVE_CONNS").u32()?,
-            DestAttr::InactConns => d.inactive_conns = f("INACT_CONNS").u32()?,
-            DestAttr::PersistConns => d.persistent_conns = f("PERSIST_CONNS").u32()?,
+            DestAttr::ActiveConns => d.counters_mut().active_conns = f("ACTIVE_CONNS").u32()?,
+            DestAttr::InactConns => d.counters_mut().inactive_conns = f("INACT_CONNS").u32()?,
+            DestAttr::PersistConns => {
+                d.counters_mut().persistent_conns = f("PERSIST_CONNS").u32()?
+            }
             DestAttr::Stats => {
-                d.stats = Some(Box::new(decode_stats(p.as_ref(), "destination STATS")?))
+                d.counters_mut().stats = Some(decode_stats(p.as_ref(), "destination STATS")?)
             }
             DestAttr::Stats64 => {
-                d.stats64 = Some(Box::new(decode_stats(p.as_ref(), "destination STATS64")?))
+                d.counters_mut().stats64 = Some(decode_stats(p.as_ref(), "destination STATS64")?)
             }
             DestAttr::TunType => {
                 let v = f("TUN_TYPE").u8()?;

@@ -30,7 +30,7 @@
 //!     other => other?,
 //! }
 //! for d in ipvs.destinations(&vip)? {
-//!     println!("{vip} -> {d} weight {} active {}", d.weight, d.active_conns);
+//!     println!("{vip} -> {d} weight {} active {}", d.weight, d.active_conns());
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

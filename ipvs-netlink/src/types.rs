@@ -352,8 +352,18 @@ impl Default for Tunnel {
     }
 }
 
-/// A real server of a service. The connection counts and stats are filled
-/// in by dumps and ignored when writing.
+/// What a dump reports of a destination besides its configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DestCounters {
+    pub active_conns: u32,
+    pub inactive_conns: u32,
+    pub persistent_conns: u32,
+    pub stats: Option<Stats>,
+    pub stats64: Option<Stats>,
+}
+
+/// A real server of a service. The counters are filled in by dumps and
+/// ignored when writing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Destination {
     /// Its family may differ from the service's (tunnelling only).
@@ -365,12 +375,10 @@ pub struct Destination {
     pub upper_threshold: u32,
     pub lower_threshold: u32,
     pub tunnel: Tunnel,
-    pub active_conns: u32,
-    pub inactive_conns: u32,
-    pub persistent_conns: u32,
-    /// Counters, boxed as [`Service::stats`] are.
-    pub stats: Option<Box<Stats>>,
-    pub stats64: Option<Box<Stats>>,
+    /// Boxed: a dump fills them, a configuration never does, and a proxy
+    /// keeps hundreds of thousands of configurations (48 bytes each this
+    /// way, 72 with the connection counts inline).
+    pub counters: Option<Box<DestCounters>>,
 }
 
 impl Destination {
@@ -384,11 +392,7 @@ impl Destination {
             upper_threshold: 0,
             lower_threshold: 0,
             tunnel: Tunnel::default(),
-            active_conns: 0,
-            inactive_conns: 0,
-            persistent_conns: 0,
-            stats: None,
-            stats64: None,
+            counters: None,
         }
     }
 
@@ -405,13 +409,29 @@ impl Destination {
     /// The configuration only: the same destination without counters.
     pub fn config(&self) -> Destination {
         Destination {
-            active_conns: 0,
-            inactive_conns: 0,
-            persistent_conns: 0,
-            stats: None,
-            stats64: None,
+            counters: None,
             ..self.clone()
         }
+    }
+
+    /// Active connections (0 when the dump had no counters).
+    pub fn active_conns(&self) -> u32 {
+        self.counters.as_ref().map_or(0, |c| c.active_conns)
+    }
+
+    /// Inactive connections, as [`Destination::active_conns`].
+    pub fn inactive_conns(&self) -> u32 {
+        self.counters.as_ref().map_or(0, |c| c.inactive_conns)
+    }
+
+    /// Persistence templates, as [`Destination::active_conns`].
+    pub fn persistent_conns(&self) -> u32 {
+        self.counters.as_ref().map_or(0, |c| c.persistent_conns)
+    }
+
+    /// The counters, created empty if the destination had none.
+    pub fn counters_mut(&mut self) -> &mut DestCounters {
+        self.counters.get_or_insert_with(Box::default)
     }
 }
 

@@ -501,8 +501,8 @@ fn assert_ipvsadm_agrees(ipvs: &mut Ipvs) {
                     cols: vec![
                         fwd_name(d.fwd).to_string(),
                         d.weight.to_string(),
-                        d.active_conns.to_string(),
-                        d.inactive_conns.to_string(),
+                        d.active_conns().to_string(),
+                        d.inactive_conns().to_string(),
                     ],
                 })
                 .collect(),
@@ -534,8 +534,8 @@ fn assert_ipvsadm_agrees(ipvs: &mut Ipvs) {
         [
             d.upper_threshold,
             d.lower_threshold,
-            d.active_conns,
-            d.inactive_conns,
+            d.active_conns(),
+            d.inactive_conns(),
         ]
         .iter()
         .map(u32::to_string)
@@ -551,7 +551,7 @@ fn assert_ipvsadm_agrees(ipvs: &mut Ipvs) {
     );
 
     let stats = table(&|s: &Service| counters(&s.stats64), &|d: &Destination| {
-        counters(&d.stats64)
+        counters(&d.counters.as_ref().and_then(|c| c.stats64).map(Box::new))
     });
     assert_eq!(
         stats,

@@ -40,8 +40,8 @@ use ipvs_netlink::codec::{
     decode_bpf, decode_daemon, decode_destination, decode_info, decode_service, decode_timeouts,
 };
 use ipvs_netlink::{
-    BpfAttach, BpfStats, Daemon, DaemonState, Destination, Family, ForwardMethod, LocalNet,
-    Protocol, Request, Service, ServiceFlags, ServiceKey, Snat, Stats, Timeouts, Tunnel,
+    BpfAttach, BpfStats, Daemon, DaemonState, DestCounters, Destination, Family, ForwardMethod,
+    LocalNet, Protocol, Request, Service, ServiceFlags, ServiceKey, Snat, Stats, Timeouts, Tunnel,
     TunnelType,
 };
 
@@ -894,11 +894,13 @@ fn decode_destination_gue_with_stats_and_pads() {
             port: 6080,
             flags: 0x0001,
         },
-        active_conns: 12,
-        inactive_conns: 34,
-        persistent_conns: 3,
-        stats: Some(Box::new(stats)),
-        stats64: Some(Box::new(stats)),
+        counters: Some(Box::new(DestCounters {
+            active_conns: 12,
+            inactive_conns: 34,
+            persistent_conns: 3,
+            stats: Some(stats),
+            stats64: Some(stats),
+        })),
     };
     assert_eq!(d, want);
 }
@@ -1273,4 +1275,19 @@ fn truncated_or_bent_replies_never_panic() {
             let _ = decode_service(&b);
         }
     }
+}
+
+/// A proxy keeps a copy of the configuration of every real server it
+/// programs (hundreds of thousands in a large cluster): the counters a
+/// dump fills stay out of line, and a configuration copy allocates nothing.
+#[test]
+fn configuration_copies_stay_small() {
+    assert_eq!(std::mem::size_of::<Destination>(), 48);
+    assert_eq!(std::mem::size_of::<Service>(), 104);
+    let d = Destination::new(v4("10.0.0.1"), 80);
+    assert_eq!(d.counters, None);
+    assert_eq!(
+        (d.active_conns(), d.inactive_conns(), d.persistent_conns()),
+        (0, 0, 0)
+    );
 }

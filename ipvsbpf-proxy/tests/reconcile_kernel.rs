@@ -385,7 +385,7 @@ fn drain_state(r: &mut Reconciler<Ipvs>, key: &ServiceKey, addr: IpAddr) -> Opti
         .expect("list destinations")
         .into_iter()
         .find(|d| d.addr == addr)
-        .map(|d| (d.weight, d.active_conns + d.inactive_conns))
+        .map(|d| (d.weight, d.active_conns() + d.inactive_conns()))
 }
 
 /// A virtual server at 127.0.0.1:`port` to the listener, one connection

@@ -694,7 +694,12 @@ impl<I: IpvsApi> Reconciler<I> {
             };
             let conns: HashMap<DestId, (u32, u32)> = listed
                 .iter()
-                .map(|d| (dest_id(d), (d.weight, d.active_conns + d.inactive_conns)))
+                .map(|d| {
+                    (
+                        dest_id(d),
+                        (d.weight, d.active_conns() + d.inactive_conns()),
+                    )
+                })
                 .collect();
             let wanted: BTreeSet<DestId> = self
                 .wanted(&key)
@@ -1104,8 +1109,9 @@ impl FakeIpvs {
             .and_then(|vs| vs.dests.get_mut(&(addr, port)))
         {
             Some(d) => {
-                d.active_conns = active;
-                d.inactive_conns = inactive;
+                let c = d.counters_mut();
+                c.active_conns = active;
+                c.inactive_conns = inactive;
                 true
             }
             None => false,
@@ -1264,10 +1270,9 @@ impl FakeIpvs {
                 let vs = self.services.get_mut(k).ok_or(libc::ESRCH)?;
                 let have = vs.dests.get_mut(&dest_id(d)).ok_or(libc::ENOENT)?;
                 // The kernel keeps a destination's connections across edits.
-                let (active, inactive) = (have.active_conns, have.inactive_conns);
+                let counters = have.counters.take();
                 *have = d.config();
-                have.active_conns = active;
-                have.inactive_conns = inactive;
+                have.counters = counters;
             }
             Request::DeleteDestination(k, addr, port) => {
                 let vs = self.services.get_mut(k).ok_or(libc::ESRCH)?;
