@@ -459,16 +459,7 @@ async fn sync_loop(
         if full || outcome.recomputed >= TRIM_AFTER_RECOMPUTED {
             trim_heap();
         }
-        let (vs, rs) = syncer.state().services.values().fold((0, 0), |(v, r), s| {
-            (
-                v + s.virtual_servers.len(),
-                r + s
-                    .virtual_servers
-                    .iter()
-                    .map(|vs| vs.destinations.len())
-                    .sum::<usize>(),
-            )
-        });
+        let (vs, rs) = syncer.counts();
         metrics.virtual_servers.set(vs as i64);
         metrics.real_servers.set(rs as i64);
         for kind in ObjectKind::ALL {

@@ -39,6 +39,15 @@ pub struct Syncer<I: IpvsApi> {
     cfg: ModelConfig,
     reconciler: Reconciler<I>,
     state: NodeState,
+    /// Virtual and real servers in `state`, kept as it changes so that
+    /// the gauges cost O(change) per sync, not a walk over every Service.
+    counts: (usize, usize),
+}
+
+/// A state's virtual servers and their destinations.
+fn counts_of(s: &ServiceState) -> (usize, usize) {
+    let real = s.virtual_servers.iter().map(|vs| vs.destinations.len());
+    (s.virtual_servers.len(), real.sum())
 }
 
 impl<I: IpvsApi> Syncer<I> {
@@ -47,6 +56,7 @@ impl<I: IpvsApi> Syncer<I> {
             cfg,
             reconciler,
             state: NodeState::default(),
+            counts: (0, 0),
         }
     }
 
@@ -64,6 +74,11 @@ impl<I: IpvsApi> Syncer<I> {
 
     pub fn state(&self) -> &NodeState {
         &self.state
+    }
+
+    /// (virtual servers, real servers) the node state holds.
+    pub fn counts(&self) -> (usize, usize) {
+        self.counts
     }
 
     pub fn reconciler(&mut self) -> &mut Reconciler<I> {
@@ -127,6 +142,10 @@ impl<I: IpvsApi> Syncer<I> {
             (Some(a), Some(b)) => !a.same_frontends(b),
             _ => true,
         };
+        let (gone, new) = (old.map(counts_of), desired.as_ref().map(counts_of));
+        let (vs, rs) = self.counts;
+        let (gone, new) = (gone.unwrap_or_default(), new.unwrap_or_default());
+        self.counts = (vs - gone.0 + new.0, rs - gone.1 + new.1);
         let desired = desired.map(Arc::new);
         self.reconciler.set_service_shared(name, desired.clone());
         match desired {
@@ -284,5 +303,16 @@ mod tests {
         assert!(out.frontends_changed, "a Service gone is a frontend gone");
         assert_eq!(s.apply(false, Instant::now()).requests, 1);
         assert_eq!(s.reconciler().ipvs().len(), 49);
+        // kept as the state changed: 49 x 2 endpoints, and svc7's third
+        assert_eq!(s.counts(), (49, 99));
+        assert_eq!(s.counts(), fold(s.state()));
+    }
+
+    fn fold(state: &NodeState) -> (usize, usize) {
+        state
+            .services
+            .values()
+            .map(|s| counts_of(s))
+            .fold((0, 0), |(v, r), (a, b)| (v + a, r + b))
     }
 }
