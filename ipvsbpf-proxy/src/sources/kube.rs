@@ -283,12 +283,12 @@ impl Target {
 
 /// The per-kind operations, so one event loop serves the three watches.
 trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static {
-    /// A listed object while its listing is still coming in: already the
-    /// form the inventory stores, so that a listing of 10,000 objects is
-    /// not held whole (managedFields and all) until its end.
+    /// The form the inventory stores: a listing of 10,000 objects is not
+    /// held whole (managedFields and all) until its end, and an event's
+    /// object is converted before the inventory's lock is taken.
     type Listed: Send;
     fn listed(self) -> Self::Listed;
-    fn apply(self, inv: &mut Inventory, target: &Target) -> Result<(), String>;
+    fn apply(obj: Self::Listed, inv: &mut Inventory, target: &Target) -> Result<(), String>;
     fn delete(meta: &ObjectMeta, inv: &mut Inventory, target: &Target);
     /// A complete listing; the objects in `bad` did not parse and keep
     /// their stored version.
@@ -304,8 +304,8 @@ impl Watched for Service {
     fn listed(self) -> Arc<StoredService> {
         self.into_service()
     }
-    fn apply(self, inv: &mut Inventory, _: &Target) -> Result<(), String> {
-        inv.apply_service(self).map_err(|e| e.to_string())
+    fn apply(svc: Arc<StoredService>, inv: &mut Inventory, _: &Target) -> Result<(), String> {
+        inv.apply_service(svc).map_err(|e| e.to_string())
     }
     fn delete(meta: &ObjectMeta, inv: &mut Inventory, _: &Target) {
         if let Some((ns, name)) = ns_name(meta) {
@@ -327,8 +327,8 @@ impl Watched for EndpointSlice {
     fn listed(self) -> Arc<Slice> {
         self.into_slice()
     }
-    fn apply(self, inv: &mut Inventory, _: &Target) -> Result<(), String> {
-        inv.apply_slice(self).map_err(|e| e.to_string())
+    fn apply(slice: Arc<Slice>, inv: &mut Inventory, _: &Target) -> Result<(), String> {
+        inv.apply_slice(slice).map_err(|e| e.to_string())
     }
     fn delete(meta: &ObjectMeta, inv: &mut Inventory, _: &Target) {
         if let Some((ns, name)) = ns_name(meta) {
@@ -354,9 +354,9 @@ impl Watched for Node {
     fn listed(self) -> Node {
         self
     }
-    fn apply(self, inv: &mut Inventory, target: &Target) -> Result<(), String> {
-        if is_own_node(&self.metadata, target) {
-            inv.set_node(Some(self));
+    fn apply(node: Node, inv: &mut Inventory, target: &Target) -> Result<(), String> {
+        if is_own_node(&node.metadata, target) {
+            inv.set_node(Some(node));
         }
         Ok(())
     }
@@ -519,7 +519,8 @@ async fn watch_kind<K: Watched>(
             }
             Ok(Event::Apply(Lenient::Ok(k))) => {
                 let meta = k.meta().clone();
-                if let Err(e) = inv.update(|i| k.apply(i, &target)) {
+                let obj = k.listed();
+                if let Err(e) = inv.update(|i| K::apply(obj, i, &target)) {
                     skip(&meta, &e);
                 }
             }
