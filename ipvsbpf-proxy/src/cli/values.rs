@@ -55,7 +55,8 @@ impl fmt::Display for PortRange {
 /// read from `sysctl` (normally `/proc/sys/net/ipv4/ip_local_port_range`):
 /// a local socket's ephemeral port could then equal a SNAT port and the
 /// BPF program would rewrite its replies. A daemon-start check, not part of
-/// [`Config::from_args`], because it reads the running kernel.
+/// [`Config::from_args`](super::Config::from_args), because it reads the
+/// running kernel.
 pub fn check_snat_range_against(range: PortRange, sysctl: &Path) -> Result<(), ConfigError> {
     let text = std::fs::read_to_string(sysctl).map_err(|source| ConfigError::Sysctl {
         path: sysctl.to_path_buf(),

@@ -204,22 +204,13 @@ fn service_key(svc: &StoredService) -> Result<ServiceName, InventoryError> {
     Ok(svc.name.clone())
 }
 
-/// Drops what the proxy never reads from an object's metadata before it
-/// is stored: managedFields (often the largest part of an object as the
-/// API server sends it), owner references, and every annotation but
-/// `keep` (kubectl's last-applied-configuration copies the whole object
-/// into one). At 10,000 Services that is most of the inventory's memory,
-/// and an annotation-only edit no longer recomputes a Service whose
-/// virtual servers cannot have changed.
-fn slim(meta: &mut ObjectMeta, keep: Option<&str>) {
+/// Drops what the proxy never reads from the Node's metadata before it is
+/// stored: managedFields (often the largest part of an object as the API
+/// server sends it), owner references and annotations.
+fn slim(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
     meta.owner_references = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| Some(k.as_str()) == keep);
-    }
-    if meta.annotations.as_ref().is_some_and(|a| a.is_empty()) {
-        meta.annotations = None;
-    }
+    meta.annotations = None;
 }
 
 /// Node fields the model reads: labels (topology) and addresses (NodePort
@@ -265,9 +256,8 @@ impl Inventory {
         }
     }
 
-    /// Adds or updates an EndpointSlice, stored as a
-    /// [`Slice`](crate::model::slice::Slice) (a [`Slice`] in an `Arc` is
-    /// shared as it is). A slice that moved to another Service (its label
+    /// Adds or updates an EndpointSlice, stored as a [`Slice`] (a
+    /// [`Slice`] in an `Arc` is shared as it is). A slice that moved to another Service (its label
     /// changed) dirties both.
     pub fn apply_slice(&mut self, slice: impl IntoSlice) -> Result<(), InventoryError> {
         let slice = slice.into_slice();
@@ -333,7 +323,7 @@ impl Inventory {
     /// or addresses dirties everything.
     pub fn set_node(&mut self, mut node: Option<Node>) {
         if let Some(n) = node.as_mut() {
-            slim(&mut n.metadata, None);
+            slim(&mut n.metadata);
             // The image list alone can be kilobytes; addresses are read.
             if let Some(status) = n.status.as_mut() {
                 status.images = None;
@@ -743,6 +733,56 @@ mod tests {
         }
     }
 
+    /// A LoadBalancer's status is read: its ingress IPs, not hostnames,
+    /// not `ipMode: Proxy` ones. A refused Service edited into the same
+    /// error is not recomputed; fixed, it is.
+    #[test]
+    fn service_status_and_error_dirty_rules() {
+        let lb = |ingress: serde_json::Value| -> Service {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "ns", "name": "a"},
+                "spec": {"type": "LoadBalancer", "clusterIP": "10.0.0.1",
+                         "ports": [{"port": 80, "nodePort": 30080}]},
+                "status": {"loadBalancer": {"ingress": ingress}}
+            }))
+            .expect("lb")
+        };
+        let bad = |port: i32| {
+            let mut s = svc("ns", "a", "1", port);
+            if let Some(spec) = s.spec.as_mut() {
+                spec.cluster_ip = Some("not-an-ip".into());
+            }
+            s
+        };
+        let steps = [
+            (
+                "hostname only",
+                lb(json!([{"hostname": "lb.example"}])),
+                false,
+            ),
+            (
+                "an IP",
+                lb(json!([{"hostname": "lb.example"}, {"ip": "192.0.2.10"}])),
+                true,
+            ),
+            (
+                "the IP in proxy mode",
+                lb(json!([{"hostname": "lb.example"}, {"ip": "192.0.2.10", "ipMode": "Proxy"}])),
+                true,
+            ),
+            ("refused", bad(80), true),
+            ("refused again, the same error", bad(81), false),
+            ("fixed", svc("ns", "a", "1", 81), true),
+        ];
+        let mut inv = Inventory::new();
+        inv.apply_service(lb(json!([]))).expect("apply");
+        inv.take_dirty();
+        for (what, s, dirty) in steps {
+            inv.apply_service(s).expect("apply");
+            assert_eq!(!inv.take_dirty().is_empty(), dirty, "{what}");
+        }
+    }
+
     #[test]
     fn missing_meta_is_refused() {
         let mut inv = Inventory::new();
@@ -802,6 +842,23 @@ mod tests {
         inv.apply_slice(slice("ns", "s1", Some("a"), "3", "10.1.0.2"))
             .expect("apply");
         assert_eq!(names(&inv.take_dirty()), ["ns/a"]);
+
+        // Labels: only those that select a slice are read.
+        let labelled = |key: &str| {
+            let mut s = slice("ns", "s1", Some("a"), "3", "10.1.0.2");
+            if let Some(l) = s.metadata.labels.as_mut() {
+                l.insert(key.to_string(), "x".to_string());
+            }
+            s
+        };
+        inv.apply_slice(labelled("app")).expect("apply");
+        assert!(inv.take_dirty().is_empty(), "an unrelated label");
+        inv.apply_slice(labelled(crate::model::LABEL_HEADLESS))
+            .expect("apply");
+        assert_eq!(names(&inv.take_dirty()), ["ns/a"], "headless");
+        inv.apply_slice(slice("ns", "s1", Some("a"), "3", "10.1.0.2"))
+            .expect("apply");
+        assert_eq!(names(&inv.take_dirty()), ["ns/a"], "headless no more");
 
         // Moved to another Service: both, and the index follows.
         inv.apply_slice(slice("ns", "s1", Some("b"), "4", "10.1.0.2"))

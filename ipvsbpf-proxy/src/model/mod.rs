@@ -19,7 +19,8 @@
 //!   slices can be written by anyone with the right RBAC, not only the
 //!   EndpointSlice controller.
 //!
-//! Beside it: the [`inventory`] of API objects the sources fill, and the
+//! Beside it: the [`inventory`] the sources fill, which keeps Services and
+//! EndpointSlices in the forms of [`service`] and [`slice`](mod@slice), and the
 //! [`desired`] node state the model computes.
 
 pub mod desired;

@@ -8,7 +8,9 @@
 //! the model refuses keeps its [`ModelError`], reported by every sync that
 //! recomputes it, as before. Whatever else changes on the object (its
 //! selector, annotations, managed fields) is not stored, and nothing but
-//! what is stored (the resource version excepted) recomputes it.
+//! what is stored (the resource version excepted) recomputes it; so an
+//! edit that leaves a refused Service refused with the same error is not
+//! recomputed, and not reported again.
 
 use std::net::IpAddr;
 

@@ -1,14 +1,15 @@
 //! EndpointSlices as the inventory stores them: what the model reads of
-//! one, in a tenth of the memory.
+//! one, in a fraction of the memory.
 //!
 //! An API `Endpoint` is 352 bytes before its strings, mostly `Option`s the
 //! proxy never reads (the Pod reference, deprecated topology, zone); at
 //! 10,000 Services x 10 endpoints the slices alone took 51 MiB. A
-//! [`Slice`] keeps the labels (selection and the owning Service), the
-//! address type, the ports and per endpoint its first address, conditions,
-//! node name and hints: 12 MiB for the same slices. Nothing is validated
-//! here: a bad address is kept as written, and the model skips it with the
-//! Service's name in the warning, as it did reading the API object.
+//! [`Slice`] keeps the owning Service's name and the labels that select
+//! it, the address type, the ports and per endpoint its first address,
+//! conditions, node name (shared between the endpoints of a node) and
+//! hints. Nothing is validated here: a bad address is kept as written, and
+//! the model skips it with the Service's name in the warning, as it did
+//! reading the API object.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -210,6 +211,7 @@ pub fn node_name(name: &str) -> Arc<str> {
     }
     if names.len() >= 2 * *pruned_at + 64 {
         names.retain(|n| Arc::strong_count(n) > 1);
+        names.shrink_to_fit();
         *pruned_at = names.len();
     }
     let shared: Arc<str> = Arc::from(name);

@@ -145,7 +145,7 @@ impl<I: IpvsApi> Syncer<I> {
         let (gone, new) = (old.map(counts_of), desired.as_ref().map(counts_of));
         let (vs, rs) = self.counts;
         let (gone, new) = (gone.unwrap_or_default(), new.unwrap_or_default());
-        self.counts = (vs - gone.0 + new.0, rs - gone.1 + new.1);
+        self.counts = (vs + new.0 - gone.0, rs + new.1 - gone.1);
         let desired = desired.map(Arc::new);
         self.reconciler.set_service_shared(name, desired.clone());
         match desired {
@@ -306,6 +306,13 @@ mod tests {
         // kept as the state changed: 49 x 2 endpoints, and svc7's third
         assert_eq!(s.counts(), (49, 99));
         assert_eq!(s.counts(), fold(s.state()));
+        // and through a recompute of everything
+        let all = Dirty {
+            all: true,
+            ..Dirty::default()
+        };
+        assert_eq!(s.recompute(&inv, all).recomputed, 49);
+        assert_eq!(s.counts(), (49, 99));
     }
 
     fn fold(state: &NodeState) -> (usize, usize) {

@@ -21,9 +21,10 @@ pub const SERVICE_PROXY_NAME_LABEL: &str = crate::model::LABEL_SERVICE_PROXY_NAM
 pub const HEADLESS_LABEL: &str = crate::model::LABEL_HEADLESS;
 
 /// The label selector for Services and EndpointSlices, as kube-proxy
-/// sends it; the file source, which has no server to do it, selects with
-/// [`ProxyLabels::selected_by`](crate::model::ProxyLabels::selected_by),
-/// checked against this below.
+/// sends it; the file source, which has no server to do it, applies the
+/// same rule with
+/// [`ProxyLabels::selected_by`](crate::model::ProxyLabels::selected_by)
+/// (its table test is below).
 pub fn label_selector(proxy_name: Option<&str>) -> String {
     match proxy_name {
         None => format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}"),
