@@ -119,20 +119,29 @@ pub struct Inventory {
     since: Since,
 }
 
-/// A slice's key: without a namespace and a name an object cannot be
-/// keyed (the API server never sends one).
-fn slice_key(slice: &Slice) -> Result<SliceKey, InventoryError> {
-    let missing = |field| InventoryError::MissingMeta {
-        kind: "EndpointSlice",
-        field,
-    };
-    if slice.namespace.is_empty() {
+/// Without a namespace and a name an object cannot be keyed; the API
+/// server never sends one, so this is a malformed manifest.
+fn check_key(kind: &'static str, namespace: &str, name: &str) -> Result<(), InventoryError> {
+    let missing = |field| InventoryError::MissingMeta { kind, field };
+    if namespace.is_empty() {
         return Err(missing("namespace"));
     }
-    if slice.name.is_empty() {
+    if name.is_empty() {
         return Err(missing("name"));
     }
+    Ok(())
+}
+
+/// A slice's key ([`check_key`]).
+fn slice_key(slice: &Slice) -> Result<SliceKey, InventoryError> {
+    check_key("EndpointSlice", &slice.namespace, &slice.name)?;
     Ok((slice.namespace.clone(), slice.name.clone()))
+}
+
+/// A Service's key ([`check_key`]).
+fn service_key(svc: &StoredService) -> Result<ServiceName, InventoryError> {
+    check_key("Service", &svc.name.namespace, &svc.name.name)?;
+    Ok(svc.name.clone())
 }
 
 /// Owning Service of a slice, from its label; slices without the label
@@ -141,67 +150,36 @@ fn owner_of(slice: &Slice) -> Option<ServiceName> {
     Some(ServiceName::new(&slice.namespace, slice.service()?))
 }
 
-/// What the inventory takes as an EndpointSlice: an API object, converted
-/// to a [`Slice`], or a [`Slice`] a source keeps too, shared.
-pub trait IntoSlice {
-    fn into_slice(self) -> Arc<Slice>;
+/// What the inventory takes as a `T` it stores ([`StoredService`],
+/// [`Slice`]): the API object, converted, or a `T`. One in an `Arc` is
+/// stored as it is, shared with a source that keeps it too (the file
+/// source's cache).
+pub trait IntoStored<T> {
+    fn into_stored(self) -> Arc<T>;
 }
 
-impl IntoSlice for EndpointSlice {
-    fn into_slice(self) -> Arc<Slice> {
-        Arc::new(Slice::from(&self))
-    }
-}
-
-impl IntoSlice for Slice {
-    fn into_slice(self) -> Arc<Slice> {
+impl<T> IntoStored<T> for T {
+    fn into_stored(self) -> Arc<T> {
         Arc::new(self)
     }
 }
 
-impl IntoSlice for Arc<Slice> {
-    fn into_slice(self) -> Arc<Slice> {
+impl<T> IntoStored<T> for Arc<T> {
+    fn into_stored(self) -> Arc<T> {
         self
     }
 }
 
-/// What the inventory takes as a Service: an API object, converted to a
-/// [`StoredService`], or a [`StoredService`] a source keeps too, shared.
-pub trait IntoService {
-    fn into_service(self) -> Arc<StoredService>;
-}
-
-impl IntoService for Service {
-    fn into_service(self) -> Arc<StoredService> {
+impl IntoStored<StoredService> for Service {
+    fn into_stored(self) -> Arc<StoredService> {
         Arc::new(StoredService::from(&self))
     }
 }
 
-impl IntoService for StoredService {
-    fn into_service(self) -> Arc<StoredService> {
-        Arc::new(self)
+impl IntoStored<Slice> for EndpointSlice {
+    fn into_stored(self) -> Arc<Slice> {
+        Arc::new(Slice::from(&self))
     }
-}
-
-impl IntoService for Arc<StoredService> {
-    fn into_service(self) -> Arc<StoredService> {
-        self
-    }
-}
-
-/// A Service's key, checked as [`slice_key`] checks a slice's.
-fn service_key(svc: &StoredService) -> Result<ServiceName, InventoryError> {
-    let missing = |field| InventoryError::MissingMeta {
-        kind: "Service",
-        field,
-    };
-    if svc.name.namespace.is_empty() {
-        return Err(missing("namespace"));
-    }
-    if svc.name.name.is_empty() {
-        return Err(missing("name"));
-    }
-    Ok(svc.name.clone())
 }
 
 /// Drops what the proxy never reads from the Node's metadata before it is
@@ -235,8 +213,11 @@ impl Inventory {
     /// Adds or updates a Service, stored as a [`StoredService`] (one in
     /// an `Arc` is shared as it is); it becomes dirty only if something
     /// the proxy reads changed.
-    pub fn apply_service(&mut self, svc: impl IntoService) -> Result<(), InventoryError> {
-        let svc = svc.into_service();
+    pub fn apply_service(
+        &mut self,
+        svc: impl IntoStored<StoredService>,
+    ) -> Result<(), InventoryError> {
+        let svc = svc.into_stored();
         let key = service_key(&svc)?;
         let changed = match self.services.get(&key) {
             Some(old) => !old.same(&svc),
@@ -245,6 +226,7 @@ impl Inventory {
         if changed {
             self.dirty.services.insert(key.clone());
         }
+        // Stored even when unchanged, so readers see the latest version.
         self.services.insert(key, svc);
         Ok(())
     }
@@ -256,11 +238,11 @@ impl Inventory {
         }
     }
 
-    /// Adds or updates an EndpointSlice, stored as a [`Slice`] (a
-    /// [`Slice`] in an `Arc` is shared as it is). A slice that moved to another Service (its label
-    /// changed) dirties both.
-    pub fn apply_slice(&mut self, slice: impl IntoSlice) -> Result<(), InventoryError> {
-        let slice = slice.into_slice();
+    /// Adds or updates an EndpointSlice, stored as a [`Slice`] (one in an
+    /// `Arc` is shared as it is). A slice that moved to another Service
+    /// (its label changed) dirties both.
+    pub fn apply_slice(&mut self, slice: impl IntoStored<Slice>) -> Result<(), InventoryError> {
+        let slice = slice.into_stored();
         let key = slice_key(&slice)?;
         let new_owner = owner_of(&slice);
         let old = self.slices.get(&key);
@@ -340,10 +322,13 @@ impl Inventory {
     /// Replaces all Services with a complete listing (a relist or a file
     /// re-read): only Services that differ or are gone become dirty.
     /// Objects without namespace or name are skipped with a warning.
-    pub fn replace_services<S: IntoService>(&mut self, all: impl IntoIterator<Item = S>) {
+    pub fn replace_services<S: IntoStored<StoredService>>(
+        &mut self,
+        all: impl IntoIterator<Item = S>,
+    ) {
         let mut seen = BTreeSet::new();
         for svc in all {
-            let svc = svc.into_service();
+            let svc = svc.into_stored();
             match service_key(&svc) {
                 Ok(key) => {
                     seen.insert(key);
@@ -367,10 +352,10 @@ impl Inventory {
 
     /// Replaces all EndpointSlices with a complete listing; see
     /// [`Inventory::replace_services`].
-    pub fn replace_slices<S: IntoSlice>(&mut self, all: impl IntoIterator<Item = S>) {
+    pub fn replace_slices<S: IntoStored<Slice>>(&mut self, all: impl IntoIterator<Item = S>) {
         let mut seen = BTreeSet::new();
         for slice in all {
-            let slice = slice.into_slice();
+            let slice = slice.into_stored();
             match slice_key(&slice) {
                 Ok(key) => {
                     seen.insert(key);

@@ -27,7 +27,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::{label_selector, ObjectKind, SourceError, SourceStats};
 use crate::model::desired::ServiceName;
-use crate::model::inventory::{IntoService, IntoSlice, Inventory, Kind, Shared};
+use crate::model::inventory::{IntoStored, Inventory, Kind, Shared};
 use crate::model::service::StoredService;
 use crate::model::slice::Slice;
 
@@ -302,7 +302,7 @@ fn ns_name(meta: &ObjectMeta) -> Option<(&str, &str)> {
 impl Watched for Service {
     type Listed = Arc<StoredService>;
     fn listed(self) -> Arc<StoredService> {
-        self.into_service()
+        self.into_stored()
     }
     fn apply(svc: Arc<StoredService>, inv: &mut Inventory, _: &Target) -> Result<(), String> {
         inv.apply_service(svc).map_err(|e| e.to_string())
@@ -325,7 +325,7 @@ impl Watched for Service {
 impl Watched for EndpointSlice {
     type Listed = Arc<Slice>;
     fn listed(self) -> Arc<Slice> {
-        self.into_slice()
+        self.into_stored()
     }
     fn apply(slice: Arc<Slice>, inv: &mut Inventory, _: &Target) -> Result<(), String> {
         inv.apply_slice(slice).map_err(|e| e.to_string())
