@@ -9,8 +9,14 @@ use std::process::Command;
 
 use ipvs_netlink::uapi::*;
 
+/// `cargo test` gives the test its package directory at run time too: use
+/// that one. The path compiled in is another checkout's when a build
+/// directory shared between checkouts (CI's and a developer's) reuses this
+/// binary, as cargo does: its fingerprints do not cover the path.
 fn header_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bpf/include")
+    let pkg =
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    PathBuf::from(pkg).join("../bpf/include")
 }
 
 #[test]

@@ -39,7 +39,8 @@ impl Drop for TempDir {
 /// The generator, as the suite runs it (/usr/bin/python3, which the
 /// guest has), ready for arguments.
 fn generator() -> Command {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testbed/proxy-bench-manifests.py");
+    let script =
+        std::path::PathBuf::from(package_dir()).join("../testbed/proxy-bench-manifests.py");
     let python = if Path::new("/usr/bin/python3").exists() {
         "/usr/bin/python3"
     } else {
@@ -195,4 +196,9 @@ fn refuses_a_directory_in_use() {
         .output()
         .expect("run the generator");
     assert!(!out.status.success(), "wrote into a non-empty directory");
+}
+
+/// As `common::package_dir` (not shared: `common` is the datapath tests').
+fn package_dir() -> std::ffi::OsString {
+    std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }

@@ -98,7 +98,7 @@ fn heap_at_ten_thousand_services() {
     let dir =
         TempDir(std::env::temp_dir().join(format!("ipvsbpf-memory-budget-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
-    let gen = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testbed/proxy-bench-manifests.py");
+    let gen = PathBuf::from(package_dir()).join("../testbed/proxy-bench-manifests.py");
     let out = Command::new("/usr/bin/python3")
         .arg(&gen)
         .args(["--services", &SERVICES.to_string()])
@@ -167,4 +167,9 @@ fn heap_at_ten_thousand_services() {
         "the proxy holds {:.1} MiB at {SERVICES} Services, over the {BUDGET_MIB} MiB budget",
         mib(total)
     );
+}
+
+/// As `common::package_dir` (not shared: `common` is the datapath tests').
+fn package_dir() -> std::ffi::OsString {
+    std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }

@@ -237,7 +237,7 @@ impl Topology {
 }
 
 fn peer_script() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/veth_peer.py")
+    std::path::PathBuf::from(common::package_dir()).join("tests/veth_peer.py")
 }
 
 struct Family {

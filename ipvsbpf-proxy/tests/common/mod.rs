@@ -546,3 +546,11 @@ pub fn try_run(
         _ => Err(format!("counters moved: {moved:?}")),
     }
 }
+
+/// The package directory: `cargo test` sets it at run time, which is this
+/// checkout's even when the binary was built from another checkout into a
+/// shared build directory (cargo's fingerprints do not cover the path, so
+/// the path compiled in may name a checkout that is gone).
+pub fn package_dir() -> std::ffi::OsString {
+    std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
