@@ -58,6 +58,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     if cfg.cleanup {
         return cleanup(&cfg);
     }
+    if cfg.label_node {
+        return crate::nodelabel::run(&cfg).await;
+    }
     let node_name = node_name(&cfg)?;
     // The API client, made once: the kube source watches with it and the
     // Node's Events go through it (none with the file source).
@@ -631,7 +634,7 @@ fn watch_bpf_trouble(events: NodeEvents, ports: (u16, u16), entries: u32) {
     }
 }
 
-fn node_name(cfg: &Config) -> Result<String> {
+pub(crate) fn node_name(cfg: &Config) -> Result<String> {
     if let Some(n) = &cfg.hostname_override {
         return Ok(n.trim().to_lowercase());
     }
@@ -861,7 +864,7 @@ impl DatapathStats for BpfStatsSource {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

@@ -5,12 +5,22 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
+use ipvsbpf_proxy::backends::bpfmode::{probe_kernel, KernelSupport};
 use ipvsbpf_proxy::cli::{Args, Config, LogFormat};
 use ipvsbpf_proxy::daemon;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.probe_kernel {
+        let found = probe_kernel();
+        let _ = writeln!(std::io::stdout(), "{found}");
+        return match found {
+            KernelSupport::Patched => ExitCode::SUCCESS,
+            KernelSupport::Unpatched(_) => ExitCode::from(3),
+            KernelSupport::Unknown(_) => ExitCode::FAILURE,
+        };
+    }
     let check = args.check_config;
     let cfg = match Config::from_args(args) {
         Ok(c) => c,

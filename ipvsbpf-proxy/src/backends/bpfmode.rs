@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use ipvs_netlink::{BpfAttach, BpfStatus, Ipvs, LocalNet, Snat};
+use ipvs_netlink::{BpfAttach, BpfStatus, ErrorKind, Ipvs, LocalNet, Snat};
 use libbpf_rs::{MapCore, OpenObject};
 use tracing::{info, warn};
 
@@ -59,6 +59,99 @@ pub enum BpfModeError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// The Node label that gates the proxy's DaemonSet: [`KernelSupport`]'s
+/// value, set by `--label-node` (the node labeller DaemonSet).
+pub const NODE_LABEL: &str = "ipvs-bpf.io/kernel";
+
+/// Whether this node's kernel has the series, as [`probe_kernel`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelSupport {
+    Patched,
+    /// It lacks the series, and why: no IPVS at all, no sysctl, or IPVS
+    /// does not know `IPVS_CMD_GET_BPF`.
+    Unpatched(String),
+    /// The probe itself failed (no `CAP_NET_ADMIN`, a socket error): no
+    /// finding, nothing to label.
+    Unknown(String),
+}
+
+impl KernelSupport {
+    /// The value of [`NODE_LABEL`] that says so; `None` without a finding.
+    pub fn label_value(&self) -> Option<&'static str> {
+        match self {
+            KernelSupport::Patched => Some("patched"),
+            KernelSupport::Unpatched(_) => Some("unpatched"),
+            KernelSupport::Unknown(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for KernelSupport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelSupport::Patched => write!(
+                f,
+                "patched: IPVS has {BPF_MODE_SYSCTL} and answers IPVS_CMD_GET_BPF"
+            ),
+            KernelSupport::Unpatched(why) => write!(f, "unpatched: {why}"),
+            KernelSupport::Unknown(why) => write!(f, "unknown: {why}"),
+        }
+    }
+}
+
+/// The check [`BpfMode::setup`] makes, without changing anything on the
+/// node: connecting to IPVS's generic netlink family (which loads ip_vs
+/// when it is not), then [`BpfMode::kernel_supported`]'s two tests. Only
+/// answers that say what the kernel is count as a finding; a failure of
+/// the probe itself is [`KernelSupport::Unknown`].
+pub fn probe_kernel() -> KernelSupport {
+    match Ipvs::connect() {
+        Err(ipvs_netlink::Error::FamilyNotFound) => KernelSupport::Unpatched(
+            "no IPVS: its generic netlink family is not registered and ip_vs did not load".into(),
+        ),
+        Err(e) => KernelSupport::Unknown(format!("connecting to IPVS: {e}")),
+        Ok(mut ipvs) => match lacks(&mut ipvs) {
+            None => KernelSupport::Patched,
+            Some(Lack::Series(why)) => KernelSupport::Unpatched(why),
+            Some(Lack::Probe(why)) => KernelSupport::Unknown(why),
+        },
+    }
+}
+
+/// What [`lacks`] found missing.
+enum Lack {
+    /// The series: the kernel says so.
+    Series(String),
+    /// An answer: the probe failed for another reason.
+    Probe(String),
+}
+
+/// What the connected IPVS lacks of the series, if anything.
+fn lacks(ipvs: &mut Ipvs) -> Option<Lack> {
+    if !hostinfo::sysctl_exists(BPF_MODE_SYSCTL) {
+        return Some(Lack::Series(format!(
+            "ip_vs has no {BPF_MODE_SYSCTL} (the ipvs-bpf series is not applied)"
+        )));
+    }
+    match ipvs.bpf() {
+        Ok(_) => None,
+        // What genetlink answers a command the family does not have.
+        Err(e)
+            if matches!(
+                e.kind(),
+                Some(ErrorKind::NotSupported | ErrorKind::InvalidArgument)
+            ) =>
+        {
+            Some(Lack::Series(format!(
+                "{BPF_MODE_SYSCTL} exists but IPVS does not know IPVS_CMD_GET_BPF: {e}"
+            )))
+        }
+        Err(e) => Some(Lack::Probe(format!(
+            "{BPF_MODE_SYSCTL} exists but IPVS_CMD_GET_BPF failed: {e}"
+        ))),
+    }
 }
 
 /// What the mode needs from the command line.
@@ -101,13 +194,13 @@ impl BpfMode {
     /// `IP_VS_SVC_F_BPF_SNAT` in the same series, is what tells that the
     /// SNAT flag will be honoured, not just stored.
     pub fn kernel_supported(ipvs: &mut Ipvs) -> bool {
-        if !hostinfo::sysctl_exists(BPF_MODE_SYSCTL) {
-            return false;
-        }
-        match ipvs.bpf() {
-            Ok(_) => true,
-            Err(e) => {
-                warn!("{BPF_MODE_SYSCTL} exists but IPVS does not answer IPVS_CMD_GET_BPF: {e}");
+        match lacks(ipvs) {
+            None => true,
+            // (no sysctl: the caller says what is missing)
+            Some(Lack::Series(why) | Lack::Probe(why)) => {
+                if hostinfo::sysctl_exists(BPF_MODE_SYSCTL) {
+                    warn!("{why}");
+                }
                 false
             }
         }

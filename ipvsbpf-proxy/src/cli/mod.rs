@@ -183,7 +183,8 @@ field in it (those flags are then ignored, with a warning); --hostname-override,
 --log-format still override the file; --master, --cleanup and the ipvsbpf-proxy flags \
 (--source, --manifests, --fallback-to-ipvs, --uplink, --bpf-pin-path, --snat-port-range, \
 --bpf-session-map-entries, \
---service-proxy-name, --ipvs-drain-timeout, --check-config) always apply.
+--service-proxy-name, --ipvs-drain-timeout, --check-config, --probe-kernel, --label-node) always \
+apply.
 
 Durations use Go syntax: 30s, 1m0s, 500ms, 1h30m.";
 
@@ -383,6 +384,16 @@ pub struct Args {
     /// (0 valid, 2 invalid) without touching the node: a check before a rollout.
     #[arg(long)]
     pub check_config: bool,
+
+    /// Say whether this node's kernel has the ipvs-bpf series (`patched` or `unpatched`,
+    /// with the reason) and exit (0 patched, 3 unpatched) without changing the node.
+    #[arg(long, conflicts_with_all = ["check_config", "cleanup", "label_node"])]
+    pub probe_kernel: bool,
+
+    /// The node labeller's mode: set this node's label ipvs-bpf.io/kernel to what
+    /// --probe-kernel finds, then wait for SIGTERM. Programs nothing.
+    #[arg(long, conflicts_with = "cleanup")]
+    pub label_node: bool,
 }
 
 /// The validated configuration the daemon runs with.
@@ -410,6 +421,8 @@ pub struct Config {
     pub healthz_bind_address: Option<SocketAddr>,
     pub metrics_bind_address: Option<SocketAddr>,
     pub cleanup: bool,
+    /// `--label-node`: label the Node and wait, nothing else.
+    pub label_node: bool,
     pub verbosity: u8,
     pub log_format: LogFormat,
     pub source: SourceKind,
@@ -917,6 +930,7 @@ fn resolve(args: Args, file: Option<FileConfig>) -> Result<Config, ConfigError> 
         healthz_bind_address,
         metrics_bind_address,
         cleanup: args.cleanup.unwrap_or(false),
+        label_node: args.label_node,
         verbosity,
         log_format,
         source: args.source,

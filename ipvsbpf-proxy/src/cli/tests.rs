@@ -813,3 +813,21 @@ fn modes_print_as_their_flag_values() {
         assert_eq!(ProxyMode::parse("--proxy-mode", name).ok(), Some(mode));
     }
 }
+
+#[test]
+fn the_labeller_and_the_probe_are_modes_of_their_own() {
+    assert!(!ok(&[]).label_node);
+    let c = ok(&["--label-node", "--hostname-override", "Node-A"]);
+    assert!(c.label_node && !c.cleanup);
+    assert_eq!(c.hostname_override.as_deref(), Some("node-a"));
+    // (a rollout's check of the labeller's flags)
+    assert!(ok(&["--label-node", "--check-config"]).label_node);
+    for argv in [
+        &["--label-node", "--cleanup"][..],
+        &["--probe-kernel", "--label-node"],
+        &["--probe-kernel", "--cleanup"],
+    ] {
+        let e = err(argv);
+        assert!(e.contains("cannot be used with"), "{argv:?}: {e}");
+    }
+}
