@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all demo test setup build lint kernel-tree kernel-modules modules-deb kernel-full \
+.PHONY: all demo test setup build lint kernel-tree kernel-modules modules-deb bindeb-pkg kernel-full \
 	kernel-debug kernel-check datapath netlink proxy bench bench-all bench-icount bench-scale bench-quick bench-profile bench-snat bench-netlink \
 	bench-proxy vm-full vm-debug \
 	clean distclean
@@ -53,6 +53,13 @@ kernel-modules:
 ## modules-deb: those modules as a Debian package for the pinned kernel ABI -> build/packages
 modules-deb: kernel-modules
 	packaging/build-modules-deb
+
+## bindeb-pkg: the whole patched kernel as Debian packages (linux-image, linux-headers,
+## linux-libc-dev) -> build/packages. KERNEL_CONFIG=debian (default: Debian's own config
+## of the pinned kernel; hours on 2 cores) or testbed (the testbed's config, ~25 min)
+KERNEL_CONFIG ?= debian
+bindeb-pkg: setup
+	packaging/build-kernel-deb $(KERNEL_CONFIG)
 
 ## kernel-full / kernel-debug: whole bzImages from the patched tree
 kernel-full:
