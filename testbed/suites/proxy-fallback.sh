@@ -7,7 +7,8 @@
 #     nftables table or kube-ipvs0);
 #   - with --fallback-to-ipvs: says so, runs ipvs mode and serves a
 #     ClusterIP from a pod and a NodePort from the client;
-#   - --cleanup on that kernel succeeds and leaves nothing.
+#   - --cleanup on that kernel succeeds and leaves nothing;
+#   - --probe-kernel, the node labeller's test, says unpatched (exit 3).
 # The patched modules are loaded again at the end for the suites after it.
 MODE=ipvs-bpf
 . "$(dirname "$0")/lib.sh"
@@ -36,6 +37,13 @@ echo "      loaded: $(lsmod | awk '$1 ~ /^ip_vs/ { print $1 }' | xargs)" \
 
 . "$(dirname "$0")/proxy-lib.bash"
 trap 'cleanup; restore_modules' EXIT
+
+step "--probe-kernel (what the node labeller sets): unpatched, why, exit 3"
+rc=0
+probe=$("$proxy" --probe-kernel) || rc=$?
+echo "      $probe (exit $rc)"
+[ "$rc" = 3 ] && [[ $probe == "unpatched: "*"net.ipv4.vs.bpf_mode"* ]] ||
+	fail "--probe-kernel on Debian's ip_vs: '$probe', exit $rc"
 proxy_cluster_up
 
 # nothing_left: the node holds nothing of the proxy's.

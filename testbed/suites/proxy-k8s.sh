@@ -14,6 +14,9 @@
 #     IPv6 ClusterIP): none skipped;
 #   - edits (a new port, a Pod going unready and back, an endpoint removed
 #     from a slice) and a delete;
+#   - deploy/node-labeller (proxy-k8s-labeller.bash): the DaemonSet
+#     controller gates the proxy's DaemonSet on the label the labeller sets,
+#     and the admission policy keeps the labeller to its own Node's label;
 #   - the fault cases (proxy-k8s-faults.bash): 505 EndpointSlices of one
 #     Service, which a restarted proxy streams from the watch cache (a
 #     streaming list, no list request), adopting IPVS
@@ -249,6 +252,8 @@ reach pod1b http://198.19.0.10/ pod1a pod2a
 reach client "http://$NODE:30080/" pod1a pod2a
 end_proxy
 start_proxy
+
+. "$(dirname "$0")/proxy-k8s-labeller.bash"
 
 if [ "$K8S_CASES" = all ]; then
 	. "$(dirname "$0")/proxy-k8s-faults.bash"
