@@ -386,7 +386,8 @@ pub struct Args {
     pub check_config: bool,
 
     /// Say whether this node's kernel has the ipvs-bpf series (`patched` or `unpatched`,
-    /// with the reason) and exit (0 patched, 3 unpatched) without changing the node.
+    /// with the reason) and exit (0 patched, 3 unpatched, 1 if the probe itself failed)
+    /// without changing the node.
     #[arg(long, conflicts_with_all = ["check_config", "cleanup", "label_node"])]
     pub probe_kernel: bool,
 
