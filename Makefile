@@ -55,8 +55,8 @@ modules-deb: kernel-modules
 	packaging/build-modules-deb
 
 ## bindeb-pkg: the whole patched kernel as Debian packages (linux-image, linux-headers,
-## linux-libc-dev) -> build/packages. KERNEL_CONFIG=debian (default: Debian's own config
-## of the pinned kernel; hours on 2 cores) or testbed (the testbed's config, ~25 min)
+## and -dbg with DWARF) -> build/packages. KERNEL_CONFIG=debian (default: Debian's own
+## config of the pinned kernel; hours on 2 cores) or testbed (the testbed's config, ~25 min)
 KERNEL_CONFIG ?= debian
 bindeb-pkg: setup
 	packaging/build-kernel-deb $(KERNEL_CONFIG)

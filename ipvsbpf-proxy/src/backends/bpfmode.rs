@@ -114,6 +114,9 @@ pub fn probe_kernel() -> KernelSupport {
         Err(e) => KernelSupport::Unknown(format!("connecting to IPVS: {e}")),
         Ok(mut ipvs) => match lacks(&mut ipvs) {
             None => KernelSupport::Patched,
+            Some(Lack::Sysctl) => KernelSupport::Unpatched(format!(
+                "ip_vs has no {BPF_MODE_SYSCTL} (the ipvs-bpf series is not applied)"
+            )),
             Some(Lack::Series(why)) => KernelSupport::Unpatched(why),
             Some(Lack::Probe(why)) => KernelSupport::Unknown(why),
         },
@@ -122,18 +125,18 @@ pub fn probe_kernel() -> KernelSupport {
 
 /// What [`lacks`] found missing.
 enum Lack {
-    /// The series: the kernel says so.
+    /// The series' sysctl.
+    Sysctl,
+    /// The series' netlink command: the kernel says it has none.
     Series(String),
-    /// An answer: the probe failed for another reason.
+    /// An answer: the command failed for another reason.
     Probe(String),
 }
 
 /// What the connected IPVS lacks of the series, if anything.
 fn lacks(ipvs: &mut Ipvs) -> Option<Lack> {
     if !hostinfo::sysctl_exists(BPF_MODE_SYSCTL) {
-        return Some(Lack::Series(format!(
-            "ip_vs has no {BPF_MODE_SYSCTL} (the ipvs-bpf series is not applied)"
-        )));
+        return Some(Lack::Sysctl);
     }
     match ipvs.bpf() {
         Ok(_) => None,
@@ -196,11 +199,10 @@ impl BpfMode {
     pub fn kernel_supported(ipvs: &mut Ipvs) -> bool {
         match lacks(ipvs) {
             None => true,
-            // (no sysctl: the caller says what is missing)
+            // (the caller says what is missing)
+            Some(Lack::Sysctl) => false,
             Some(Lack::Series(why) | Lack::Probe(why)) => {
-                if hostinfo::sysctl_exists(BPF_MODE_SYSCTL) {
-                    warn!("{why}");
-                }
+                warn!("{why}");
                 false
             }
         }
