@@ -172,6 +172,32 @@ k8s_slices() {
 		grep -o '"addresses":\["[^"]*"' | cut -d'"' -f4
 }
 
+# A DaemonSet's container, as a command (for ip netns exec and the like):
+#   unshare -m -- sh -c "$K8S_CONTAINER" sh SADIR CONFDIR BPFFS ENV... -- CMD...
+# runs CMD in a mount namespace of its own with SADIR's files as the
+# ServiceAccount volume (/var/run/secrets/kubernetes.io/serviceaccount),
+# CONFDIR's config.conf as the ConfigMap volume (/var/lib/ipvsbpf-proxy)
+# and BPFFS as the host's /sys/fs/bpf (CONFDIR, BPFFS: - for none), and
+# only ENV (NAME=value) in its environment: no kubeconfig anywhere. It
+# execs CMD, so its PID is CMD's. /run/secrets must exist.
+K8S_CONTAINER='
+	set -e
+	sa=$1 conf=$2 bpffs=$3
+	shift 3
+	if [ "$conf" != - ]; then
+		mount -t tmpfs tmpfs /var/lib
+		mkdir /var/lib/ipvsbpf-proxy
+		cp "$conf/config.conf" /var/lib/ipvsbpf-proxy/
+	fi
+	mount -t tmpfs tmpfs /run/secrets
+	mkdir -p /var/run/secrets/kubernetes.io/serviceaccount
+	cp "$sa"/* /var/run/secrets/kubernetes.io/serviceaccount/
+	[ "$bpffs" = - ] || mount --bind "$bpffs" /sys/fs/bpf
+	env=""
+	while [ "$1" != -- ]; do env="$env $1"; shift; done
+	shift
+	exec env -i PATH="$PATH" HOME=/var/lib/ipvsbpf-proxy $env "$@"'
+
 # k8s_token_kubeconfig SA OUT: a kubeconfig for ServiceAccount kube-system/SA
 # as a DaemonSet's pod has it: a bound token in a file (tokenFile, re-read
 # by the client) and the cluster CA.

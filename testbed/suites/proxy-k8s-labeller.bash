@@ -70,22 +70,13 @@ kc -n kube-system create token ipvsbpf-node-labeller --duration=1h >"$lab/unboun
 # labeller_run SADIR: ipvsbpf-proxy with the labeller DaemonSet's command and
 # environment on node, SADIR as its ServiceAccount volume, and the
 # container's one capability (CAP_NET_ADMIN: the bounding set caps what
-# root gets at exec).
-# It execs: run it in a subshell ($(...) or &), whose PID is then the
-# labeller's (timeout passes a SIGTERM on and returns its status).
+# root gets at exec). It execs: run it in a subshell ($(...) or &), whose
+# PID is then the labeller's (timeout passes a SIGTERM on and returns its
+# status).
 labeller_run() {
-	exec timeout 300 ip netns exec node unshare -m -- sh -c '
-		set -e
-		sa=$1
-		shift
-		mount -t tmpfs tmpfs /run/secrets
-		mkdir -p /var/run/secrets/kubernetes.io/serviceaccount
-		cp "$sa"/* /var/run/secrets/kubernetes.io/serviceaccount/
-		env=""
-		while [ "$1" != -- ]; do env="$env $1"; shift; done
-		shift
-		exec env -i PATH="$PATH" $env setpriv --bounding-set=-all,+net_admin \
-			--inh-caps=-all --no-new-privs "$@"' sh "$1" "${lenvs[@]}" -- "$proxy" "${largs[@]}"
+	exec timeout 300 ip netns exec node unshare -m -- sh -c "$K8S_CONTAINER" sh "$1" - - \
+		"${lenvs[@]}" -- setpriv --bounding-set=-all,+net_admin --inh-caps=-all --no-new-privs \
+		"$proxy" "${largs[@]}"
 }
 
 step "node labeller: a token not bound to a pod is refused, and says so"

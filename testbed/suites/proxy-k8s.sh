@@ -42,7 +42,7 @@ case $K8S_CASES in
 all | core) ;;
 *) fail "K8S_CASES=$K8S_CASES: want all or core" ;;
 esac
-need ipvsadm ipset iptables-save nft curl nginx dnsmasq openssl python3 bc
+need ipvsadm ipset iptables-save nft curl nginx dnsmasq openssl python3 bc setpriv unshare
 . "$(dirname "$0")/proxy-lib.bash"
 . "$(dirname "$0")/k8s-lib.bash"
 
@@ -225,21 +225,7 @@ end_proxy
 # /var/run/secrets/kubernetes.io/serviceaccount, the host's bpffs at
 # /sys/fs/bpf; no kubeconfig anywhere, only the environment the pod gets.
 mkdir -p /run/secrets
-start_proxy_with unshare -m -- sh -c '
-	set -e
-	ds=$1 bpffs=$2
-	shift 2
-	mount -t tmpfs tmpfs /var/lib
-	mkdir /var/lib/ipvsbpf-proxy
-	cp "$ds/config.conf" /var/lib/ipvsbpf-proxy/
-	mount -t tmpfs tmpfs /run/secrets
-	mkdir -p /var/run/secrets/kubernetes.io/serviceaccount
-	cp "$ds"/sa/* /var/run/secrets/kubernetes.io/serviceaccount/
-	mount --bind "$bpffs" /sys/fs/bpf
-	env=""
-	while [ "$1" != -- ]; do env="$env $1"; shift; done
-	shift
-	exec env -i PATH="$PATH" HOME=/var/lib/ipvsbpf-proxy $env "$@"' sh "$ds" "$BPFFS" \
+start_proxy_with unshare -m -- sh -c "$K8S_CONTAINER" sh "$ds/sa" "$ds" "$BPFFS" \
 	"${envs[@]}" -- "$proxy" "${args[@]}"
 echo "      ipvsbpf-proxy ${args[*]}"
 grep -E 'ignored because --config|unknown field' "$LOG" && fail "the proxy warned about its config"
