@@ -264,10 +264,10 @@ kube_proxy_start() {
 	# Synced: the last-sync timestamp is set; then healthy, seen from
 	# the LAN. Polled once a second and bounded in time (KP_SYNC_TIMEOUT,
 	# 300 s): under TCG its first sync takes 10-20 s of iptables/nft runs
-	# that a tighter loop of curls would only slow down.
+	# that a tighter loop of fetches would only slow down.
 	t0=$(date +%s)
 	end=$((t0 + ${KP_SYNC_TIMEOUT:-300}))
-	while ! topo_exec "$node" curl -s -m 5 http://127.0.0.1:10249/metrics 2>/dev/null |
+	while ! http_get "$node" http://127.0.0.1:10249/metrics 5 2>/dev/null |
 		grep -qE '^kubeproxy_sync_proxy_rules_last_timestamp_seconds(\{[^}]*\})? [1-9]'; do
 		kill -0 "$KPID" 2>/dev/null && [ "$(date +%s)" -lt "$end" ] || {
 			tail -n 20 "$KP_LOG" | sed 's/^/      log: /'
@@ -275,7 +275,7 @@ kube_proxy_start() {
 		}
 		sleep 1
 	done
-	while [ "$(topo_exec client curl -s -m 5 -o /dev/null -w '%{http_code}' "http://$addr:10256/healthz")" != 200 ]; do
+	while ! http_get client "http://$addr:10256/healthz" 5 >/dev/null 2>&1; do
 		kill -0 "$KPID" 2>/dev/null && [ "$(date +%s)" -lt "$end" ] || {
 			tail -n 20 "$KP_LOG" | sed 's/^/      log: /'
 			fail "kube-proxy ($mode) synced but is not healthy on $node"

@@ -64,6 +64,7 @@ debian_package() {
 	setpriv | nsenter | unshare) echo util-linux ;;
 	awk) echo mawk ;;
 	sort | timeout) echo coreutils ;;
+	busybox) echo busybox-static ;;
 	*) echo "$1" ;;
 	esac
 }
@@ -105,6 +106,14 @@ run_test_list() {
 		fi
 	done <"$list"
 }
+
+# http_get NS URL [SECS]: URL's body, fetched from namespace NS within SECS
+# seconds (2); fails on a refused connection or an HTTP error status.
+# busybox's wget, not curl: under TCG curl's start (its dozens of shared
+# libraries) costs three to four times as much, and the proxy suites and
+# the benchmark fetch health and metrics pages hundreds of times. The
+# timeout is coreutils': Debian's busybox wget crashes on its own -T.
+http_get() { topo_exec "$1" timeout "${3:-2}" busybox wget -q -O - "$2"; }
 
 # poll CMD...: up to 10 s for CMD to succeed.
 poll() {

@@ -8,6 +8,8 @@
 # --cleanup and removes everything.
 proxy=$TOP/build/proxy/ipvsbpf-proxy
 [ -x "$proxy" ] || fail "no $proxy (run testbed/build-proxy)"
+# health and metrics pages (http_get)
+need busybox timeout
 MAN=$(mktemp -d /tmp/ipvsbpf-proxy.XXXXXX)
 LOG=$MAN.log
 # `ip netns exec` mounts a fresh /sys, hiding /sys/fs/bpf: pin on a bpffs
@@ -78,11 +80,11 @@ start_proxy_with() {
 	# (topo_exec, a function, would put a subshell in between)
 	ip netns exec node "$@" >>"$LOG" 2>&1 &
 	PID=$!
-	local i
-	# healthy, and a first sync done (the last-sync timestamp is set)
-	for i in $(seq 1 300); do
-		if topo_exec client curl -s -m 1 -o /dev/null -w '%{http_code}' \
-			"http://$NODE:10256/healthz" 2>/dev/null | grep -qx 200 &&
+	local end=$((SECONDS + ${PROXY_START_TIMEOUT:-180}))
+	# healthy, and a first sync done (the last-sync timestamp is set),
+	# within PROXY_START_TIMEOUT seconds
+	while [ "$SECONDS" -lt "$end" ]; do
+		if http_get client "http://$NODE:10256/healthz" 1 >/dev/null 2>&1 &&
 			[ "$(metric kubeproxy_sync_proxy_rules_last_timestamp_seconds)" != 0 ]; then
 			return 0
 		fi
@@ -107,7 +109,7 @@ bench_manifests() {
 
 # metric NAME: the sum of NAME's samples over all labels (0 if none).
 metric() {
-	topo_exec node curl -s -m 2 http://127.0.0.1:10249/metrics |
+	http_get node http://127.0.0.1:10249/metrics 2>/dev/null |
 		awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%g\n", s }'
 }
 
