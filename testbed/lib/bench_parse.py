@@ -4,6 +4,12 @@
 iperf3 or dnsperf) and counters -> one JSON line on stdout. Used by the guest suite
 bench.sh; unit-tested in testbed/tests/test_bench_parse.py.
 
+--batch parses many cells in one run: each ARGS file holds one cell's
+arguments, NUL-terminated. It appends their JSON lines to --jsonl, prints
+a line per cell and appends each cell's problems to --problems. bench.sh
+parses a mode's cells so once they have all run: under TCG a Python start
+costs about a second, which per cell added minutes to `make bench`.
+
 A cell's "problems" are what makes its figures untrustworthy: the tool
 failed, ran no request, or lost connections or requests. bench.sh fails
 the run when any cell has one.
@@ -130,8 +136,26 @@ def parse_ab_keepalive(text):
     return r
 
 
-def counter_delta(before, after):
-    b, a = json.loads(before or "{}"), json.loads(after or "{}")
+METRIC = re.compile(r"(ipvsbpf_[a-z_]+)(\{[^}]*\})? ([0-9.e+]+)$")
+
+
+def bpf_metrics(path):
+    """The proxy's own samples (ipvsbpf_*: the session map attachment's
+    counters, the tc programs' packets by reason, SNAT's, its syncs') from
+    a scrape of its metrics page (a file; none outside ipvs-bpf mode):
+    {"name{labels}": value}."""
+    out = {}
+    if not path:
+        return out
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = METRIC.match(line.strip())
+            if m:
+                out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def counter_delta(b, a):
     return {k: a[k] - b.get(k, 0.0) for k in a if a[k] != b.get(k, 0.0)}
 
 
@@ -150,7 +174,7 @@ def cell(args, text):
     c["cpu_busy_s"] = (c1[0] - c0[0]) / args.hz
     c["cpu_softirq_s"] = (c1[1] - c0[1]) / args.hz
     c["syn_retrans"] = int(args.syn_retrans[1]) - int(args.syn_retrans[0])
-    c["counters"] = counter_delta(*args.counters)
+    c["counters"] = counter_delta(*map(bpf_metrics, args.metrics))
     units = c.get("requests") or 0
     if units:
         c["cpu_us_per_req"] = c["cpu_busy_s"] * 1e6 / units
@@ -207,7 +231,7 @@ def cell(args, text):
     return c
 
 
-def main(argv=None):
+def cell_parser():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workload", choices=sorted(PARSERS), required=True)
     ap.add_argument("--output", required=True)
@@ -217,7 +241,8 @@ def main(argv=None):
                     help='"busy softirq" jiffies before and after')
     ap.add_argument("--hz", type=int, default=100)
     ap.add_argument("--syn-retrans", nargs=2, default=["0", "0"])
-    ap.add_argument("--counters", nargs=2, default=["{}", "{}"])
+    ap.add_argument("--metrics", nargs=2, default=["", ""], metavar=("BEFORE", "AFTER"),
+                    help="the proxy's metrics pages before and after (files; ipvs-bpf mode)")
     ap.add_argument("--instructions", nargs=2, type=int, metavar=("WINDOW", "BASELINE"),
                     help="busy guest ns under -icount (instructions) of the cell's window and "
                          "of the same window sending only --base-units")
@@ -227,10 +252,58 @@ def main(argv=None):
                     help="requests (bytes for iperf3) the BASELINE window sent")
     ap.add_argument("--before", type=int, default=0,
                     help="sessions toward the target on the node when the window opened")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def parse_cell(argv):
+    args = cell_parser().parse_args(argv)
     with open(args.output, errors="replace") as f:
         text = f.read()
-    print(json.dumps(cell(args, text), sort_keys=True))
+    return cell(args, text)
+
+
+def label(argv):
+    """ "mode path workload (round N)" from a cell's arguments, for a cell
+    that did not parse."""
+    meta = dict(a.partition("=")[::2] for a in argv if "=" in a and not a.startswith("-"))
+    wl = argv[argv.index("--workload") + 1] if "--workload" in argv[:-1] else "?"
+    return f"{meta.get('mode', '?')} {meta.get('path', '?')} {wl} (round {meta.get('round', '?')})"
+
+
+def batch(argv):
+    ap = argparse.ArgumentParser(description="many cells, one run")
+    ap.add_argument("--jsonl", required=True, help="append each cell's JSON line here")
+    ap.add_argument("--problems", required=True, help="append each cell's problems here")
+    ap.add_argument("args", nargs="*", help="files of one cell's arguments, NUL-terminated")
+    opts = ap.parse_args(argv)
+    with open(opts.jsonl, "a") as out, open(opts.problems, "a") as bad:
+        for path in opts.args:
+            with open(path, "rb") as f:
+                cell_argv = [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
+            try:
+                c = parse_cell(cell_argv)
+            except (OSError, ValueError, KeyError, IndexError, TypeError, SystemExit) as e:
+                # argparse exits on bad arguments: that too is this cell's
+                # problem, not the batch's
+                what = f"{label(cell_argv)}: unparsable output ({e})"
+                print("      PROBLEM: " + what)
+                bad.write(what + "\n")
+                continue
+            out.write(json.dumps(c, sort_keys=True) + "\n")
+            print("      %-9s %-9s %-5s %s" % (c["mode"], c["path"], c["workload"], c["summary"]))
+            for p in c["problems"]:
+                print("      PROBLEM: " + p)
+            if c["problems"]:
+                bad.write(f"{c['mode']} {c['path']} {c['workload']} (round {c['round']}): "
+                          + "; ".join(c["problems"]) + "\n")
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--batch"]:
+        return batch(argv[1:])
+    print(json.dumps(parse_cell(argv), sort_keys=True))
     return 0
 
 

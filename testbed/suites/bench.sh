@@ -166,6 +166,7 @@ if [ -n "$PROFILE" ]; then
 fi
 # The proxy's own default SNAT range: what an operator gets.
 PORTS=61000-65000
+HZ=$(getconf CLK_TCK)
 RAW=${IPVSBPF_RESULTS:-/tmp}/bench.jsonl
 OUT=$(mktemp -d /tmp/ipvsbpf-bench.XXXXXX)
 POD=$(topo_ip pod2a 4)
@@ -283,18 +284,13 @@ top_tasks() {
 		<(echo "$1") <(echo "$2") | sort -rn | head -n 5
 }
 
-# bpf_counters: the session map attachment's counters and the tc
-# programs' drop reasons, as a JSON object ({} outside ipvs-bpf mode).
-bpf_counters() {
-	[ "$MODE" = ipvs-bpf ] || { echo '{}'; return; }
-	topo_exec node curl -s -m 2 http://127.0.0.1:10249/metrics | python3 -c '
-import json, re, sys
-out = {}
-for line in sys.stdin:
-    m = re.match(r"(ipvsbpf_[a-z_]+)(\{[^}]*\})? ([0-9.e+]+)$", line.strip())
-    if m and ("bpf" in m.group(1) or "snat" in m.group(1) or "tc_" in m.group(1)):
-        out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-print(json.dumps(out))'
+# scrape_metrics FILE: the proxy's metrics page into FILE in ipvs-bpf mode
+# (bench_parse.py takes the session map's and the tc programs' counters
+# from it); nothing outside it.
+scrape_metrics() {
+	[ "$MODE" = ipvs-bpf ] || return 0
+	http_get node http://127.0.0.1:10249/metrics >"$1" ||
+		problems+=("$MODE: could not read the proxy's metrics")
 }
 
 # others_manifests N: N other ClusterIP Services, one endpoint each, in
@@ -364,13 +360,29 @@ profile_report() {
 		--sort dso,sym --percent-limit 0 2>/dev/null | grep -vE '^#|^$'
 }
 
-# run_cell ROUND PATH WORKLOAD: one measurement; appends a JSON line.
+# usec: the wall clock in microseconds (bash's EPOCHREALTIME)
+usec() { echo "${EPOCHREALTIME/./}"; }
+
+# secs FROM [TO]: the seconds between two usec readings (TO: now), "12.3"
+secs() {
+	local d=$(( ${2:-$(usec)} - $1 ))
+	printf '%d.%d' $((d / 1000000)) $((d % 1000000 / 100000))
+}
+
+# run_cell ROUND PATH WORKLOAD: one measurement. Its raw figures go to
+# $OUT, its arguments to bench_parse.py to CELLS; parse_cells makes the
+# JSON lines. Adds the time of the tool and of everything around it to
+# TOOL_US and AROUND_US: where a round's time goes (the line per mode).
+CELLS=()
 run_cell() {
-	local round=$1 path=$2 wl=$3 from addr port c0 c1 s0 s1 b0 b1 rc out wmin before icount=()
+	local round=$1 path=$2 wl=$3 from addr port c0 c1 s0 s1 rc out wmin before icount=() metrics=()
+	local t0 t1= t2
+	t0=$(usec)
 	read -r from addr port <<<"$(target "$path" "$MODE" "$wl")"
 	out=$OUT/$round-$MODE-$path-$wl.txt
 	s0=$(syn_retrans "$from")
-	b0=$(bpf_counters)
+	[ "$MODE" = ipvs-bpf ] && metrics=(--metrics "$out.metrics0" "$out.metrics1")
+	scrape_metrics "$out.metrics0"
 	if [ "$ICOUNT" = 1 ]; then
 		freeze
 		# what the thawed gap started (the counters' scrape, deferred
@@ -393,23 +405,37 @@ run_cell() {
 		thaw
 	else
 		c0=$(cpu_jiffies)
+		t1=$(usec)
 		send "$from" "$addr" "$port" "$wl" "$out"
 		rc=$?
+		t2=$(usec)
 		c1=$(cpu_jiffies)
 	fi
-	b1=$(bpf_counters)
+	scrape_metrics "$out.metrics1"
 	s1=$(syn_retrans "$from")
-	python3 "$TOP/testbed/lib/bench_parse.py" --workload "$wl" --output "$out" --rc "$rc" \
+	printf '%s\0' --workload "$wl" --output "$out" --rc "$rc" \
 		--meta "round=$round" "mode=$MODE" "path=$path" "others=$others" "seconds=$SECS" "conc=$CONC" \
-		--cpu "$c0" "$c1" --hz "$(getconf CLK_TCK)" --syn-retrans "$s0" "$s1" \
-		--counters "$b0" "$b1" "${icount[@]}" >>"$RAW" || problems+=("$MODE $path $wl: unparsable output")
-	tail -n 1 "$RAW" | python3 -c '
-import json, sys
-c = json.loads(sys.stdin.read())
-print("      %-9s %-9s %-5s %s" % (c["mode"], c["path"], c["workload"], c["summary"]))
-for p in c["problems"]:
-    print("      PROBLEM: " + p)
-sys.exit(1 if c["problems"] else 0)' || problems+=("$MODE $path $wl (round $round): see above")
+		--cpu "$c0" "$c1" --hz "$HZ" --syn-retrans "$s0" "$s1" "${metrics[@]}" "${icount[@]}" \
+		>"$out.args" || fail "writing $out.args"
+	CELLS+=("$out.args")
+	if [ -n "$t1" ]; then
+		TOOL_US=$((TOOL_US + t2 - t1))
+		AROUND_US=$((AROUND_US + $(usec) - t0 - (t2 - t1)))
+	fi
+}
+
+# parse_cells: the JSON lines of the cells run since the last call, with a
+# line each in the log; each cell's problems join the run's.
+parse_cells() {
+	local p
+	[ "${#CELLS[@]}" -gt 0 ] || return 0
+	: >"$OUT/problems"
+	python3 "$TOP/testbed/lib/bench_parse.py" --batch --jsonl "$RAW" --problems "$OUT/problems" \
+		"${CELLS[@]}" || problems+=("the cells of $MODE could not be parsed")
+	while read -r p; do
+		problems+=("$p")
+	done <"$OUT/problems"
+	CELLS=()
 }
 
 # send FROM ADDR PORT WORKLOAD OUT [AMOUNT]: the workload's tool from FROM
@@ -533,7 +559,7 @@ sysctl_restore() {
 serves() {
 	local from addr port
 	read -r from addr port <<<"$(target "$1" "$MODE" short)"
-	[ "$(topo_exec "$from" curl -s -m 3 "http://$addr:$port/" 2>/dev/null)" = pod2a ]
+	[ "$(http_get "$from" "http://$addr:$port/" 3 2>/dev/null)" = pod2a ]
 }
 
 # node_clean: what a mode's own cleanup must leave; prints what is left.
@@ -668,8 +694,9 @@ left=$(node_clean)
 [ -z "$left" ] || fail "node not clean before the benchmark: $left"
 read -r -a modes <<<"$MODES"
 # kube-proxy's first sync of 10,000 Services (one iptables-restore or nft
-# run) takes minutes under TCG
-[ "$OTHERS" = 0 ] || KP_SYNC_TIMEOUT=1800
+# run) takes minutes under TCG, and so may ipvsbpf-proxy's in ipvs mode
+# (docs/proxy.md)
+[ "$OTHERS" = 0 ] || KP_SYNC_TIMEOUT=1800 PROXY_START_TIMEOUT=1800
 for others in $OTHERS; do
 	others_manifests "$others"
 	if [ "$others" != 0 ]; then
@@ -683,8 +710,10 @@ for others in $OTHERS; do
 		step "round $round/$ROUNDS: ${order[*]}"
 		for m in "${order[@]}"; do
 			[ "$others" = 0 ] || at_scale "$m" || continue
+			t_up=$(usec) TOOL_US=0 AROUND_US=0
 			backend_fresh
 			mode_up "$m"
+			t_cells=$(usec)
 			ok=1
 			for path in $PATHS; do
 				poll serves "$path" || { problems+=("$m does not serve $path"); ok=0; }
@@ -697,12 +726,19 @@ for others in $OTHERS; do
 					done
 				done
 			fi
+			t_parse=$(usec)
+			parse_cells
+			t_down=$(usec)
 			mode_down
 			left=$(node_clean)
 			if [ -n "$left" ]; then
 				problems+=("$m left the node unclean: $left")
 				fail "$m left the node unclean after its cleanup: $left"
 			fi
+			# where the mode's time went: its start, its cells (timed:
+			# the tools' own time and the harness's around them), the
+			# parsing, its cleanup and the check that the node is clean
+			echo "      $m took $(secs "$t_up") s: up $(secs "$t_up" "$t_cells"), cells $(secs "$t_cells" "$t_parse")$([ "$ICOUNT" = 1 ] || echo " (tools $(secs 0 "$TOOL_US"), around them $(secs 0 "$AROUND_US"))"), parsing $(secs "$t_parse" "$t_down"), down $(secs "$t_down")"
 		done
 	done
 done

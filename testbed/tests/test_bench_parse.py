@@ -171,6 +171,71 @@ class ParseTest(unittest.TestCase):
         self.assertIn("no request completed", c["problems"])
 
 
+class BatchTest(unittest.TestCase):
+    """--batch: a mode's cells parsed in one run, as bench.sh does."""
+
+    def write_args(self, d, name, argv):
+        path = os.path.join(d, name)
+        with open(path, "wb") as f:
+            f.write(b"".join(a.encode() + b"\0" for a in argv))
+        return path
+
+    def cell_argv(self, workload, output, rnd, extra=()):
+        return ["--workload", workload, "--output", output, "--rc", "0",
+                "--meta", f"round={rnd}", "mode=ipvs-bpf", "path=nodeport",
+                "--cpu", "1000 100", "1300 160", "--hz", "100", *extra]
+
+    def test_cells_lines_and_problems(self):
+        with tempfile.TemporaryDirectory() as d:
+            before = os.path.join(d, "m0")
+            after = os.path.join(d, "m1")
+            with open(before, "w") as f:
+                f.write('# HELP ipvsbpf_bpf_sessions ...\nipvsbpf_bpf_sessions 3\n'
+                        'ipvsbpf_bpf_packets_total{direction="egress",reason="xlated"} 10\n'
+                        'ipvsbpf_sync_proxy_rules_total 7\n')
+            with open(after, "w") as f:
+                f.write('ipvsbpf_bpf_sessions 5\n'
+                        'ipvsbpf_bpf_packets_total{direction="egress",reason="xlated"} 2.5e+01\n'
+                        'ipvsbpf_sync_proxy_rules_total 9\n')
+            args = [
+                self.write_args(d, "1.args", self.cell_argv(
+                    "short", data("bench-ab.txt"), 1, ["--metrics", before, after])),
+                # a cell whose tool wrote nothing: a problem, and the
+                # cells after it are still parsed
+                self.write_args(d, "2.args", self.cell_argv("short", os.path.join(d, "none"), 2)),
+                self.write_args(d, "3.args", self.cell_argv("ka", data("bench-wrk.txt"), 3)),
+            ]
+            jsonl = os.path.join(d, "bench.jsonl")
+            problems = os.path.join(d, "problems")
+            with open(jsonl, "w") as f:
+                f.write('{"earlier": 1}\n')
+            out = tempfile.TemporaryFile(mode="w+")
+            old = sys.stdout
+            sys.stdout = out
+            try:
+                rc = bench_parse.main(["--batch", "--jsonl", jsonl, "--problems", problems, *args])
+            finally:
+                sys.stdout = old
+            out.seek(0)
+            printed = out.read()
+            with open(jsonl) as f:
+                cells = [json.loads(line) for line in f]
+            with open(problems) as f:
+                bad = f.read().splitlines()
+        self.assertEqual(rc, 0)
+        self.assertEqual(cells[0], {"earlier": 1})
+        self.assertEqual([(c["round"], c["workload"]) for c in cells[1:]], [(1, "short"), (3, "ka")])
+        # the proxy's samples that moved, as deltas
+        self.assertEqual(cells[1]["counters"], {
+            "ipvsbpf_bpf_sessions": 2.0, "ipvsbpf_sync_proxy_rules_total": 2.0,
+            'ipvsbpf_bpf_packets_total{direction="egress",reason="xlated"}': 15.0})
+        self.assertEqual(cells[2]["counters"], {})
+        self.assertEqual(len(bad), 1)
+        self.assertTrue(bad[0].startswith("ipvs-bpf nodeport short (round 2): unparsable output"), bad)
+        self.assertIn("PROBLEM: ipvs-bpf nodeport short (round 2)", printed)
+        self.assertIn("ipvs-bpf  nodeport  ka    ", printed)
+
+
 class ReportTest(unittest.TestCase):
     def cells(self):
         out = []
