@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: all demo test setup build lint kernel-tree kernel-modules modules-deb bindeb-pkg kernel-full \
-	kernel-debug kernel-check datapath netlink proxy bench bench-all bench-icount bench-scale bench-quick bench-profile bench-snat bench-netlink \
+	kernel-debug kernel-check datapath netlink proxy proxy-bin bench bench-all bench-icount bench-scale bench-quick bench-profile bench-snat bench-netlink \
 	bench-proxy vm-full vm-debug \
 	clean distclean
 .PHONY: demo-k8s k8s test-k8s
@@ -13,11 +13,11 @@ export PATH := $(CURDIR)/.venv/bin:$(HOME)/.cargo/bin:$(PATH)
 all: build
 
 ## demo: boot Debian's 6.12 with the patched IPVS in QEMU; ipvsbpf-proxy (ipvs-bpf mode) serves Services
-demo: setup kernel-modules proxy
+demo: setup kernel-modules proxy-bin
 	testbed/demo
 
 ## demo-k8s: the same proxy driven by kubectl apply through a real kube-apiserver (DIR=... applies your manifests)
-demo-k8s: setup kernel-modules proxy k8s
+demo-k8s: setup kernel-modules proxy-bin k8s
 	testbed/demo-k8s $(DIR)
 
 ## test-k8s: suite proxy-k8s alone, kube-proxy in all three modes (~12 min under TCG);
@@ -80,36 +80,40 @@ netlink:
 proxy:
 	testbed/build-proxy
 
+## proxy-bin: the ipvsbpf-proxy binary alone (what the demos and the benchmarks run)
+proxy-bin:
+	testbed/build-proxy --bin
+
 ## bench: the data-plane comparison in the guest: direct, the real kube-proxy's ipvs mode,
 ## ipvsbpf-proxy's ipvs and ipvs-bpf modes on NodePort and ClusterIP, short/keep-alive/iperf3,
 ## 5 interleaved rounds (~35 min) -> build/bench/latest
-bench: setup kernel-modules proxy k8s
+bench: setup kernel-modules proxy-bin k8s
 	testbed/bench
 
 ## bench-all: the same with kube-proxy's iptables and nftables modes too (~55 min)
-bench-all: setup kernel-modules proxy k8s
+bench-all: setup kernel-modules proxy-bin k8s
 	testbed/bench --all-modes
 
 ## bench-icount: the same cells counted in instructions (QEMU -icount, 1 vCPU,
 ## a fixed number of requests), 3 rounds -> build/bench/<run>-icount
-bench-icount: setup kernel-modules proxy k8s
+bench-icount: setup kernel-modules proxy-bin k8s
 	testbed/bench --icount
 
 ## bench-scale: the counted cells of direct, kube-proxy's iptables and nftables modes and
 ## ipvsbpf-proxy's two modes with 0, 1,000 and 10,000 other Services present, short and
 ## keep-alive, 1 round
-bench-scale: setup kernel-modules proxy k8s
+bench-scale: setup kernel-modules proxy-bin k8s
 	testbed/bench --icount --others "0 1000 10000" \
 		--modes "direct kube-proxy-iptables kube-proxy-nftables ipvs ipvs-bpf" \
 		--workloads "short ka" --rounds 1
 
 ## bench-quick: the same harness, one round of short connections (what make test checks)
-bench-quick: setup kernel-modules proxy
+bench-quick: setup kernel-modules proxy-bin
 	testbed/bench --quick
 
 ## bench-profile: where the instructions go: counted cells of direct, ipvs and ipvs-bpf
 ## with perf sampling every 20,000 instructions, by symbol -> build/bench/<run>/profile.md
-bench-profile: setup kernel-modules proxy
+bench-profile: setup kernel-modules proxy-bin
 	testbed/bench --profile 20000 --modes "direct ipvs ipvs-bpf" --workloads "short ka" --rounds 1
 
 ## bench-snat: the SNAT programs' micro-benchmark (root; ns/packet by path, program size)
@@ -122,7 +126,7 @@ bench-netlink: setup kernel-modules netlink
 
 ## bench-proxy: the control plane at 1,000 and 10,000 Services in the guest: ipvsbpf-proxy's two
 ## modes from files, then beside the real kube-proxy through the real kube-apiserver (~45 min)
-bench-proxy: setup kernel-modules proxy k8s
+bench-proxy: setup kernel-modules proxy-bin k8s
 	testbed/bench-proxy
 
 ## vm-full / vm-debug: the guest suites on a whole patched kernel
