@@ -1,14 +1,16 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: GPL-2.0
-"""testbed/lib/bench_parse.py: one benchmark cell's raw output (ab, wrk,
-iperf3 or dnsperf) and counters -> one JSON line on stdout. Used by the guest suite
+"""testbed/lib/bench_parse.py: a benchmark cell's raw output (ab, wrk,
+iperf3 or dnsperf) and counters -> one JSON line. Used by the guest suite
 bench.sh; unit-tested in testbed/tests/test_bench_parse.py.
 
---batch parses many cells in one run: each ARGS file holds one cell's
-arguments, NUL-terminated. It appends their JSON lines to --jsonl, prints
-a line per cell and appends each cell's problems to --problems. bench.sh
-parses a mode's cells so once they have all run: under TCG a Python start
-costs about a second, which per cell added minutes to `make bench`.
+With a cell's arguments it prints the cell's JSON line. With --batch it
+parses many cells in one run: each ARGS file holds one cell's arguments,
+NUL-terminated; their JSON lines are appended to --jsonl, a line per cell
+is printed for the log, and each cell's problems are appended to
+--problems. bench.sh parses a mode's cells at once after they have run:
+under TCG a Python start costs about a second, which per cell added
+minutes to `make bench`.
 
 A cell's "problems" are what makes its figures untrustworthy: the tool
 failed, ran no request, or lost connections or requests. bench.sh fails
@@ -136,14 +138,14 @@ def parse_ab_keepalive(text):
     return r
 
 
-METRIC = re.compile(r"(ipvsbpf_[a-z_]+)(\{[^}]*\})? ([0-9.e+]+)$")
+# the data path's samples: the session map attachment's counters, the tc
+# programs' packets and bytes by reason, SNAT's and the fragments'
+METRIC = re.compile(r"(ipvsbpf_(?:bpf|snat|frags)[a-z_]*)(\{[^}]*\})? ([0-9.e+]+)$")
 
 
 def bpf_metrics(path):
-    """The proxy's own samples (ipvsbpf_*: the session map attachment's
-    counters, the tc programs' packets by reason, SNAT's, its syncs') from
-    a scrape of its metrics page (a file; none outside ipvs-bpf mode):
-    {"name{labels}": value}."""
+    """The data path's samples from a scrape of the proxy's metrics page
+    (a file; none outside ipvs-bpf mode): {"name{labels}": value}."""
     out = {}
     if not path:
         return out
@@ -174,6 +176,9 @@ def cell(args, text):
     c["cpu_busy_s"] = (c1[0] - c0[0]) / args.hz
     c["cpu_softirq_s"] = (c1[1] - c0[1]) / args.hz
     c["syn_retrans"] = int(args.syn_retrans[1]) - int(args.syn_retrans[0])
+    if args.proxy_cpu:
+        # of cpu_busy_s, the mode's proxy's own (with its children)
+        c["proxy_cpu_s"] = (int(args.proxy_cpu[1]) - int(args.proxy_cpu[0])) / args.hz
     c["counters"] = counter_delta(*map(bpf_metrics, args.metrics))
     units = c.get("requests") or 0
     if units:
@@ -227,6 +232,8 @@ def cell(args, text):
         c["summary"] += f", {c['instr_per_gb'] / 1e9:.2f}G instructions/GB"
     if args.instructions and (args.before or args.left):
         c["summary"] += f", sessions {args.before} before / {args.left} after the window"
+    if c.get("proxy_cpu_s"):
+        c["summary"] += f" (proxy {c['proxy_cpu_s']:.2f} s)"
     c["summary"] += f", SYN retransmissions {c['syn_retrans']}"
     return c
 
@@ -241,6 +248,8 @@ def cell_parser():
                     help='"busy softirq" jiffies before and after')
     ap.add_argument("--hz", type=int, default=100)
     ap.add_argument("--syn-retrans", nargs=2, default=["0", "0"])
+    ap.add_argument("--proxy-cpu", nargs=2, metavar=("BEFORE", "AFTER"),
+                    help="the proxy's CPU ticks (with its waited-for children) before and after")
     ap.add_argument("--metrics", nargs=2, default=["", ""], metavar=("BEFORE", "AFTER"),
                     help="the proxy's metrics pages before and after (files; ipvs-bpf mode)")
     ap.add_argument("--instructions", nargs=2, type=int, metavar=("WINDOW", "BASELINE"),
@@ -278,24 +287,26 @@ def batch(argv):
     opts = ap.parse_args(argv)
     with open(opts.jsonl, "a") as out, open(opts.problems, "a") as bad:
         for path in opts.args:
-            with open(path, "rb") as f:
-                cell_argv = [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
+            cell_argv = []
             try:
+                with open(path, "rb") as f:
+                    cell_argv = [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
                 c = parse_cell(cell_argv)
-            except (OSError, ValueError, KeyError, IndexError, TypeError, SystemExit) as e:
-                # argparse exits on bad arguments: that too is this cell's
-                # problem, not the batch's
-                what = f"{label(cell_argv)}: unparsable output ({e})"
+                name = f"{c.get('mode')} {c.get('path')} {c.get('workload')} (round {c.get('round')})"
+            except (Exception, SystemExit) as e:  # noqa: B902
+                # whatever one cell's files hold (argparse exits on bad
+                # arguments) is that cell's problem: the others still count
+                what = f"{label(cell_argv)}: unparsable ({type(e).__name__}: {e})"
                 print("      PROBLEM: " + what)
                 bad.write(what + "\n")
                 continue
             out.write(json.dumps(c, sort_keys=True) + "\n")
-            print("      %-9s %-9s %-5s %s" % (c["mode"], c["path"], c["workload"], c["summary"]))
+            print("      %-9s %-9s %-5s %s" % (c.get("mode"), c.get("path"), c.get("workload"),
+                                            c["summary"]))
             for p in c["problems"]:
                 print("      PROBLEM: " + p)
             if c["problems"]:
-                bad.write(f"{c['mode']} {c['path']} {c['workload']} (round {c['round']}): "
-                          + "; ".join(c["problems"]) + "\n")
+                bad.write(f"{name}: " + "; ".join(c["problems"]) + "\n")
     return 0
 
 

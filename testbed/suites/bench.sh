@@ -27,7 +27,8 @@
 #          per client, reused, CONC queries outstanding; queries/s and
 #          mean latency (dnsperf gives no percentiles)
 # For every cell: the client's SYN retransmissions (nstat), connection
-# errors, the guest's CPU time (/proc/stat) per request, and in ipvs-bpf
+# errors, the guest's CPU time (/proc/stat) per request and, of it, the
+# proxy's own (its periodic syncs: not the data path's), and in ipvs-bpf
 # mode the kernel's and the tc programs' counters.
 #
 # Environment: BENCH_MODES (direct ipvs ipvs-bpf), BENCH_ROUNDS (5),
@@ -81,10 +82,15 @@ MODE=ipvs-bpf
 
 # freeze / thaw: stop and resume, with the cgroup v2 freezer, the control
 # plane and the proxy of the current mode with all their descendants
-# (kube-proxy runs iptables-restore and ipset), so that a counted window
-# holds only the data path: the kernel, the client and the backend.
-# Children forked while frozen are born in the cgroup; those already
-# running are moved with their parents.
+# (kube-proxy runs iptables-restore and ipset), so that a cell, timed or
+# counted, holds only the data path: the kernel, the client and the
+# backend. A proxy's own work is the control-plane benchmark's
+# (bench-proxy): under TCG kube-proxy's periodic syncs cost 2-5 s of CPU
+# each, and landed in the timed cells they happened to meet (up to 4.8 s
+# of a 6 s cell's 12 CPU-seconds), so the baseline's figures depended on
+# how long the harness took between cells. Children forked while frozen
+# are born in the cgroup; those already running are moved with their
+# parents.
 CG=/sys/fs/cgroup/ipvsbpf-bench
 # descendants PID...: the PIDs and all their descendants' PIDs.
 descendants() {
@@ -94,17 +100,27 @@ descendants() {
 		descendants $(pgrep -P "$p")
 	done
 }
+FROZEN_SET=
 freeze() {
-	local p i
+	local p i key line
 	mkdir -p "$CG" || fail "cgroup $CG"
-	for p in $(descendants $(cat "${K8S:-/nonexistent}"/run/*.pid 2>/dev/null) ${PID:-} ${KPID:-}); do
-		# a process that has just exited cannot be moved, and needs not be
-		echo "$p" >"$CG/cgroup.procs" 2>/dev/null ||
-			! kill -0 "$p" 2>/dev/null || fail "could not move process $p into $CG"
-	done
+	# Processes stay in the cgroup when thawed, and their children are
+	# born in it: move them only when the set of processes changed (a
+	# mode's proxy started, the control plane restarted).
+	key="$(cat "${K8S:-/nonexistent}"/run/*.pid 2>/dev/null | xargs) ${PID:-} ${KPID:-}"
+	if [ "$key" != "$FROZEN_SET" ]; then
+		for p in $(descendants $(cat "${K8S:-/nonexistent}"/run/*.pid 2>/dev/null) ${PID:-} ${KPID:-}); do
+			# a process that has just exited cannot be moved, and needs not be
+			echo "$p" >"$CG/cgroup.procs" 2>/dev/null ||
+				! kill -0 "$p" 2>/dev/null || fail "could not move process $p into $CG"
+		done
+		FROZEN_SET=$key
+	fi
 	echo 1 >"$CG/cgroup.freeze"
-	for i in $(seq 1 100); do
-		grep -qx 'frozen 1' "$CG/cgroup.events" && return 0
+	for ((i = 0; i < 100; i++)); do
+		while read -r line; do
+			[ "$line" = "frozen 1" ] && return 0
+		done <"$CG/cgroup.events"
 		sleep 0.1
 	done
 	fail "the processes of $MODE did not freeze"
@@ -122,8 +138,11 @@ if [ -n "$K8S_MODES" ]; then
 	. "$(dirname "$0")/k8s-lib.bash"
 	on_exit=k8s_exit
 fi
-# thaw first: a frozen process would not die of k8s_down's SIGTERM
-trap 'rc=$?; thaw; rmdir "$CG" 2>/dev/null; (exit $rc); $on_exit' EXIT
+# the cells run but not parsed yet (run_cell, parse_cells)
+CELLS=()
+# thaw first: a frozen process would not die of k8s_down's SIGTERM; the
+# cells of a mode the suite failed in are still parsed, and kept
+trap 'rc=$?; thaw; rmdir "$CG" 2>/dev/null; parse_cells; (exit $rc); $on_exit' EXIT
 ROUNDS=${BENCH_ROUNDS:-5}
 SECS=${BENCH_SECONDS:-6}
 PATHS=${BENCH_PATHS:-nodeport clusterip}
@@ -144,9 +163,10 @@ DRAIN=${BENCH_DRAIN:-200}
 MAX_BACKGROUND=${BENCH_MAX_BACKGROUND:-5000}
 PROFILE=${BENCH_PROFILE:-}
 WRAP=()
+# the freezer (freeze, thaw): every cell, timed or counted
+[ -f /sys/fs/cgroup/cgroup.controllers ] || mount -t cgroup2 cgroup2 /sys/fs/cgroup ||
+	fail "cannot mount cgroup v2 on /sys/fs/cgroup (the freezer)"
 if [ "$ICOUNT" = 1 ]; then
-	[ -f /sys/fs/cgroup/cgroup.controllers ] || mount -t cgroup2 cgroup2 /sys/fs/cgroup ||
-		fail "cannot mount cgroup v2 on /sys/fs/cgroup (the freezer)"
 	[ "$(nproc)" = 1 ] || fail "instructions are counted with one vCPU (vm-run --icount --cpus 1), not $(nproc)"
 	need conntrack
 	# Quiet the kernel's own background, which lands in windows at
@@ -192,6 +212,24 @@ target() {
 # cpu_jiffies: "busy softirq" over all CPUs, in USER_HZ ticks.
 cpu_jiffies() {
 	awk '$1 == "cpu" { print $2 + $3 + $4 + $6 + $7 + $8 + $9, $8 }' /proc/stat
+}
+
+# proxy_ticks: the CPU time, in USER_HZ ticks, that the current mode's
+# proxy (ipvsbpf-proxy or kube-proxy) has used so far, with that of the
+# children it waited for (iptables-restore, ipset); 0 without a proxy.
+# The part of a cell's guest CPU that is the proxy's background (its
+# periodic syncs), not the data path's. Bash builtins only.
+proxy_ticks() {
+	local pid=${KPID:-${PID:-}} line
+	if [ -z "$pid" ] || ! read -r line 2>/dev/null <"/proc/$pid/stat"; then
+		echo 0
+		return
+	fi
+	# the fields after the last ')': utime, stime, cutime and cstime are
+	# the 12th to 15th of them
+	# shellcheck disable=SC2086
+	set -- ${line##*) }
+	echo $((${12} + ${13} + ${14} + ${15}))
 }
 
 # busy_ns: sets BUSY to the guest's busy nanoseconds since boot: the
@@ -284,13 +322,14 @@ top_tasks() {
 		<(echo "$1") <(echo "$2") | sort -rn | head -n 5
 }
 
-# scrape_metrics FILE: the proxy's metrics page into FILE in ipvs-bpf mode
-# (bench_parse.py takes the session map's and the tc programs' counters
-# from it); nothing outside it.
+# scrape_metrics FILE CELL: the proxy's metrics page into FILE in ipvs-bpf
+# mode (bench_parse.py takes the session map's and the tc programs'
+# counters from it); nothing outside it. A cell without both scrapes has
+# no true counters: a problem.
 scrape_metrics() {
 	[ "$MODE" = ipvs-bpf ] || return 0
-	http_get node http://127.0.0.1:10249/metrics >"$1" ||
-		problems+=("$MODE: could not read the proxy's metrics")
+	http_get node http://127.0.0.1:10249/metrics 10 >"$1" ||
+		problems+=("$2: could not read the proxy's metrics")
 }
 
 # others_manifests N: N other ClusterIP Services, one endpoint each, in
@@ -360,8 +399,9 @@ profile_report() {
 		--sort dso,sym --percent-limit 0 2>/dev/null | grep -vE '^#|^$'
 }
 
-# usec: the wall clock in microseconds (bash's EPOCHREALTIME)
-usec() { echo "${EPOCHREALTIME/./}"; }
+# usec: the clock in microseconds (bash's EPOCHREALTIME, whose decimal
+# point follows the locale)
+usec() { echo "${EPOCHREALTIME//[!0-9]/}"; }
 
 # secs FROM [TO]: the seconds between two usec readings (TO: now), "12.3"
 secs() {
@@ -371,18 +411,19 @@ secs() {
 
 # run_cell ROUND PATH WORKLOAD: one measurement. Its raw figures go to
 # $OUT, its arguments to bench_parse.py to CELLS; parse_cells makes the
-# JSON lines. Adds the time of the tool and of everything around it to
-# TOOL_US and AROUND_US: where a round's time goes (the line per mode).
-CELLS=()
+# JSON lines, once per mode when timed, after each cell when counted (a
+# counted cell takes minutes; a Python start is nothing beside it). Adds
+# the time of the tool and of everything around it to TOOL_US and
+# AROUND_US: where a round's time goes (the line per mode).
 run_cell() {
-	local round=$1 path=$2 wl=$3 from addr port c0 c1 s0 s1 rc out wmin before icount=() metrics=()
+	local round=$1 path=$2 wl=$3 from addr port c0 c1 s0 s1 p0=0 p1=0 rc out wmin before icount=() metrics=()
 	local t0 t1= t2
 	t0=$(usec)
 	read -r from addr port <<<"$(target "$path" "$MODE" "$wl")"
 	out=$OUT/$round-$MODE-$path-$wl.txt
 	s0=$(syn_retrans "$from")
 	[ "$MODE" = ipvs-bpf ] && metrics=(--metrics "$out.metrics0" "$out.metrics1")
-	scrape_metrics "$out.metrics0"
+	scrape_metrics "$out.metrics0" "$MODE $path $wl (round $round)"
 	if [ "$ICOUNT" = 1 ]; then
 		freeze
 		# what the thawed gap started (the counters' scrape, deferred
@@ -404,20 +445,29 @@ run_cell() {
 			--before "$before" --left "$(drained "$addr")")
 		thaw
 	else
+		# only the data path runs: the kernel, the client and the
+		# backend, as in a counted cell
+		freeze
+		p0=$(proxy_ticks)
 		c0=$(cpu_jiffies)
 		t1=$(usec)
 		send "$from" "$addr" "$port" "$wl" "$out"
 		rc=$?
 		t2=$(usec)
 		c1=$(cpu_jiffies)
+		p1=$(proxy_ticks)
+		thaw
+		[ "$p0" = "$p1" ] || problems+=("$MODE $path $wl (round $round): the proxy ran in the cell, frozen")
 	fi
-	scrape_metrics "$out.metrics1"
+	scrape_metrics "$out.metrics1" "$MODE $path $wl (round $round)"
 	s1=$(syn_retrans "$from")
 	printf '%s\0' --workload "$wl" --output "$out" --rc "$rc" \
 		--meta "round=$round" "mode=$MODE" "path=$path" "others=$others" "seconds=$SECS" "conc=$CONC" \
-		--cpu "$c0" "$c1" --hz "$HZ" --syn-retrans "$s0" "$s1" "${metrics[@]}" "${icount[@]}" \
+		--cpu "$c0" "$c1" --hz "$HZ" --syn-retrans "$s0" "$s1" --proxy-cpu "$p0" "$p1" \
+		"${metrics[@]}" "${icount[@]}" \
 		>"$out.args" || fail "writing $out.args"
 	CELLS+=("$out.args")
+	[ "$ICOUNT" = 1 ] && parse_cells
 	if [ -n "$t1" ]; then
 		TOOL_US=$((TOOL_US + t2 - t1))
 		AROUND_US=$((AROUND_US + $(usec) - t0 - (t2 - t1)))
@@ -735,10 +785,13 @@ for others in $OTHERS; do
 				problems+=("$m left the node unclean: $left")
 				fail "$m left the node unclean after its cleanup: $left"
 			fi
-			# where the mode's time went: its start, its cells (timed:
-			# the tools' own time and the harness's around them), the
-			# parsing, its cleanup and the check that the node is clean
-			echo "      $m took $(secs "$t_up") s: up $(secs "$t_up" "$t_cells"), cells $(secs "$t_cells" "$t_parse")$([ "$ICOUNT" = 1 ] || echo " (tools $(secs 0 "$TOOL_US"), around them $(secs 0 "$AROUND_US"))"), parsing $(secs "$t_parse" "$t_down"), down $(secs "$t_down")"
+			# where the mode's time went: its start, its cells (the
+			# tools' own time and the harness's around them), the
+			# parsing, its cleanup and the check that the node is
+			# clean. Not when counted: the guest's clock then runs
+			# ahead while it idles.
+			[ "$ICOUNT" = 1 ] ||
+				echo "      $m took $(secs "$t_up") s: up $(secs "$t_up" "$t_cells"), cells $(secs "$t_cells" "$t_parse") (tools $(secs 0 "$TOOL_US"), around them $(secs 0 "$AROUND_US")), parsing $(secs "$t_parse" "$t_down"), down $(secs "$t_down")"
 		done
 	done
 done

@@ -35,6 +35,8 @@ def parse(workload, path, rc=0, **kw):
             "--cpu", "1000 100", "1300 160", "--hz", "100"]
     if "syn" in kw:
         argv += ["--syn-retrans", "5", str(5 + kw["syn"])]
+    if "proxy" in kw:
+        argv += ["--proxy-cpu", "400", str(400 + kw["proxy"])]
     if "instructions" in kw:
         argv += ["--instructions", *map(str, kw["instructions"]), "--left", str(kw.get("left", 0)),
                  "--before", str(kw.get("before", 0)), "--base-units", str(kw.get("base_units", 0))]
@@ -64,6 +66,12 @@ class ParseTest(unittest.TestCase):
         self.assertAlmostEqual(c["cpu_us_per_req"], 3.0e6 / 479)
         self.assertEqual(c["problems"], [])
         self.assertEqual((c["round"], c["mode"], c["path"]), (1, "ipvs-bpf", "nodeport"))
+
+    def test_proxy_cpu_is_its_share_of_the_guest(self):
+        c = parse("short", data("bench-ab.txt"), proxy=45)
+        self.assertAlmostEqual(c["proxy_cpu_s"], 0.45)
+        self.assertIn("(proxy 0.45 s)", c["summary"])
+        self.assertNotIn("proxy_cpu_s", parse("short", data("bench-ab.txt")))
 
     def test_wrk_units_and_no_errors(self):
         c = parse("ka", data("bench-wrk.txt"))
@@ -204,18 +212,24 @@ class BatchTest(unittest.TestCase):
                 # cells after it are still parsed
                 self.write_args(d, "2.args", self.cell_argv("short", os.path.join(d, "none"), 2)),
                 self.write_args(d, "3.args", self.cell_argv("ka", data("bench-wrk.txt"), 3)),
+                # arguments argparse refuses (no --cpu figures)
+                self.write_args(d, "4.args", [a for a in self.cell_argv("short", data("bench-ab.txt"), 4)
+                                              if a not in ("--cpu", "1000 100", "1300 160")]),
+                # no arguments file at all
+                os.path.join(d, "5.args"),
             ]
             jsonl = os.path.join(d, "bench.jsonl")
             problems = os.path.join(d, "problems")
             with open(jsonl, "w") as f:
                 f.write('{"earlier": 1}\n')
             out = tempfile.TemporaryFile(mode="w+")
-            old = sys.stdout
-            sys.stdout = out
+            old = sys.stdout, sys.stderr
+            # argparse's complaint about cell 4 goes to stderr
+            sys.stdout, sys.stderr = out, tempfile.TemporaryFile(mode="w+")
             try:
                 rc = bench_parse.main(["--batch", "--jsonl", jsonl, "--problems", problems, *args])
             finally:
-                sys.stdout = old
+                sys.stdout, sys.stderr = old
             out.seek(0)
             printed = out.read()
             with open(jsonl) as f:
@@ -225,13 +239,16 @@ class BatchTest(unittest.TestCase):
         self.assertEqual(rc, 0)
         self.assertEqual(cells[0], {"earlier": 1})
         self.assertEqual([(c["round"], c["workload"]) for c in cells[1:]], [(1, "short"), (3, "ka")])
-        # the proxy's samples that moved, as deltas
+        # the data path's samples that moved, as deltas
         self.assertEqual(cells[1]["counters"], {
-            "ipvsbpf_bpf_sessions": 2.0, "ipvsbpf_sync_proxy_rules_total": 2.0,
+            "ipvsbpf_bpf_sessions": 2.0,
             'ipvsbpf_bpf_packets_total{direction="egress",reason="xlated"}': 15.0})
         self.assertEqual(cells[2]["counters"], {})
-        self.assertEqual(len(bad), 1)
-        self.assertTrue(bad[0].startswith("ipvs-bpf nodeport short (round 2): unparsable output"), bad)
+        self.assertEqual(len(bad), 3, bad)
+        self.assertTrue(bad[0].startswith("ipvs-bpf nodeport short (round 2): unparsable"), bad)
+        self.assertTrue(bad[1].startswith("ipvs-bpf nodeport short (round 4): unparsable (SystemExit"),
+                        bad)
+        self.assertTrue(bad[2].startswith("? ? ? (round ?): unparsable (FileNotFoundError"), bad)
         self.assertIn("PROBLEM: ipvs-bpf nodeport short (round 2)", printed)
         self.assertIn("ipvs-bpf  nodeport  ka    ", printed)
 
