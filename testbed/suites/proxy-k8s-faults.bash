@@ -69,6 +69,16 @@ for k in Service EndpointSlice Node; do
 done
 log0=$(wc -l <"$LOG")
 kill -STOP "$PID"
+# The stopped proxy must see nothing of what follows: the kernel would
+# queue the API server's events and bookmarks on its sockets, and a watch
+# they carry past the compaction resumes without 410 (in one run all
+# three did). Its connections to the API server (node has no others) are
+# destroyed (SOCK_DESTROY) now, before the changes: every watch resumes
+# from a revision older than the compaction.
+topo_exec node ss -K -t dst "$K8S_ADDR" dport = 6443 >/dev/null ||
+	fail "ss -K on node (SOCK_DESTROY: CONFIG_INET_DIAG_DESTROY)"
+[ -z "$(topo_exec node ss -Htn state established dst "$K8S_ADDR" dport = 6443)" ] ||
+	fail "the stopped proxy still has connections to the API server"
 kc delete svc many >/dev/null || fail "delete many"
 kc apply -f - >/dev/null <<'YAML' || fail "apply late"
 apiVersion: v1
@@ -87,12 +97,10 @@ kill -CONT "$PID"
 k8s_cluster start kube-apiserver 2>&1 | sed -u 's/^/      /'
 wait_for 120 eval 'hasnt 198.19.0.30:80 && has "-a -t 198.19.0.40:80 -r 198.18.2.2:80 -m -w 1"' ||
 	fail "IPVS did not follow the changes made while the proxy was stopped"
-# Which watches the restarted server refused with 410 Gone depends on
-# where each stood: the kernel may have queued events and bookmarks on the
-# stopped proxy's socket, carrying a watch past the compaction, and such a
-# watch resumes without a relist. Every watch that did get 410 must
-# relist; at least one must have (each kind's last change or bookmark
-# predates the compaction unless one arrived in the queue). A relist comes
+# Every watch resumes from before the compaction (its connection was
+# destroyed before the changes), so the restarted server refuses each with
+# 410 Gone, and each must relist; the check reads which kinds the log
+# names, and fails if none. A relist comes
 # after kube-runtime's backoff (800 ms doubling to 30 s, as client-go's
 # reflector; the apiserver outage has grown it), and the proxy publishes
 # it at the end of the sync that follows: wait for that, then judge what
