@@ -86,11 +86,11 @@ proxy-bin:
 
 ## bench: the data-plane comparison in the guest: direct, the real kube-proxy's ipvs mode,
 ## ipvsbpf-proxy's ipvs and ipvs-bpf modes on NodePort and ClusterIP, short/keep-alive/iperf3,
-## 5 interleaved rounds (~35 min) -> build/bench/latest
+## 5 interleaved rounds (~25 min warm, ~32 from nothing built) -> build/bench/latest
 bench: setup kernel-modules proxy-bin k8s
 	testbed/bench
 
-## bench-all: the same with kube-proxy's iptables and nftables modes too (~55 min)
+## bench-all: the same with kube-proxy's iptables and nftables modes too (~45 min)
 bench-all: setup kernel-modules proxy-bin k8s
 	testbed/bench --all-modes
 
