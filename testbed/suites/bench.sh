@@ -109,7 +109,8 @@ freeze() {
 	# mode's proxy started, the control plane restarted).
 	key="$(cat "${K8S:-/nonexistent}"/run/*.pid 2>/dev/null | xargs) ${PID:-} ${KPID:-}"
 	if [ "$key" != "$FROZEN_SET" ]; then
-		for p in $(descendants $(cat "${K8S:-/nonexistent}"/run/*.pid 2>/dev/null) ${PID:-} ${KPID:-}); do
+		# shellcheck disable=SC2086
+		for p in $(descendants $key); do
 			# a process that has just exited cannot be moved, and needs not be
 			echo "$p" >"$CG/cgroup.procs" 2>/dev/null ||
 				! kill -0 "$p" 2>/dev/null || fail "could not move process $p into $CG"
@@ -417,13 +418,13 @@ secs() {
 # AROUND_US: where a round's time goes (the line per mode).
 run_cell() {
 	local round=$1 path=$2 wl=$3 from addr port c0 c1 s0 s1 p0=0 p1=0 rc out wmin before icount=() metrics=()
-	local t0 t1= t2
+	local t0 t1= t2 cell="$MODE $path $wl (round $round)"
 	t0=$(usec)
 	read -r from addr port <<<"$(target "$path" "$MODE" "$wl")"
 	out=$OUT/$round-$MODE-$path-$wl.txt
 	s0=$(syn_retrans "$from")
 	[ "$MODE" = ipvs-bpf ] && metrics=(--metrics "$out.metrics0" "$out.metrics1")
-	scrape_metrics "$out.metrics0" "$MODE $path $wl (round $round)"
+	scrape_metrics "$out.metrics0" "$cell"
 	if [ "$ICOUNT" = 1 ]; then
 		freeze
 		# what the thawed gap started (the counters' scrape, deferred
@@ -457,9 +458,9 @@ run_cell() {
 		c1=$(cpu_jiffies)
 		p1=$(proxy_ticks)
 		thaw
-		[ "$p0" = "$p1" ] || problems+=("$MODE $path $wl (round $round): the proxy ran in the cell, frozen")
+		[ "$p0" = "$p1" ] || problems+=("$cell: the proxy ran in the cell, frozen")
 	fi
-	scrape_metrics "$out.metrics1" "$MODE $path $wl (round $round)"
+	scrape_metrics "$out.metrics1" "$cell"
 	s1=$(syn_retrans "$from")
 	printf '%s\0' --workload "$wl" --output "$out" --rc "$rc" \
 		--meta "round=$round" "mode=$MODE" "path=$path" "others=$others" "seconds=$SECS" "conc=$CONC" \
